@@ -77,6 +77,9 @@ pub enum HandshakeError {
 }
 
 /// The client's side: builds CONNECT and turns the CONNACK into a cipher.
+///
+/// Decode the CONNACK with a codec set to the version the client announced: whether
+/// the node id is present depends on it, not on the newest version.
 #[derive(Debug)]
 pub struct ClientHandshake {
     keys: KeyPair,

@@ -39,7 +39,8 @@ pub use error::{CryptoError, DecodeError, EncodeError};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake};
 pub use header::{HeaderFlags, MAX_ENCODABLE_REMAINING_LEN, PacketType};
 pub use packet::{
-    Connack, Connect, Disconnect, Event, Packet, Recv, RecvStream, Recvack, Send, Sendack, Sub, Suback, device_flag,
+    Connack, Connect, DeviceLevel, Disconnect, Event, Packet, Recv, RecvStream, Recvack, Send, Sendack, Sub, Suback,
+    device_flag,
 };
 pub use reason::ReasonCode;
 pub use setting::Setting;

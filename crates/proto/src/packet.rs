@@ -21,6 +21,28 @@ pub mod device_flag {
     pub const SYSTEM: u8 = 99;
 }
 
+/// Whether a login kicks other logins of the same (uid, device_flag). Registered with
+/// the token (`device_level` in the HTTP API: 0 slave, 1 master).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeviceLevel {
+    /// Coexists with other logins of the same flag (unless the device id is the same).
+    #[default]
+    Slave = 0,
+    /// Replaces every other login of the same flag.
+    Master = 1,
+}
+
+impl DeviceLevel {
+    /// The level for its API value (0 slave, 1 master).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Slave),
+            1 => Some(Self::Master),
+            _ => None,
+        }
+    }
+}
+
 /// CONNECT: the client logs in and offers its X25519 public key. Same layout in every version.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Connect {

@@ -1,0 +1,52 @@
+//! Errors as WuKongIM's API reports them: HTTP 400 `{"msg": …, "status": 400}` for bad
+//! input, a bare 401 for a missing or wrong `token` header.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; the text names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The `token` header is missing or wrong.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// Storage failed; nothing was acknowledged.
+    #[error("storage failed: {0}")]
+    Storage(#[from] hongyan_store::StoreError),
+    /// Something that should not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming what is wrong.
+    pub fn bad(msg: impl Into<String>) -> Self {
+        Self::BadRequest(msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::BadRequest(msg) => {
+                (StatusCode::BAD_REQUEST, Json(json!({"msg": msg, "status": 400}))).into_response()
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED.into_response(),
+            Self::Storage(e) => {
+                tracing::error!(error = %e, "storage failed while serving a request");
+                let body = json!({"msg": "storage unavailable", "status": 500});
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = %e, "internal error while serving a request");
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"msg": "internal error", "status": 500})))
+                    .into_response()
+            }
+        }
+    }
+}

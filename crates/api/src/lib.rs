@@ -1,0 +1,73 @@
+//! Hongyan's HTTP APIs.
+//!
+//! [`wukong`] is the WuKongIM / LiMaoIM dialect that app servers call; more dialects
+//! (OpenIM, Easemob) will sit beside it over the same state. Only this crate defines
+//! HTTP bodies: domain types are converted by hand at the edge.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod wukong;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hongyan_gateway::Registry;
+use hongyan_store::Store;
+
+pub use error::ApiError;
+
+/// Addresses `/route` hands to clients.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteAddrs {
+    /// `host:port` of the TCP listener.
+    pub tcp_addr: String,
+    /// `ws://host:port` of the WebSocket listener.
+    pub ws_addr: String,
+    /// `wss://host:port` of the WSS listener, or empty.
+    pub wss_addr: String,
+    /// The TCP address for `intranet=1`.
+    pub intranet_tcp_addr: String,
+}
+
+/// Settings the API needs from the server's configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// When non-empty, every request must carry it in the `token` header.
+    pub manager_token: String,
+    /// The uid HTTP sends use when no `from_uid` is given; it cannot get a token.
+    pub system_uid: String,
+    /// What `/route` answers.
+    pub route: RouteAddrs,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Delay between DISCONNECT and close for kicks caused by token updates.
+    pub token_kick_close_delay: Duration,
+    /// Delay between DISCONNECT and close for `device_quit` and bans.
+    pub kick_close_delay: Duration,
+}
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Durable tables.
+    pub store: Store,
+    /// Who is online on this node.
+    pub registry: Arc<Registry>,
+    /// Settings.
+    pub settings: Arc<ApiSettings>,
+}
+
+impl AppState {
+    /// Runs a blocking storage call off the async worker threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> hongyan_store::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(result) => result.map_err(ApiError::Storage),
+            Err(e) => Err(ApiError::Internal(format!("storage task failed: {e}"))),
+        }
+    }
+}

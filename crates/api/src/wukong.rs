@@ -1,0 +1,259 @@
+//! The WuKongIM v2 / LiMaoIM dialect: field names, response shapes and error bodies as
+//! WuKongIM's server has them, so app servers switch by changing a base URL.
+//!
+//! Implemented so far: routes, user tokens and device logout, channel attributes, health.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hongyan_gateway::{CloseReason, Conn, is_valid_uid};
+use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
+use hongyan_store::{ChannelInfo, Device};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+/// Channel type of person (one-to-one) channels.
+const PERSON: u8 = 1;
+/// Highest channel type WuKongIM defines (AgentGroup).
+const MAX_CHANNEL_TYPE: u8 = 12;
+
+/// The dialect's routes, with the manager-token check and the body limit applied.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/route", get(route))
+        .route("/route/batch", post(route_batch))
+        .route("/user/token", post(user_token))
+        .route("/user/device_quit", post(device_quit))
+        .route("/channel/info", post(channel_info))
+        .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// With a manager token configured, every request must carry it in the `token` header.
+async fn require_manager_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let expected = &state.settings.manager_token;
+    if !expected.is_empty() && headers.get("token").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+/// Parses a JSON body; errors name the field (`device_flag: invalid type …`).
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::bad(format!("invalid body: {}", e.inner()))
+        } else {
+            ApiError::bad(format!("{path}: {}", e.inner()))
+        }
+    })
+}
+
+fn ok() -> Json<Value> {
+    Json(json!({"status": 200}))
+}
+
+fn check_uid(field: &str, uid: &str) -> Result<(), ApiError> {
+    if is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!("{field}: must be non-empty and contain none of @ # &")))
+    }
+}
+
+fn check_channel(channel_id: &str, channel_type: u8) -> Result<(), ApiError> {
+    if !is_valid_uid(channel_id) {
+        return Err(ApiError::bad("channel_id: must be non-empty and contain none of @ # &"));
+    }
+    if channel_type == 0 || channel_type > MAX_CHANNEL_TYPE {
+        return Err(ApiError::bad(format!("channel_type: unknown channel type {channel_type}")));
+    }
+    Ok(())
+}
+
+/// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.
+fn kick(conns: Vec<Arc<Conn>>, reason: ReasonCode, text: &str, delay: std::time::Duration) {
+    for conn in conns {
+        let packet = Packet::Disconnect(Disconnect { reason_code: reason, reason: text.to_owned() });
+        let frame = conn.codec().encode_to_bytes(&packet).ok();
+        conn.outbox.close_after(frame, delay, CloseReason::Kicked);
+    }
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    #[serde(default)]
+    intranet: Option<String>,
+}
+
+fn route_addrs(state: &AppState, q: &RouteQuery) -> Value {
+    let r = &state.settings.route;
+    if q.intranet.as_deref() == Some("1") {
+        json!({"tcp_addr": r.intranet_tcp_addr, "ws_addr": "", "wss_addr": ""})
+    } else {
+        json!({"tcp_addr": r.tcp_addr, "ws_addr": r.ws_addr, "wss_addr": r.wss_addr})
+    }
+}
+
+/// `GET /route?uid=…&intranet=0|1`: where a client should connect.
+async fn route(State(state): State<AppState>, Query(q): Query<RouteQuery>) -> Json<Value> {
+    Json(route_addrs(&state, &q))
+}
+
+/// `POST /route/batch` with a JSON array of uids: one group, since one node serves all.
+async fn route_batch(
+    State(state): State<AppState>,
+    Query(q): Query<RouteQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let uids: Vec<String> = parse(&body)?;
+    let mut group = route_addrs(&state, &q);
+    group["uids"] = json!(uids);
+    Ok(Json(json!([group])))
+}
+
+#[derive(Deserialize)]
+struct UserTokenReq {
+    uid: String,
+    token: String,
+    #[serde(default)]
+    device_flag: u8,
+    #[serde(default)]
+    device_level: u8,
+}
+
+fn check_device_flag(flag: u8) -> Result<(), ApiError> {
+    if flag <= 2 { Ok(()) } else { Err(ApiError::bad("device_flag: must be 0 (app), 1 (web) or 2 (pc)")) }
+}
+
+/// `POST /user/token`: registers the token a (uid, device_flag) must present. A master
+/// registration kicks the current logins of that flag.
+async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: UserTokenReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    if req.uid == state.settings.system_uid {
+        return Err(ApiError::bad("uid: the system uid cannot log in"));
+    }
+    if req.token.is_empty() {
+        return Err(ApiError::bad("token: must not be empty"));
+    }
+    check_device_flag(req.device_flag)?;
+    let level = DeviceLevel::from_u8(req.device_level)
+        .ok_or_else(|| ApiError::bad("device_level: must be 0 (slave) or 1 (master)"))?;
+
+    let uid = req.uid.clone();
+    let banned = state.blocking(move |s| Ok(s.channel_info(&uid, PERSON)?.is_some_and(|i| i.ban))).await?;
+    if banned {
+        return Ok(Json(json!({"status": ReasonCode::Ban.as_u8()})));
+    }
+    let (uid, flag) = (req.uid.clone(), req.device_flag);
+    state.blocking(move |s| s.put_device(&uid, flag, &Device { token: req.token, level })).await?;
+    if level == DeviceLevel::Master {
+        let conns = state.registry.take(&req.uid, Some(flag));
+        kick(conns, ReasonCode::ConnectKick, "login in other device", state.settings.token_kick_close_delay);
+    }
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct DeviceQuitReq {
+    uid: String,
+    #[serde(default = "all_devices")]
+    device_flag: i16,
+}
+
+fn all_devices() -> i16 {
+    -1
+}
+
+/// `POST /user/device_quit`: forgets the token of one device flag (-1: all) and kicks
+/// its connections, so that device must log in again.
+async fn device_quit(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: DeviceQuitReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    let flags: Vec<u8> = match req.device_flag {
+        -1 => vec![0, 1, 2],
+        f @ 0..=2 => vec![f as u8],
+        _ => return Err(ApiError::bad("device_flag: must be -1 (all), 0 (app), 1 (web) or 2 (pc)")),
+    };
+    let uid = req.uid.clone();
+    let removed = flags.clone();
+    state
+        .blocking(move |s| {
+            for flag in removed {
+                s.remove_device(&uid, flag)?;
+            }
+            Ok(())
+        })
+        .await?;
+    for flag in flags {
+        let conns = state.registry.take(&req.uid, Some(flag));
+        kick(conns, ReasonCode::ConnectKick, "device quit", state.settings.kick_close_delay);
+    }
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct ChannelInfoReq {
+    channel_id: String,
+    channel_type: u8,
+    #[serde(flatten)]
+    flags: HashMap<String, Value>,
+}
+
+/// Reads a 0/1 attribute; absent means 0.
+fn flag(flags: &HashMap<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match flags.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            _ => Err(ApiError::bad(format!("{name}: must be 0 or 1"))),
+        },
+    }
+}
+
+/// `POST /channel/info`: sets a channel's attributes. `ban=1` on a person channel bans
+/// the user: current connections get DISCONNECT(Ban) and new logins CONNACK(Ban).
+async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ChannelInfoReq = parse(&body)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    let info = ChannelInfo {
+        ban: flag(&req.flags, "ban")?,
+        disband: flag(&req.flags, "disband")?,
+        send_ban: flag(&req.flags, "send_ban")?,
+        large: flag(&req.flags, "large")?,
+        allow_stranger: flag(&req.flags, "allow_stranger")?,
+    };
+    let (id, ty) = (req.channel_id.clone(), req.channel_type);
+    state.blocking(move |s| s.put_channel_info(&id, ty, info)).await?;
+    if req.channel_type == PERSON && info.ban {
+        let conns = state.registry.take(&req.channel_id, None);
+        kick(conns, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
+    }
+    Ok(ok())
+}

@@ -1,0 +1,207 @@
+//! Accept loops for TCP, WS and WSS, and the per-connection set-up before a session:
+//! PROXY header, TLS, WebSocket upgrade.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::{sleep, timeout};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{debug, warn};
+
+use crate::conn::TransportKind;
+use crate::proxy::{self, ProxyHeader};
+use crate::session::{self, Shared, handshake_result};
+use crate::transport::{TcpTransport, WsTransport};
+
+/// Binds a listener with a backlog deep enough for reconnect storms.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Errors about one incoming connection, not the listener: keep accepting at once.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Accepts until shutdown. Errors such as EMFILE (out of file descriptors) back off,
+/// from 5 ms doubling to 1 s, instead of spinning on a listener that stays readable.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    kind: TransportKind,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(5);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = MIN_BACKOFF;
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(set_up(stream, peer, kind, shared.clone(), tls.clone()));
+            }
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                metrics::counter!("hongyan_gateway_accept_errors_total", "transport" => kind.label()).increment(1);
+                warn!(error = %e, transport = kind.label(), backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Everything between accept and the session, bounded by the pre-auth timeout.
+async fn set_up(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: TransportKind,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+) {
+    let deadline = shared.config.auth_timeout();
+    let mut remote = peer;
+    if shared.config.proxy_protocol {
+        match timeout(deadline, read_proxy_header(&mut stream)).await {
+            Ok(Ok(source)) => remote = source.unwrap_or(peer),
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "bad PROXY header");
+                handshake_result("bad_proxy_header");
+                return;
+            }
+            Err(_) => {
+                handshake_result("timeout");
+                return;
+            }
+        }
+    }
+    match kind {
+        TransportKind::Tcp => {
+            session::run(TcpTransport::new(stream), remote, kind, shared, BytesMut::new()).await;
+        }
+        TransportKind::Ws => {
+            if let Some((ws, remote)) = upgrade(stream, remote, &shared).await {
+                session::run(WsTransport::new(ws), remote, kind, shared, BytesMut::new()).await;
+            }
+        }
+        TransportKind::Wss => {
+            let Some(acceptor) = tls else { return };
+            let tls_stream = match timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    handshake_result("tls_failed");
+                    return;
+                }
+                Err(_) => {
+                    handshake_result("timeout");
+                    return;
+                }
+            };
+            if let Some((ws, remote)) = upgrade(tls_stream, remote, &shared).await {
+                session::run(WsTransport::new(ws), remote, kind, shared, BytesMut::new()).await;
+            }
+        }
+    }
+}
+
+/// Small buffers: tungstenite's defaults (128 KiB read buffer) cost ~134 KiB per idle
+/// connection.
+fn ws_config(shared: &Shared) -> WebSocketConfig {
+    let max = shared.config.ws_max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(shared.config.outbound_queue_bytes.max(64 * 1024))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// The WebSocket upgrade, on any path. Returns the stream and the client address,
+/// taken from forwarding headers when they are trusted.
+async fn upgrade<S>(
+    stream: S,
+    remote: SocketAddr,
+    shared: &Shared,
+) -> Option<(tokio_tungstenite::WebSocketStream<S>, SocketAddr)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut forwarded = None;
+    let trust = shared.config.trust_forwarded_for;
+    // The error type is tungstenite's, fixed by its callback trait.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        if trust {
+            forwarded = forwarded_client(req);
+        }
+        Ok(resp)
+    };
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(shared)));
+    match timeout(shared.config.auth_timeout(), upgrade).await {
+        Ok(Ok(ws)) => Some((ws, forwarded.map_or(remote, |ip| SocketAddr::new(ip, remote.port())))),
+        Ok(Err(e)) => {
+            debug!(%remote, error = %e, "WebSocket upgrade failed");
+            handshake_result("ws_upgrade_failed");
+            None
+        }
+        Err(_) => {
+            handshake_result("timeout");
+            None
+        }
+    }
+}
+
+/// The client's IP from `X-Forwarded-For` (first entry) or `X-Real-IP`.
+fn forwarded_client(req: &Request) -> Option<IpAddr> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    header("x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .or_else(|| header("x-real-ip"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads a PROXY header off the stream, leaving the bytes after it unread.
+async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+    let mut peeked = [0u8; 256];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match proxy::parse(&peeked[..n]) {
+            Ok(ProxyHeader::Complete { len, source }) => {
+                let mut header = vec![0; len];
+                stream.read_exact(&mut header).await?;
+                return Ok(source);
+            }
+            Ok(ProxyHeader::Incomplete) if n < peeked.len() => {
+                // Proxies send the header in one write; a partial one is rare. Peek
+                // returns at once while any byte is buffered, so wait before looking again.
+                sleep(Duration::from_millis(5)).await;
+            }
+            Ok(ProxyHeader::Incomplete) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "PROXY header too long"));
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Who is online: uid → connections, and WuKongIM's rules for which logins replace
+//! which.
+//!
+//! Kick rules, applied when a new login of (uid, device_flag) registers:
+//! * a **master** login kicks every other connection with that device flag: those with
+//!   a different device id get DISCONNECT(ConnectKick) and are closed shortly after;
+//!   those with the same device id are just closed (the device reconnected);
+//! * a **slave** login only replaces connections with the same device id.
+//!
+//! Replaced connections leave the registry at once, so fan-out and online status stop
+//! seeing them before their sockets close.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hongyan_proto::DeviceLevel;
+
+use crate::conn::Conn;
+
+const SHARDS: usize = 64;
+
+/// What to do with a connection a new login displaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Displacement {
+    /// Send DISCONNECT(ConnectKick), then close.
+    Kick,
+    /// Close without a packet (same device reconnected).
+    Replace,
+}
+
+type Shard = HashMap<Arc<str>, Vec<Arc<Conn>>>;
+
+/// The connection registry of this node.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    len: AtomicUsize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            next_id: AtomicU64::new(1),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(uid) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers `conn` and returns the connections it displaces, already removed.
+    pub fn register(&self, conn: Arc<Conn>) -> Vec<(Arc<Conn>, Displacement)> {
+        let mut shard = self.shard(&conn.uid);
+        let list = shard.entry(conn.uid.clone()).or_default();
+        let mut displaced = Vec::new();
+        list.retain(|other| {
+            if other.device_flag != conn.device_flag {
+                return true;
+            }
+            let same_device = other.device_id == conn.device_id;
+            let verdict = match (conn.level, same_device) {
+                (_, true) => Some(Displacement::Replace),
+                (DeviceLevel::Master, false) => Some(Displacement::Kick),
+                (DeviceLevel::Slave, false) => None,
+            };
+            match verdict {
+                Some(d) => {
+                    displaced.push((other.clone(), d));
+                    false
+                }
+                None => true,
+            }
+        });
+        list.push(conn);
+        drop(shard);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        self.len.fetch_sub(displaced.len(), Ordering::Relaxed);
+        displaced
+    }
+
+    /// Removes `conn` if it is still registered.
+    pub fn remove(&self, conn: &Conn) -> bool {
+        let mut shard = self.shard(&conn.uid);
+        let Some(list) = shard.get_mut(&conn.uid) else { return false };
+        let before = list.len();
+        list.retain(|c| c.id != conn.id);
+        let removed = list.len() < before;
+        if list.is_empty() {
+            shard.remove(&conn.uid);
+        }
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Removes and returns the connections of `uid` with `device_flag` (all flags when
+    /// `None`), e.g. to kick them after a token change.
+    pub fn take(&self, uid: &str, device_flag: Option<u8>) -> Vec<Arc<Conn>> {
+        let mut shard = self.shard(uid);
+        let Some(list) = shard.get_mut(uid) else { return Vec::new() };
+        let (taken, kept): (Vec<_>, Vec<_>) =
+            list.drain(..).partition(|c| device_flag.is_none_or(|f| c.device_flag == f));
+        *list = kept;
+        if list.is_empty() {
+            shard.remove(uid);
+        }
+        drop(shard);
+        self.len.fetch_sub(taken.len(), Ordering::Relaxed);
+        taken
+    }
+
+    /// The online connections of `uid`.
+    pub fn connections(&self, uid: &str) -> Vec<Arc<Conn>> {
+        self.shard(uid).get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Every connection, for admin listings. Takes each shard's lock in turn.
+    pub fn all(&self) -> Vec<Arc<Conn>> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(shard.values().flatten().cloned());
+        }
+        out
+    }
+
+    /// How many connections are registered.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no connection is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::TransportKind;
+    use crate::outbox::{Outbox, OutboxLimits};
+    use hongyan_proto::ProtocolVersion;
+
+    fn conn(reg: &Registry, uid: &str, flag: u8, level: DeviceLevel, device: &str) -> Arc<Conn> {
+        Arc::new(Conn {
+            id: reg.next_conn_id(),
+            uid: uid.into(),
+            device_flag: flag,
+            level,
+            device_id: device.into(),
+            version: ProtocolVersion::LATEST,
+            cipher: None,
+            transport: TransportKind::Tcp,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            connected_at_ms: 0,
+            outbox: Outbox::new(OutboxLimits { max_frames: 4, max_bytes: 1024 }),
+        })
+    }
+
+    fn ids(v: &[(Arc<Conn>, Displacement)]) -> Vec<(u64, Displacement)> {
+        v.iter().map(|(c, d)| (c.id, *d)).collect()
+    }
+
+    use DeviceLevel::{Master, Slave};
+
+    #[test]
+    fn kick_matrix() {
+        let reg = Registry::new();
+        let web_a = conn(&reg, "u", 1, Slave, "a");
+        let web_b = conn(&reg, "u", 1, Slave, "b");
+        let app = conn(&reg, "u", 0, Master, "x");
+        assert!(reg.register(web_a.clone()).is_empty());
+        assert!(reg.register(web_b.clone()).is_empty(), "slaves with different devices coexist");
+        assert!(reg.register(app.clone()).is_empty(), "other device flags are untouched");
+
+        let web_a2 = conn(&reg, "u", 1, Slave, "a");
+        assert_eq!(ids(&reg.register(web_a2.clone())), [(web_a.id, Displacement::Replace)]);
+
+        let web_master = conn(&reg, "u", 1, Master, "m");
+        let mut displaced = ids(&reg.register(web_master.clone()));
+        displaced.sort_unstable_by_key(|d| d.0);
+        assert_eq!(displaced, [(web_b.id, Displacement::Kick), (web_a2.id, Displacement::Kick)]);
+
+        let mut online: Vec<u64> = reg.connections("u").iter().map(|c| c.id).collect();
+        online.sort_unstable();
+        assert_eq!(online, [app.id, web_master.id]);
+        assert_eq!(reg.len(), 2);
+    }
+
+    #[test]
+    fn remove_and_take() {
+        let reg = Registry::new();
+        let a = conn(&reg, "u", 0, Slave, "a");
+        let b = conn(&reg, "u", 1, Slave, "b");
+        let c = conn(&reg, "v", 1, Slave, "c");
+        for x in [&a, &b, &c] {
+            reg.register(x.clone());
+        }
+        assert!(reg.remove(&a));
+        assert!(!reg.remove(&a));
+        assert_eq!(reg.take("u", Some(0)).len(), 0);
+        assert_eq!(reg.take("u", None).iter().map(|c| c.id).collect::<Vec<_>>(), [b.id]);
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg.all().len(), 1);
+        assert!(reg.connections("u").is_empty());
+    }
+}

@@ -1,0 +1,424 @@
+//! One connection's life: CONNECT within the pre-auth timeout, the handshake, then a
+//! loop that decodes packets, answers PINGs, writes queued frames and enforces the idle
+//! timeout, until someone closes it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use hongyan_proto::{
+    Codec, Connect, DecodeError, DeviceLevel, Disconnect, KeyPair, Packet, PacketType, ReasonCode, ServerHandshake,
+    generate_salt,
+};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::GatewayConfig;
+use crate::conn::{Conn, TransportKind};
+use crate::outbox::{CloseReason, Outbox};
+use crate::registry::{Displacement, Registry};
+use crate::transport::Transport;
+
+/// The future [`SessionHandler::authenticate`] returns.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<DeviceLevel, ReasonCode>> + Send + 'a>>;
+
+/// What the gateway asks of the rest of the server. The gateway owns sockets and
+/// sessions; the handler owns users and messages.
+pub trait SessionHandler: Send + Sync + 'static {
+    /// Whether `connect` may log in, and at which level. The uid has already been
+    /// checked for shape. An error is the CONNACK reason code (AuthFail, Ban, …).
+    fn authenticate<'a>(&'a self, connect: &'a Connect) -> AuthFuture<'a>;
+
+    /// `conn` completed its login and is in the registry.
+    fn on_online(&self, conn: &Arc<Conn>);
+
+    /// `conn` sent SEND, RECVACK or SUB. Must not block: answers go to `conn.outbox`.
+    fn on_packet(&self, conn: &Arc<Conn>, packet: Packet);
+
+    /// `conn` is gone (closed, kicked, timed out) and no longer in the registry.
+    fn on_offline(&self, conn: &Arc<Conn>);
+}
+
+/// State shared by every connection of a gateway.
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) handler: Arc<dyn SessionHandler>,
+    pub(crate) node_id: u64,
+    pub(crate) shutdown: CancellationToken,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A uid the protocol can address: non-empty, and none of the characters WuKongIM uses
+/// to build channel ids.
+pub fn is_valid_uid(uid: &str) -> bool {
+    !uid.is_empty() && !uid.contains(['@', '#', '&'])
+}
+
+pub(crate) fn handshake_result(result: &'static str) {
+    metrics::counter!("hongyan_gateway_handshakes_total", "result" => result).increment(1);
+}
+
+/// How the first packet went.
+enum First {
+    Connect(Connect),
+    /// Nothing usable arrived; the label says why (for metrics).
+    Gone(&'static str),
+}
+
+async fn read_first<T: Transport>(t: &mut T, buf: &mut BytesMut, codec: &Codec) -> First {
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(Packet::Connect(c))) => return First::Connect(c),
+            Ok(Some(other)) => {
+                debug!(packet = %other.packet_type(), "first packet is not CONNECT");
+                return First::Gone("not_connect");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(error = %e, "malformed first packet");
+                return First::Gone(if matches!(e, DecodeError::FrameTooLarge { .. }) {
+                    "oversized"
+                } else {
+                    "malformed"
+                });
+            }
+        }
+        match t.read_into(buf).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return First::Gone("closed"),
+        }
+    }
+}
+
+/// Runs one connection to its end. `buf` holds bytes already read (after a PROXY header).
+pub(crate) async fn run<T: Transport>(
+    mut t: T,
+    remote: SocketAddr,
+    kind: TransportKind,
+    shared: Arc<Shared>,
+    mut buf: BytesMut,
+) {
+    let config = &shared.config;
+    let mut codec = Codec::default().with_max_frame_len(config.max_frame_bytes);
+
+    let connect = match timeout(config.auth_timeout(), read_first(&mut t, &mut buf, &codec)).await {
+        Ok(First::Connect(c)) => c,
+        Ok(First::Gone(why)) => {
+            handshake_result(why);
+            t.close().await;
+            return;
+        }
+        Err(_) => {
+            handshake_result("timeout");
+            t.close().await;
+            return;
+        }
+    };
+
+    let handshake = ServerHandshake::new(&connect, now_ms(), shared.node_id);
+    codec.set_version(handshake.version());
+    let accepted = if !is_valid_uid(&connect.uid) {
+        Err(("bad_uid", ReasonCode::AuthFail))
+    } else {
+        match shared.handler.authenticate(&connect).await {
+            Err(ReasonCode::Ban) => Err(("banned", ReasonCode::Ban)),
+            Err(reason) => Err(("auth_fail", reason)),
+            Ok(level) if !config.encryption => Ok((level, handshake.accept_unencrypted(), None)),
+            Ok(level) => {
+                let keys_and_salt = KeyPair::generate().and_then(|k| Ok((k, generate_salt()?)));
+                match keys_and_salt.and_then(|(keys, salt)| handshake.accept(&connect.client_key, &keys, salt)) {
+                    Ok((connack, cipher)) => Ok((level, connack, Some(cipher))),
+                    Err(e) => Err(("bad_key", e.reason_code())),
+                }
+            }
+        }
+    };
+    let (level, connack, cipher) = match accepted {
+        Ok(ok) => ok,
+        Err((why, reason)) => {
+            handshake_result(why);
+            info!(uid = %connect.uid, device_flag = connect.device_flag, %remote, reason = %reason, "login refused");
+            // Always answer: the official SDKs stop reconnecting on a refusal, but retry
+            // forever on a silent close.
+            if let Ok(frame) = codec.encode_to_bytes(&Packet::Connack(handshake.refuse(reason))) {
+                let _ = timeout(config.write_timeout(), t.write_frames(&[frame])).await;
+            }
+            t.close().await;
+            return;
+        }
+    };
+
+    let conn = Arc::new(Conn {
+        id: shared.registry.next_conn_id(),
+        uid: connect.uid.as_str().into(),
+        device_flag: connect.device_flag,
+        level,
+        device_id: connect.device_id.into_boxed_str(),
+        version: handshake.version(),
+        cipher,
+        transport: kind,
+        remote,
+        connected_at_ms: now_ms(),
+        outbox: Outbox::new(config.outbox_limits()),
+    });
+    let span =
+        tracing::info_span!("conn", id = conn.id, uid = %conn.uid, flag = conn.device_flag, transport = kind.label());
+    let _enter = span.enter();
+
+    let Ok(connack) = codec.encode_to_bytes(&Packet::Connack(connack)) else {
+        warn!("CONNACK does not encode");
+        return;
+    };
+    if !matches!(timeout(config.write_timeout(), t.write_frames(&[connack])).await, Ok(Ok(()))) {
+        handshake_result("closed");
+        return;
+    }
+    handshake_result("ok");
+    info!(%remote, version = conn.version.get(), level = ?conn.level, "connected");
+
+    for (old, how) in shared.registry.register(conn.clone()) {
+        displace(&old, how, config);
+    }
+    metrics::gauge!("hongyan_gateway_connections", "transport" => kind.label()).increment(1);
+    shared.handler.on_online(&conn);
+
+    let reason = serve(&mut t, &conn, &shared, codec, buf).await;
+
+    shared.registry.remove(&conn);
+    metrics::gauge!("hongyan_gateway_connections", "transport" => kind.label()).decrement(1);
+    metrics::counter!("hongyan_gateway_disconnects_total", "reason" => reason).increment(1);
+    shared.handler.on_offline(&conn);
+    info!(reason, "disconnected");
+    t.close().await;
+}
+
+/// Sends a displaced connection on its way: DISCONNECT(ConnectKick) first when kicked.
+pub(crate) fn displace(old: &Conn, how: Displacement, config: &GatewayConfig) {
+    let (frame, reason) = match how {
+        Displacement::Kick => {
+            let kick = Disconnect { reason_code: ReasonCode::ConnectKick, reason: "login in other device".into() };
+            (old.codec().encode_to_bytes(&Packet::Disconnect(kick)).ok(), CloseReason::Kicked)
+        }
+        Displacement::Replace => (None, CloseReason::Replaced),
+    };
+    metrics::counter!("hongyan_gateway_kicks_total", "kind" => reason.label()).increment(1);
+    old.outbox.close_after(frame, config.kick_close_delay(), reason);
+}
+
+/// The authenticated loop. Returns why it ended (a metrics label).
+async fn serve<T: Transport>(
+    t: &mut T,
+    conn: &Arc<Conn>,
+    shared: &Shared,
+    codec: Codec,
+    mut buf: BytesMut,
+) -> &'static str {
+    let config = &shared.config;
+    let label = conn.transport.label();
+    let mut idle_deadline = Instant::now() + config.idle_timeout();
+    let mut close_at: Option<(Instant, CloseReason)> = None;
+    let pong = Bytes::from_static(&[0x80]);
+
+    loop {
+        // Everything buffered first: a read may have brought several packets.
+        loop {
+            let packet = match codec.decode(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "protocol error");
+                    return "protocol_error";
+                }
+            };
+            let ty = packet.packet_type();
+            metrics::counter!("hongyan_gateway_frames_received_total", "type" => ty.name()).increment(1);
+            match packet {
+                Packet::Ping => {
+                    if !write(t, std::slice::from_ref(&pong), config, label).await {
+                        return "write_failed";
+                    }
+                }
+                Packet::Send(_) | Packet::Recvack(_) | Packet::Sub(_) => shared.handler.on_packet(conn, packet),
+                Packet::Disconnect(_) => return "client_disconnect",
+                _ => {
+                    debug!(packet = %ty, "packet a client must not send");
+                    return "protocol_error";
+                }
+            }
+        }
+        if buf.is_empty() && buf.capacity() > 0 {
+            // Give the memory back while idle; the next read reserves again.
+            buf = BytesMut::new();
+        }
+
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return CloseReason::Shutdown.label(),
+            () = conn.outbox.changed() => {
+                let drained = conn.outbox.drain();
+                if !write(t, &drained.frames, config, label).await {
+                    return "write_failed";
+                }
+                if drained.close.is_some() {
+                    close_at = drained.close;
+                }
+            }
+            () = async { sleep_until(close_at.map_or_else(Instant::now, |c| c.0)).await }, if close_at.is_some() => {
+                return close_at.map_or("closed", |c| c.1.label());
+            }
+            read = t.read_into(&mut buf) => match read {
+                Ok(true) => idle_deadline = Instant::now() + config.idle_timeout(),
+                Ok(false) => return "peer_closed",
+                Err(_) => return "read_failed",
+            },
+            () = sleep_until(idle_deadline) => return "idle_timeout",
+        }
+        let received = buf.len();
+        if received > 0 {
+            metrics::counter!("hongyan_gateway_bytes_received_total", "transport" => label).increment(received as u64);
+        }
+    }
+}
+
+async fn write<T: Transport>(t: &mut T, frames: &[Bytes], config: &GatewayConfig, label: &'static str) -> bool {
+    if frames.is_empty() {
+        return true;
+    }
+    let ok = matches!(timeout(config.write_timeout(), t.write_frames(frames)).await, Ok(Ok(())));
+    if ok {
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        metrics::counter!("hongyan_gateway_bytes_sent_total", "transport" => label).increment(bytes as u64);
+        for f in frames {
+            let ty = f.first().and_then(|b| PacketType::from_nibble(b >> 4)).map_or("unknown", PacketType::name);
+            metrics::counter!("hongyan_gateway_frames_sent_total", "type" => ty).increment(1);
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::time::Duration;
+
+    use hongyan_proto::ClientHandshake;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use crate::outbox::OutboxLimits;
+
+    /// An in-memory transport, so time can be paused without real sockets.
+    struct Duplex(DuplexStream);
+
+    impl Transport for Duplex {
+        async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
+            buf.reserve(256);
+            Ok(self.0.read_buf(buf).await? > 0)
+        }
+        async fn write_frames(&mut self, frames: &[Bytes]) -> io::Result<()> {
+            for f in frames {
+                self.0.write_all(f).await?;
+            }
+            Ok(())
+        }
+        async fn close(&mut self) {
+            let _ = self.0.shutdown().await;
+        }
+    }
+
+    struct AcceptAll;
+
+    impl SessionHandler for AcceptAll {
+        fn authenticate<'a>(&'a self, _: &'a Connect) -> AuthFuture<'a> {
+            Box::pin(async { Ok(DeviceLevel::Slave) })
+        }
+        fn on_online(&self, _: &Arc<Conn>) {}
+        fn on_packet(&self, _: &Arc<Conn>, _: Packet) {}
+        fn on_offline(&self, _: &Arc<Conn>) {}
+    }
+
+    /// Starts a session on one end of a pipe and logs in from the other.
+    async fn logged_in() -> (DuplexStream, Arc<Registry>) {
+        let (server_end, mut client) = tokio::io::duplex(4096);
+        let registry = Arc::new(Registry::new());
+        let shared = Arc::new(Shared {
+            config: GatewayConfig::default(),
+            registry: registry.clone(),
+            handler: Arc::new(AcceptAll),
+            node_id: 1,
+            shutdown: CancellationToken::new(),
+        });
+        let remote = "127.0.0.1:9".parse().unwrap();
+        tokio::spawn(run(Duplex(server_end), remote, TransportKind::Tcp, shared, BytesMut::new()));
+        let hs = ClientHandshake::new(KeyPair::generate().unwrap(), 5);
+        let codec = Codec::default();
+        let connect = codec.encode_to_bytes(&Packet::Connect(hs.connect("u", "t", 0, "d", 0))).unwrap();
+        client.write_all(&connect).await.unwrap();
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(p) = codec.decode(&mut buf).unwrap() {
+                assert!(matches!(p, Packet::Connack(c) if c.reason_code == ReasonCode::Success));
+                break;
+            }
+            client.read_buf(&mut buf).await.unwrap();
+        }
+        (client, registry)
+    }
+
+    /// Reads until the server closes; fails (rather than hangs) after an hour of paused time.
+    async fn read_until_closed(client: &mut DuplexStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        let read = async { while client.read_buf(&mut all).await.unwrap() > 0 {} };
+        timeout(Duration::from_secs(3600), read).await.expect("the server never closed the connection");
+        all
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connection_closes_after_three_minutes() {
+        let (mut client, registry) = logged_in().await;
+        let start = Instant::now();
+        assert_eq!(read_until_closed(&mut client).await, b"");
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(180) && waited < Duration::from_secs(181), "{waited:?}");
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_minute_keep_it_open() {
+        let (mut client, registry) = logged_in().await;
+        let start = Instant::now();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            client.write_all(&[0x70]).await.unwrap();
+            let mut pong = [0u8; 1];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(pong, [0x80]);
+        }
+        assert_eq!(registry.len(), 1, "still online after 10 minutes of PINGs");
+        assert_eq!(read_until_closed(&mut client).await, b"");
+        assert!(start.elapsed() >= Duration::from_secs(600 + 180));
+    }
+
+    #[test]
+    fn outbox_limits_come_from_config() {
+        let limits: OutboxLimits = GatewayConfig::default().outbox_limits();
+        assert_eq!((limits.max_frames, limits.max_bytes), (1024, 4 * 1024 * 1024));
+    }
+
+    #[test]
+    fn uid_shape() {
+        assert!(is_valid_uid("alice_01"));
+        assert!(!is_valid_uid(""));
+        for bad in ["a@b", "a#b", "a&b"] {
+            assert!(!is_valid_uid(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The server's configuration: defaults, then a TOML file, then `HONGYAN_*` environment
+//! variables (`HONGYAN_GATEWAY__TCP_ADDR` sets `gateway.tcp_addr`), then flags. Unknown
+//! keys and invalid values stop start-up with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use hongyan_gateway::{GatewayConfig, parse_listen_addr};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. `docs/config.md` has one row per key.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id (1–1023): the snowflake node of message ids and CONNACK's node id.
+    pub node_id: u64,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// When set, HTTP calls must send it in the `token` header, and the manager uid may
+    /// log in over the binary protocol with it.
+    pub manager_token: String,
+    /// The uid that logs in with the manager token.
+    pub manager_uid: String,
+    /// The uid HTTP sends use by default; it cannot register a token.
+    pub system_uid: String,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// Client listeners and connection handling.
+    pub gateway: GatewayConfig,
+    /// Metrics and operator endpoints.
+    pub manager: ManagerConfig,
+    /// How logins are checked.
+    pub auth: AuthConfig,
+    /// What `/route` tells clients.
+    pub external: ExternalConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[api]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address. Empty: `127.0.0.1:5001` without a manager token (so an
+    /// unauthenticated API is not exposed), `0.0.0.0:5001` with one.
+    pub addr: String,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// `[manager]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagerConfig {
+    /// Listen address of `/metrics`. Empty: `127.0.0.1:5300` without a manager token,
+    /// `0.0.0.0:5300` with one.
+    pub addr: String,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Check CONNECT tokens against `/user/token` registrations. Turn off only for
+    /// local demos: anyone can then log in as anyone.
+    pub token_auth: bool,
+}
+
+/// `[external]`: addresses as clients reach them (behind NAT or a proxy they differ
+/// from the listen addresses). Empty values are derived from the listeners.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalConfig {
+    /// `host:port` for TCP.
+    pub tcp_addr: String,
+    /// `ws://host:port`.
+    pub ws_addr: String,
+    /// `wss://host:port`.
+    pub wss_addr: String,
+    /// TCP address for `/route?intranet=1`.
+    pub intranet_tcp_addr: String,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `hongyan_gateway=debug,info`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1001,
+            data_dir: PathBuf::from("./data"),
+            manager_token: String::new(),
+            manager_uid: "____manager".into(),
+            system_uid: "____system".into(),
+            api: ApiConfig::default(),
+            gateway: GatewayConfig::default(),
+            manager: ManagerConfig::default(),
+            auth: AuthConfig::default(),
+            external: ExternalConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { addr: String::new(), max_body_bytes: 1024 * 1024 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { token_auth: true }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into() }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers alone.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--node-id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// `--manager-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_token: Option<String>,
+    /// `--http-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<String>,
+    /// `--tcp-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_addr: Option<String>,
+    /// `--ws-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws_addr: Option<String>,
+    /// `--wss-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wss_addr: Option<String>,
+    /// `--manager-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_addr: Option<String>,
+}
+
+impl Overrides {
+    /// The flags as a partial configuration tree.
+    fn into_figment(self) -> Figment {
+        let mut f = Figment::new();
+        let mut set = |key: &str, value: Option<figment::value::Value>| {
+            if let Some(v) = value {
+                f = std::mem::take(&mut f).merge(Serialized::default(key, v));
+            }
+        };
+        set("data_dir", self.data_dir.map(|p| p.display().to_string().into()));
+        set("node_id", self.node_id.map(Into::into));
+        set("manager_token", self.manager_token.map(Into::into));
+        set("api.addr", self.http_addr.map(Into::into));
+        set("gateway.tcp_addr", self.tcp_addr.map(Into::into));
+        set("gateway.ws_addr", self.ws_addr.map(Into::into));
+        set("gateway.wss_addr", self.wss_addr.map(Into::into));
+        set("manager.addr", self.manager_addr.map(Into::into));
+        f
+    }
+}
+
+/// Why the configuration was refused. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("configuration: {key}: {problem}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn parse_error(e: figment::Error) -> ConfigError {
+    ConfigError::Parse(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← environment (`HONGYAN_*`) ← `flags`, then validates.
+    pub fn load(file: Option<&Path>, env: Env, flags: Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!("config file {} does not exist", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Self = figment.merge(env).merge(flags.into_figment()).extract().map_err(parse_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The environment provider for `HONGYAN_<SECTION>__<KEY>` variables.
+    pub fn env() -> Env {
+        Env::prefixed("HONGYAN_").split("__")
+    }
+
+    /// Parses TOML text alone (no environment, no flags), for examples and tests.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = Figment::new().merge(Toml::string(text)).extract().map_err(parse_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, problem: &str| ConfigError::Invalid { key: key.into(), problem: problem.into() };
+        if !(1..=1023).contains(&self.node_id) {
+            return Err(invalid("node_id", "must be between 1 and 1023"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        self.gateway
+            .validate()
+            .map_err(|e| ConfigError::Invalid { key: format!("gateway.{}", e.key), problem: e.problem })?;
+        self.api_addr()?;
+        self.manager_addr()?;
+        if self.api.max_body_bytes == 0 {
+            return Err(invalid("api.max_body_bytes", "must be greater than 0"));
+        }
+        for (key, uid) in [("manager_uid", &self.manager_uid), ("system_uid", &self.system_uid)] {
+            if !hongyan_gateway::is_valid_uid(uid) {
+                return Err(invalid(key, "must be non-empty and contain none of @ # &"));
+            }
+        }
+        Ok(())
+    }
+
+    fn defaulted_addr(&self, key: &'static str, value: &str, port: u16) -> Result<SocketAddr, ConfigError> {
+        if value.is_empty() {
+            let host = if self.manager_token.is_empty() { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+            return Ok(SocketAddr::from((host, port)));
+        }
+        parse_listen_addr(key, value)
+            .map_err(|e| ConfigError::Invalid { key: key.into(), problem: e.problem })?
+            .ok_or_else(|| ConfigError::Invalid { key: key.into(), problem: "must not be empty".into() })
+    }
+
+    /// The API listen address, with the loopback default when no manager token is set.
+    pub fn api_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.defaulted_addr("api.addr", &self.api.addr, 5001)
+    }
+
+    /// The manager listen address, with the same rule.
+    pub fn manager_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.defaulted_addr("manager.addr", &self.manager.addr, 5300)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_env() -> Env {
+        Env::prefixed("HONGYAN_TEST_UNSET_PREFIX_").split("__")
+    }
+
+    #[test]
+    fn defaults_follow_wukongim() {
+        let c = Config::load(None, empty_env(), Overrides::default()).unwrap();
+        assert_eq!(c.api_addr().unwrap().to_string(), "127.0.0.1:5001");
+        assert_eq!(c.manager_addr().unwrap().to_string(), "127.0.0.1:5300");
+        assert_eq!(c.gateway.tcp_addr, "0.0.0.0:5100");
+        assert_eq!(c.gateway.ws_addr, "0.0.0.0:5200");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.auth.token_auth);
+    }
+
+    #[test]
+    fn a_manager_token_opens_the_api_to_the_network() {
+        let c = Config::from_toml("manager_token = \"s3cret\"").unwrap();
+        assert_eq!(c.api_addr().unwrap().to_string(), "0.0.0.0:5001");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::from_toml("[gateway]\ntcp_adr = \"0.0.0.0:1\"").unwrap_err().to_string();
+        assert!(e.contains("tcp_adr"), "{e}");
+        let e = Config::from_toml("node_id = \"one\"").unwrap_err().to_string();
+        assert!(e.contains("node_id"), "{e}");
+        let e = Config::from_toml("node_id = 5000").unwrap_err().to_string();
+        assert_eq!(e, "configuration: node_id: must be between 1 and 1023");
+        let e = Config::from_toml("[gateway]\nidle_timeout_secs = 0").unwrap_err().to_string();
+        assert_eq!(e, "configuration: gateway.idle_timeout_secs: must be greater than 0");
+        let e = Config::from_toml("[api]\naddr = \"localhost\"").unwrap_err().to_string();
+        assert!(e.starts_with("configuration: api.addr:"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn flags_beat_environment_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hongyan.toml");
+        std::fs::write(&file, "node_id = 7\n[gateway]\ntcp_addr = \"127.0.0.1:7000\"\nws_addr = \"127.0.0.1:7001\"\n")
+            .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HONGYAN_GATEWAY__TCP_ADDR", "127.0.0.1:8000");
+            jail.set_env("HONGYAN_NODE_ID", "8");
+            let flags = Overrides { tcp_addr: Some("127.0.0.1:9000".into()), ..Overrides::default() };
+            let c = Config::load(Some(&file), Config::env(), flags).unwrap();
+            assert_eq!(c.gateway.tcp_addr, "127.0.0.1:9000", "flag wins");
+            assert_eq!(c.node_id, 8, "environment beats file");
+            assert_eq!(c.gateway.ws_addr, "127.0.0.1:7001", "file beats default");
+            jail.set_env("HONGYAN_GATEWAY__NOPE", "1");
+            let e = Config::load(Some(&file), Config::env(), Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("nope"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// Every key of the example file has its row in docs/config.md, and every row's key
+    /// exists in the example file.
+    #[test]
+    fn config_doc_and_example_list_the_same_keys() {
+        let example: toml_keys::Keys = toml_keys::keys(include_str!("../../../config/hongyan.example.toml"));
+        let doc = include_str!("../../../docs/config.md");
+        let documented: std::collections::BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(key, _)| key.to_owned()))
+            .collect();
+        assert_eq!(example, documented);
+    }
+
+    mod toml_keys {
+        pub(super) type Keys = std::collections::BTreeSet<String>;
+
+        /// Dotted keys of a flat TOML file with sections, commented-out keys included.
+        pub(super) fn keys(text: &str) -> Keys {
+            let mut section = String::new();
+            let mut out = Keys::new();
+            for line in text.lines().map(str::trim) {
+                let line = line.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(line);
+                if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    section = format!("{name}.");
+                } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) {
+                    out.insert(format!("{section}{}", key.trim()));
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../config/hongyan.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.node_id, 1001);
+        assert_eq!(c.gateway.idle_timeout_secs, 180);
+    }
+}

@@ -1,0 +1,153 @@
+//! The Hongyan server: configuration, wiring and lifecycle. The logic lives in the
+//! library crates; this crate puts them together.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod login;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hongyan_api::{ApiSettings, AppState, RouteAddrs};
+use hongyan_gateway::{Gateway, Registry};
+use hongyan_store::{FjallBackend, Store};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// The process-wide Prometheus recorder. Installed once; later servers in the same
+/// process (tests) share it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// The HTTP API's bound address.
+    pub api_addr: SocketAddr,
+    /// The manager's bound address (`/metrics`).
+    pub manager_addr: SocketAddr,
+    /// The client gateway and its bound addresses.
+    pub gateway: Gateway,
+    /// Who is online.
+    pub registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    http: TaskTracker,
+}
+
+fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
+    let shown = |configured: &str, bound: Option<SocketAddr>, scheme: &str| {
+        if !configured.is_empty() {
+            return configured.to_owned();
+        }
+        bound.map_or_else(String::new, |a| {
+            // A wildcard listen address is no address to give a client.
+            let host = if a.ip().is_unspecified() { "127.0.0.1".to_owned() } else { a.ip().to_string() };
+            format!("{scheme}{host}:{}", a.port())
+        })
+    };
+    let e = &config.external;
+    let tcp = shown(&e.tcp_addr, gateway.tcp_addr, "");
+    RouteAddrs {
+        intranet_tcp_addr: if e.intranet_tcp_addr.is_empty() { tcp.clone() } else { e.intranet_tcp_addr.clone() },
+        tcp_addr: tcp,
+        ws_addr: shown(&e.ws_addr, gateway.ws_addr, "ws://"),
+        wss_addr: shown(&e.wss_addr, gateway.wss_addr, "wss://"),
+    }
+}
+
+/// Opens the store, binds every listener and starts serving.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    let metrics = metrics_handle();
+    let backend = FjallBackend::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let store = Store::new(Arc::new(backend));
+    let registry = Arc::new(Registry::new());
+    let shutdown = CancellationToken::new();
+
+    let logins = login::Logins::new(
+        store.clone(),
+        config.auth.token_auth,
+        config.manager_uid.clone(),
+        config.manager_token.clone(),
+        config.system_uid.clone(),
+    );
+    if !config.auth.token_auth {
+        warn!("auth.token_auth is off: anyone can log in as anyone");
+    }
+    let gateway =
+        Gateway::start(config.gateway.clone(), registry.clone(), Arc::new(logins), config.node_id, shutdown.clone())
+            .await?;
+
+    let api_addr = config.api_addr()?;
+    let manager_addr = config.manager_addr()?;
+    if config.manager_token.is_empty() {
+        for (what, addr) in [("api.addr", api_addr), ("manager.addr", manager_addr)] {
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "{what} listens beyond this machine with no manager_token: anyone who can reach it controls the server");
+            }
+        }
+    }
+    let settings = ApiSettings {
+        manager_token: config.manager_token.clone(),
+        system_uid: config.system_uid.clone(),
+        route: route_addrs(&config, &gateway),
+        max_body_bytes: config.api.max_body_bytes,
+        token_kick_close_delay: Duration::from_secs(10),
+        kick_close_delay: Duration::from_millis(config.gateway.kick_close_delay_ms),
+    };
+    let state = AppState { store, registry: registry.clone(), settings: Arc::new(settings) };
+    let api = hongyan_api::wukong::router(state);
+    let manager = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
+        .route("/health", axum::routing::get(|| std::future::ready("ok")));
+
+    let http = TaskTracker::new();
+    let mut bound = Vec::new();
+    for (key, addr, router) in [("api.addr", api_addr, api), ("manager.addr", manager_addr, manager)] {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        let local = listener.local_addr()?;
+        info!(%local, "{key} listening");
+        bound.push(local);
+        let stop = shutdown.clone();
+        http.spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "{key} server failed");
+            }
+        });
+    }
+    http.close();
+    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, shutdown, http })
+}
+
+impl Server {
+    /// Asks everything to stop: listeners stop accepting and connections close.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every connection and HTTP server has finished.
+    pub async fn wait(&self) {
+        self.gateway.wait_closed().await;
+        self.http.wait().await;
+    }
+}

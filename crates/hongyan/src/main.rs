@@ -1,0 +1,108 @@
+//! `hongyan`: the instant-messaging server. `hongyan serve` (the default) runs it.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use hongyan::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// Hongyan: an instant-messaging server that speaks the WuKongIM protocol.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// Flags override the environment, which overrides the config file.
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// TOML configuration file (see config/hongyan.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:5001, or 0.0.0.0:5001 with a manager token].
+    #[arg(long, value_name = "ADDR")]
+    http_addr: Option<String>,
+    /// Binary protocol over TCP [default: 0.0.0.0:5100; "" disables].
+    #[arg(long, value_name = "ADDR")]
+    tcp_addr: Option<String>,
+    /// Binary protocol over WebSocket [default: 0.0.0.0:5200; "" disables].
+    #[arg(long, value_name = "ADDR")]
+    ws_addr: Option<String>,
+    /// WebSocket over TLS, with gateway.tls_cert/tls_key [default: off].
+    #[arg(long, value_name = "ADDR")]
+    wss_addr: Option<String>,
+    /// Metrics address [default: 127.0.0.1:5300, or 0.0.0.0:5300 with a manager token].
+    #[arg(long, value_name = "ADDR")]
+    manager_addr: Option<String>,
+    /// Node id, 1–1023 [default: 1001].
+    #[arg(long, value_name = "ID")]
+    node_id: Option<u64>,
+    /// Token the app server sends in the `token` header.
+    #[arg(long, value_name = "TOKEN")]
+    manager_token: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(self) -> (Option<PathBuf>, Overrides) {
+        let flags = Overrides {
+            data_dir: self.data_dir,
+            node_id: self.node_id,
+            manager_token: self.manager_token,
+            http_addr: self.http_addr,
+            tcp_addr: self.tcp_addr,
+            ws_addr: self.ws_addr,
+            wss_addr: self.wss_addr,
+            manager_addr: self.manager_addr,
+        };
+        (self.config, flags)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let (file, flags) = args.overrides();
+    let config = Config::load(file.as_deref(), Config::env(), flags)?;
+
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log.filter))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = hongyan::start(config).await?;
+    tracing::info!(api = %server.api_addr, manager = %server.manager_addr, "hongyan is running");
+    wait_for_signal().await?;
+    tracing::info!("shutting down: closing listeners and connections");
+    server.shutdown();
+    server.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! A real server on ephemeral loopback ports, with helpers to call its API.
+
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test binaries; helpers panic on purpose
+
+use std::time::Duration;
+
+use hongyan::{Config, Server};
+use hongyan_testkit::Target;
+use serde_json::Value;
+
+pub(crate) struct TestServer {
+    pub(crate) server: Server,
+    pub(crate) config: Config,
+    pub(crate) dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// A configuration that binds everything to 127.0.0.1:0 in a fresh data directory.
+pub(crate) fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    config.api.addr = "127.0.0.1:0".into();
+    config.manager.addr = "127.0.0.1:0".into();
+    config.gateway.tcp_addr = "127.0.0.1:0".into();
+    config.gateway.ws_addr = "127.0.0.1:0".into();
+    config.gateway.kick_close_delay_ms = 300;
+    config
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        config.validate().unwrap();
+        let server = hongyan::start(config.clone()).await.unwrap();
+        Self { server, config, dir, http: reqwest::Client::new() }
+    }
+
+    pub(crate) fn tcp(&self) -> Target {
+        Target::Tcp(self.server.gateway.tcp_addr.unwrap())
+    }
+
+    pub(crate) fn ws(&self) -> Target {
+        Target::Ws(format!("ws://{}/any/path?x=1", self.server.gateway.ws_addr.unwrap()))
+    }
+
+    pub(crate) fn wss(&self) -> Target {
+        Target::Ws(format!("wss://{}/", self.server.gateway.wss_addr.unwrap()))
+    }
+
+    pub(crate) fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.api_addr)
+    }
+
+    /// POSTs `body` and returns the status and the JSON answer (Null when empty).
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.api(path)).json(&body);
+        if !self.config.manager_token.is_empty() {
+            req = req.header("token", &self.config.manager_token);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    }
+
+    /// Registers `token` for (uid, device_flag) at `level` (0 slave, 1 master).
+    pub(crate) async fn register(&self, uid: &str, token: &str, device_flag: u8, level: u8) {
+        let body = serde_json::json!({"uid": uid, "token": token, "device_flag": device_flag, "device_level": level});
+        let (status, answer) = self.post("/user/token", body).await;
+        assert_eq!((status, answer), (200, serde_json::json!({"status": 200})));
+    }
+
+    pub(crate) async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.server.manager_addr);
+        self.http.get(url).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Stops the server and waits until every connection is closed.
+    pub(crate) async fn stop(self) {
+        self.server.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), self.server.wait()).await.expect("shutdown took over 10 s");
+    }
+}

@@ -1,0 +1,31 @@
+//! Key and value encodings shared by every backend.
+//!
+//! Keys are composites that sort usefully: fixed-width integers big-endian, strings
+//! length-prefixed (so `u1` is not a prefix of `u10`) unless they are the last part.
+//! Values start with a format byte so that a later format can be read beside this one.
+
+/// Appends a string as a 2-byte big-endian length and its bytes.
+pub(crate) fn push_str16(out: &mut Vec<u8>, s: &str) {
+    let len = u16::try_from(s.len()).expect("invariant: ids are validated to be short");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads values written by the table layer.
+pub(crate) struct ValueReader<'a> {
+    pub(crate) rest: &'a [u8],
+}
+
+impl<'a> ValueReader<'a> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(b)
+    }
+
+    pub(crate) fn rest_str(&mut self) -> Option<&'a str> {
+        let s = std::str::from_utf8(self.rest).ok()?;
+        self.rest = &[];
+        Some(s)
+    }
+}

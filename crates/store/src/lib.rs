@@ -1,0 +1,40 @@
+//! Storage for Hongyan.
+//!
+//! Two layers. [`KvBackend`] is the small contract a storage engine meets: named
+//! tables of ordered byte keys, point reads, prefix scans and atomic write batches that
+//! are durable when the batch says so. [`Store`] puts typed tables on top (devices and
+//! tokens, channel attributes), so every backend shares one key and value encoding.
+//!
+//! Backends: [`FjallBackend`] (embedded, the default) and [`MemoryBackend`] (tests).
+//!
+//! Storage errors are fail-stop: a caller that gets [`StoreError`] from a write must not
+//! acknowledge the operation, and the server stops rather than run on a store it cannot
+//! trust.
+
+#![warn(missing_docs)]
+
+mod backend;
+mod codec;
+mod tables;
+
+pub use backend::{FjallBackend, KvBackend, MemoryBackend, Table, Write};
+pub use tables::{ChannelInfo, Device, Store};
+
+/// A storage failure. The operation that got it did not happen (or not durably).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed (I/O, corruption, poisoned state).
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+    /// A stored value does not decode: the data directory is damaged or from another version.
+    #[error("stored value in table {table} is corrupt: {what}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What did not decode.
+        what: &'static str,
+    },
+}
+
+/// Result of storage calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,202 @@
+//! Typed tables over a [`KvBackend`].
+
+use std::sync::Arc;
+
+use hongyan_proto::DeviceLevel;
+
+use crate::backend::{KvBackend, Table, Write};
+use crate::codec::{ValueReader, push_str16};
+use crate::{Result, StoreError};
+
+/// Format byte of every value this version writes.
+const FORMAT_V1: u8 = 1;
+
+/// The registration of one (uid, device_flag): the token a login must present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// The token.
+    pub token: String,
+    /// Master or slave.
+    pub level: DeviceLevel,
+}
+
+/// Attributes of a channel. On a person channel (type 1, id = uid) `ban` bans the user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Nobody may send; on a person channel the user may not log in.
+    pub ban: bool,
+    /// The group was disbanded.
+    pub disband: bool,
+    /// Members may not send; on a person channel the user is muted everywhere.
+    pub send_ban: bool,
+    /// A large group.
+    pub large: bool,
+    /// Strangers may message (person channels).
+    pub allow_stranger: bool,
+}
+
+impl ChannelInfo {
+    const BAN: u8 = 0x01;
+    const DISBAND: u8 = 0x02;
+    const SEND_BAN: u8 = 0x04;
+    const LARGE: u8 = 0x08;
+    const ALLOW_STRANGER: u8 = 0x10;
+
+    fn bits(self) -> u8 {
+        [
+            (self.ban, Self::BAN),
+            (self.disband, Self::DISBAND),
+            (self.send_ban, Self::SEND_BAN),
+            (self.large, Self::LARGE),
+            (self.allow_stranger, Self::ALLOW_STRANGER),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, bit)| acc | bit)
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        Self {
+            ban: bits & Self::BAN != 0,
+            disband: bits & Self::DISBAND != 0,
+            send_ban: bits & Self::SEND_BAN != 0,
+            large: bits & Self::LARGE != 0,
+            allow_stranger: bits & Self::ALLOW_STRANGER != 0,
+        }
+    }
+}
+
+fn device_key(uid: &str, device_flag: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + uid.len());
+    push_str16(&mut key, uid);
+    key.push(device_flag);
+    key
+}
+
+fn channel_key(channel_id: &str, channel_type: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + channel_id.len());
+    key.push(channel_type);
+    key.extend_from_slice(channel_id.as_bytes());
+    key
+}
+
+fn corrupt(table: Table, what: &'static str) -> StoreError {
+    StoreError::Corrupt { table: table.name(), what }
+}
+
+/// Typed access to Hongyan's tables. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    kv: Arc<dyn KvBackend>,
+}
+
+impl Store {
+    /// Typed tables over `kv`.
+    pub fn new(kv: Arc<dyn KvBackend>) -> Self {
+        Self { kv }
+    }
+
+    /// The registration of (uid, device_flag), if any.
+    pub fn device(&self, uid: &str, device_flag: u8) -> Result<Option<Device>> {
+        let Some(value) = self.kv.get(Table::UidDevice, &device_key(uid, device_flag))? else {
+            return Ok(None);
+        };
+        let mut r = ValueReader { rest: &value };
+        let bad = || corrupt(Table::UidDevice, "device");
+        if r.u8() != Some(FORMAT_V1) {
+            return Err(bad());
+        }
+        let level = r.u8().and_then(DeviceLevel::from_u8).ok_or_else(bad)?;
+        let token = r.rest_str().ok_or_else(bad)?.to_owned();
+        Ok(Some(Device { token, level }))
+    }
+
+    /// Registers (or replaces) the token of (uid, device_flag), durably.
+    pub fn put_device(&self, uid: &str, device_flag: u8, device: &Device) -> Result<()> {
+        let mut value = Vec::with_capacity(2 + device.token.len());
+        value.extend_from_slice(&[FORMAT_V1, device.level as u8]);
+        value.extend_from_slice(device.token.as_bytes());
+        self.kv.write(vec![Write::Put(Table::UidDevice, device_key(uid, device_flag), value)], true)
+    }
+
+    /// Forgets the token of (uid, device_flag), durably, so the next login fails.
+    pub fn remove_device(&self, uid: &str, device_flag: u8) -> Result<()> {
+        self.kv.write(vec![Write::Delete(Table::UidDevice, device_key(uid, device_flag))], true)
+    }
+
+    /// Whether any device of `uid` is registered (i.e. the user exists).
+    pub fn user_exists(&self, uid: &str) -> Result<bool> {
+        let mut prefix = Vec::with_capacity(2 + uid.len());
+        push_str16(&mut prefix, uid);
+        Ok(!self.kv.scan_prefix(Table::UidDevice, &prefix, 1)?.is_empty())
+    }
+
+    /// The attributes of a channel; `None` if none were ever set.
+    pub fn channel_info(&self, channel_id: &str, channel_type: u8) -> Result<Option<ChannelInfo>> {
+        let Some(value) = self.kv.get(Table::ChannelInfo, &channel_key(channel_id, channel_type))? else {
+            return Ok(None);
+        };
+        match value.as_slice() {
+            [FORMAT_V1, bits] => Ok(Some(ChannelInfo::from_bits(*bits))),
+            _ => Err(corrupt(Table::ChannelInfo, "channel info")),
+        }
+    }
+
+    /// Sets the attributes of a channel, durably.
+    pub fn put_channel_info(&self, channel_id: &str, channel_type: u8, info: ChannelInfo) -> Result<()> {
+        let key = channel_key(channel_id, channel_type);
+        self.kv.write(vec![Write::Put(Table::ChannelInfo, key, vec![FORMAT_V1, info.bits()])], true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FjallBackend, MemoryBackend};
+
+    /// The same behaviour from every backend.
+    fn conformance(store: &Store) {
+        assert_eq!(store.device("u1", 1).unwrap(), None);
+        assert!(!store.user_exists("u1").unwrap());
+        let master = Device { token: "t-1".into(), level: DeviceLevel::Master };
+        store.put_device("u1", 1, &master).unwrap();
+        store.put_device("u10", 0, &Device { token: String::new(), level: DeviceLevel::Slave }).unwrap();
+        assert_eq!(store.device("u1", 1).unwrap(), Some(master));
+        assert_eq!(store.device("u1", 0).unwrap(), None);
+        assert!(store.user_exists("u1").unwrap());
+        assert_eq!(store.device("u10", 0).unwrap().unwrap().token, "");
+        store.remove_device("u1", 1).unwrap();
+        assert_eq!(store.device("u1", 1).unwrap(), None);
+        assert!(!store.user_exists("u1").unwrap(), "u10 must not count as u1");
+
+        let info = ChannelInfo { ban: true, send_ban: true, allow_stranger: true, ..ChannelInfo::default() };
+        store.put_channel_info("u1", 1, info).unwrap();
+        assert_eq!(store.channel_info("u1", 1).unwrap(), Some(info));
+        assert_eq!(store.channel_info("u1", 2).unwrap(), None);
+    }
+
+    #[test]
+    fn memory_backend_conforms() {
+        conformance(&Store::new(Arc::new(MemoryBackend::new())));
+    }
+
+    #[test]
+    fn fjall_backend_conforms_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));
+            conformance(&store);
+            store.put_device("kept", 2, &Device { token: "tok".into(), level: DeviceLevel::Slave }).unwrap();
+        }
+        let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));
+        assert_eq!(store.device("kept", 2).unwrap().unwrap().token, "tok");
+        assert_eq!(store.channel_info("u1", 1).unwrap().map(|i| i.ban), Some(true));
+    }
+
+    #[test]
+    fn corrupt_values_are_errors() {
+        let kv = Arc::new(MemoryBackend::new());
+        kv.write(vec![Write::Put(Table::UidDevice, device_key("u", 1), vec![9, 9])], true).unwrap();
+        assert!(matches!(Store::new(kv).device("u", 1), Err(StoreError::Corrupt { .. })));
+    }
+}
