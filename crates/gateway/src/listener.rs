@@ -70,6 +70,10 @@ pub(crate) async fn accept_loop(
 }
 
 /// Everything between accept and the session, bounded by the pre-auth timeout.
+///
+/// Each phase is boxed: an async fn's state is as large as its largest state, and this
+/// task lives as long as the connection. Unboxed, every idle TCP connection would keep
+/// room for a TLS handshake and a WebSocket upgrade (about 12 KB).
 async fn set_up(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -80,7 +84,7 @@ async fn set_up(
     let deadline = shared.config.auth_timeout();
     let mut remote = peer;
     if shared.config.proxy_protocol {
-        match timeout(deadline, read_proxy_header(&mut stream)).await {
+        match Box::pin(timeout(deadline, read_proxy_header(&mut stream))).await {
             Ok(Ok(source)) => remote = source.unwrap_or(peer),
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "bad PROXY header");
@@ -95,40 +99,56 @@ async fn set_up(
     }
     match kind {
         TransportKind::Tcp => {
-            session::run(TcpTransport::new(stream), remote, kind, shared, BytesMut::new()).await;
+            Box::pin(session::run(TcpTransport::new(stream), remote, kind, shared, BytesMut::new())).await;
         }
-        TransportKind::Ws => {
-            if let Some((ws, remote)) = upgrade(stream, remote, &shared).await {
-                session::run(WsTransport::new(ws), remote, kind, shared, BytesMut::new()).await;
-            }
-        }
+        TransportKind::Ws => Box::pin(set_up_ws(stream, remote, shared)).await,
         TransportKind::Wss => {
-            let Some(acceptor) = tls else { return };
-            let tls_stream = match timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    handshake_result("tls_failed");
-                    return;
-                }
-                Err(_) => {
-                    handshake_result("timeout");
-                    return;
-                }
-            };
-            if let Some((ws, remote)) = upgrade(tls_stream, remote, &shared).await {
-                session::run(WsTransport::new(ws), remote, kind, shared, BytesMut::new()).await;
+            if let Some(acceptor) = tls {
+                Box::pin(set_up_wss(stream, peer, remote, shared, acceptor)).await;
             }
         }
     }
 }
 
+/// The WebSocket upgrade, then the session.
+async fn set_up_ws(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
+    if let Some((ws, remote)) = Box::pin(upgrade(stream, remote, &shared)).await {
+        Box::pin(session::run(WsTransport::new(ws), remote, TransportKind::Ws, shared, BytesMut::new())).await;
+    }
+}
+
+/// TLS, then the WebSocket upgrade, then the session.
+async fn set_up_wss(
+    stream: TcpStream,
+    peer: SocketAddr,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+) {
+    let tls_stream = match Box::pin(timeout(shared.config.auth_timeout(), acceptor.accept(stream))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            handshake_result("tls_failed");
+            return;
+        }
+        Err(_) => {
+            handshake_result("timeout");
+            return;
+        }
+    };
+    if let Some((ws, remote)) = Box::pin(upgrade(tls_stream, remote, &shared)).await {
+        Box::pin(session::run(WsTransport::new(ws), remote, TransportKind::Wss, shared, BytesMut::new())).await;
+    }
+}
+
 /// Small buffers: tungstenite's defaults (128 KiB read buffer) cost ~134 KiB per idle
-/// connection.
+/// connection. Its read chunk is allocated for the connection's life, so it is kept at
+/// 2 KiB: larger messages just take more reads.
 fn ws_config(shared: &Shared) -> WebSocketConfig {
     let max = shared.config.ws_max_message_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(shared.config.outbound_queue_bytes.max(64 * 1024))
         .max_message_size(Some(max))
@@ -203,5 +223,26 @@ async fn read_proxy_header(stream: &mut TcpStream) -> io::Result<Option<SocketAd
             }
             Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn set_up_future_size() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let shared = Arc::new(Shared {
+            config: crate::GatewayConfig::default(),
+            registry: Arc::new(crate::Registry::new()),
+            handler: Arc::new(crate::session::tests_support::AcceptAll),
+            node_id: 1,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        });
+        let fut = set_up(stream, "127.0.0.1:1".parse().unwrap(), TransportKind::Tcp, shared, None);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 256, "set_up future is {size} bytes; it lives as long as the connection");
     }
 }

@@ -15,7 +15,7 @@ use hongyan_proto::{
 };
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::config::GatewayConfig;
 use crate::conn::{Conn, TransportKind};
@@ -98,14 +98,37 @@ async fn read_first<T: Transport>(t: &mut T, buf: &mut BytesMut, codec: &Codec) 
     }
 }
 
+/// A connection that completed CONNECT, before its CONNACK is written.
+type LoggedIn<T> = (T, Arc<Conn>, hongyan_proto::Connack, Codec, BytesMut);
+
 /// Runs one connection to its end. `buf` holds bytes already read (after a PROXY header).
+///
+/// The login is a boxed future of its own: its state (the CONNECT, key material) is
+/// freed once the connection is established instead of living as long as it does.
 pub(crate) async fn run<T: Transport>(
-    mut t: T,
+    t: T,
     remote: SocketAddr,
     kind: TransportKind,
     shared: Arc<Shared>,
-    mut buf: BytesMut,
+    buf: BytesMut,
 ) {
+    let Some((t, conn, connack, codec, buf)) = Box::pin(log_in(t, remote, kind, &shared, buf)).await else {
+        return;
+    };
+    let span =
+        tracing::info_span!("conn", id = conn.id, uid = %conn.uid, flag = conn.device_flag, transport = kind.label());
+    established(t, conn, connack, codec, buf, shared).instrument(span).await;
+}
+
+/// CONNECT within the pre-auth timeout, authentication and key agreement. Every refusal
+/// is answered here; `None` means the connection is done.
+async fn log_in<T: Transport>(
+    mut t: T,
+    remote: SocketAddr,
+    kind: TransportKind,
+    shared: &Shared,
+    mut buf: BytesMut,
+) -> Option<LoggedIn<T>> {
     let config = &shared.config;
     let mut codec = Codec::default().with_max_frame_len(config.max_frame_bytes);
 
@@ -114,12 +137,12 @@ pub(crate) async fn run<T: Transport>(
         Ok(First::Gone(why)) => {
             handshake_result(why);
             t.close().await;
-            return;
+            return None;
         }
         Err(_) => {
             handshake_result("timeout");
             t.close().await;
-            return;
+            return None;
         }
     };
 
@@ -152,16 +175,19 @@ pub(crate) async fn run<T: Transport>(
                 let _ = timeout(config.write_timeout(), t.write_frames(&[frame])).await;
             }
             t.close().await;
-            return;
+            return None;
         }
     };
 
+    // Keep what the connection needs; the token and key strings are freed here rather
+    // than held by this future for the connection's lifetime.
+    let Connect { uid, device_id, device_flag, .. } = connect;
     let conn = Arc::new(Conn {
         id: shared.registry.next_conn_id(),
-        uid: connect.uid.as_str().into(),
-        device_flag: connect.device_flag,
+        uid: uid.into(),
+        device_flag,
         level,
-        device_id: connect.device_id.into_boxed_str(),
+        device_id: device_id.into_boxed_str(),
         version: handshake.version(),
         cipher,
         transport: kind,
@@ -169,9 +195,20 @@ pub(crate) async fn run<T: Transport>(
         connected_at_ms: now_ms(),
         outbox: Outbox::new(config.outbox_limits()),
     });
-    let span =
-        tracing::info_span!("conn", id = conn.id, uid = %conn.uid, flag = conn.device_flag, transport = kind.label());
-    let _enter = span.enter();
+    Some((t, conn, connack, codec, buf))
+}
+
+/// The logged-in part of a connection's life, in the connection's span.
+async fn established<T: Transport>(
+    mut t: T,
+    conn: Arc<Conn>,
+    connack: hongyan_proto::Connack,
+    codec: Codec,
+    buf: BytesMut,
+    shared: Arc<Shared>,
+) {
+    let config = &shared.config;
+    let (kind, remote) = (conn.transport, conn.remote);
 
     let Ok(connack) = codec.encode_to_bytes(&Packet::Connack(connack)) else {
         warn!("CONNACK does not encode");
@@ -305,7 +342,25 @@ async fn write<T: Transport>(t: &mut T, frames: &[Bytes], config: &GatewayConfig
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A handler that lets everyone in and ignores packets.
+    pub(crate) struct AcceptAll;
+
+    impl SessionHandler for AcceptAll {
+        fn authenticate<'a>(&'a self, _: &'a Connect) -> AuthFuture<'a> {
+            Box::pin(async { Ok(DeviceLevel::Slave) })
+        }
+        fn on_online(&self, _: &Arc<Conn>) {}
+        fn on_packet(&self, _: &Arc<Conn>, _: Packet) {}
+        fn on_offline(&self, _: &Arc<Conn>) {}
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use super::tests_support::AcceptAll;
     use super::*;
     use std::io;
     use std::time::Duration;
@@ -332,17 +387,6 @@ mod tests {
         async fn close(&mut self) {
             let _ = self.0.shutdown().await;
         }
-    }
-
-    struct AcceptAll;
-
-    impl SessionHandler for AcceptAll {
-        fn authenticate<'a>(&'a self, _: &'a Connect) -> AuthFuture<'a> {
-            Box::pin(async { Ok(DeviceLevel::Slave) })
-        }
-        fn on_online(&self, _: &Arc<Conn>) {}
-        fn on_packet(&self, _: &Arc<Conn>, _: Packet) {}
-        fn on_offline(&self, _: &Arc<Conn>) {}
     }
 
     /// Starts a session on one end of a pipe and logs in from the other.
@@ -405,6 +449,21 @@ mod tests {
         assert_eq!(registry.len(), 1, "still online after 10 minutes of PINGs");
         assert_eq!(read_until_closed(&mut client).await, b"");
         assert!(start.elapsed() >= Duration::from_secs(600 + 180));
+    }
+
+    #[tokio::test]
+    async fn session_future_size() {
+        let (server_end, _client) = tokio::io::duplex(64);
+        let shared = Arc::new(Shared {
+            config: GatewayConfig::default(),
+            registry: Arc::new(Registry::new()),
+            handler: Arc::new(AcceptAll),
+            node_id: 1,
+            shutdown: CancellationToken::new(),
+        });
+        let fut = run(Duplex(server_end), "127.0.0.1:9".parse().unwrap(), TransportKind::Tcp, shared, BytesMut::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2048, "session future is {size} bytes; it lives as long as the connection");
     }
 
     #[test]

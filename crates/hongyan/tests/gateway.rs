@@ -401,3 +401,36 @@ async fn five_thousand_connections_held_authenticated() {
     drop(clients);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn forwarded_for_gives_the_client_address_when_trusted() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start_with(|c| c.gateway.trust_forwarded_for = true).await;
+    server.register("kim", "t", device_flag::WEB, 0).await;
+    let addr = server.server.gateway.ws_addr.unwrap();
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    request.headers_mut().insert("x-forwarded-for", "198.51.100.7, 10.0.0.2".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+
+    let keys = KeyPair::generate().unwrap();
+    let connect = Connect {
+        version: 5,
+        device_flag: device_flag::WEB,
+        device_id: "xff".into(),
+        uid: "kim".into(),
+        token: "t".into(),
+        client_timestamp: 1,
+        client_key: keys.public_key_base64(),
+    };
+    let frame = Codec::default().encode_to_bytes(&Packet::Connect(connect)).unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(frame)).await.unwrap();
+    let reply = tokio::time::timeout(SHORT, ws.next()).await.unwrap().unwrap().unwrap().into_data();
+    let Some(Packet::Connack(c)) = Codec::default().decode(&mut BytesMut::from(&reply[..])).unwrap() else {
+        panic!("expected CONNACK")
+    };
+    assert_eq!(c.reason_code, ReasonCode::Success);
+    assert_eq!(server.server.registry.connections("kim")[0].remote.ip().to_string(), "198.51.100.7");
+    server.stop().await;
+}

@@ -69,6 +69,21 @@ pub enum Target {
     Ws(String),
 }
 
+/// Who logs in, and at which protocol version.
+#[derive(Clone, Copy, Debug)]
+pub struct Login<'a> {
+    /// The user.
+    pub uid: &'a str,
+    /// The registered token.
+    pub token: &'a str,
+    /// 0 app, 1 web, 2 pc.
+    pub device_flag: u8,
+    /// The device id.
+    pub device_id: &'a str,
+    /// The protocol version to announce.
+    pub version: u8,
+}
+
 /// One client connection.
 pub struct Client {
     link: Link,
@@ -134,15 +149,32 @@ fn insecure_tls() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// Connects from `local` (any port) when given: load tests spread connections over
+/// 127.0.0.x source addresses to stay clear of one address's ephemeral ports.
+async fn connect_tcp(addr: SocketAddr, local: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    let stream = match local {
+        None => TcpStream::connect(addr).await?,
+        Some(ip) => {
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Client {
     /// Opens the transport (no handshake yet).
     pub async fn open(target: &Target) -> Result<Self, ClientError> {
+        Self::open_from(target, None).await
+    }
+
+    /// Opens the transport from source address `local`.
+    pub async fn open_from(target: &Target, local: Option<std::net::IpAddr>) -> Result<Self, ClientError> {
         let link = match target {
-            Target::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                Link::Tcp(stream)
-            }
+            Target::Tcp(addr) => Link::Tcp(connect_tcp(*addr, local).await?),
             Target::Ws(url) => {
                 let (secure, rest) = match url.split_once("://") {
                     Some(("wss", rest)) => (true, rest),
@@ -154,8 +186,11 @@ impl Client {
                     }
                 };
                 let host_port = rest.split('/').next().unwrap_or(rest);
-                let tcp = TcpStream::connect(host_port).await?;
-                tcp.set_nodelay(true)?;
+                let addr = tokio::net::lookup_host(host_port)
+                    .await?
+                    .next()
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address for host"))?;
+                let tcp = connect_tcp(addr, local).await?;
                 let io: Box<dyn Io> = if secure {
                     let name = rustls::pki_types::ServerName::try_from("localhost").expect("invariant: valid name");
                     Box::new(insecure_tls().connect(name, tcp).await?)
@@ -179,7 +214,17 @@ impl Client {
         device_id: &str,
         version: u8,
     ) -> Result<(Self, Connack), ClientError> {
-        let mut client = Self::open(target).await?;
+        Self::connect_from(target, None, Login { uid, token, device_flag, device_id, version }).await
+    }
+
+    /// Like [`Client::connect`], from source address `local`.
+    pub async fn connect_from(
+        target: &Target,
+        local: Option<std::net::IpAddr>,
+        login: Login<'_>,
+    ) -> Result<(Self, Connack), ClientError> {
+        let Login { uid, token, device_flag, device_id, version } = login;
+        let mut client = Self::open_from(target, local).await?;
         // The CONNACK's layout depends on the version this client announces.
         client.codec.set_version(ProtocolVersion::negotiate(version));
         let handshake = ClientHandshake::new(KeyPair::generate().map_err(HandshakeError::from)?, version);

@@ -1,0 +1,78 @@
+//! The `hongyan` binary as an operator runs it: flags, start-up errors, SIGTERM.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hongyan_proto::{Packet, ReasonCode, device_flag};
+use hongyan_testkit::{Client, Target};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn unknown_config_keys_stop_start_up_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[gateway]\ntcp_adr = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hongyan")).arg("serve").arg("--config").arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tcp_adr"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hongyan")).args(["--node-id", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node_id: must be between 1 and 1023"));
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, tcp) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hongyan"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-addr", &format!("127.0.0.1:{api}")])
+        .args(["--tcp-addr", &format!("127.0.0.1:{tcp}")])
+        .args(["--ws-addr", ""])
+        .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("HONGYAN_AUTH__TOKEN_AUTH", "false")
+        .env("HONGYAN_LOG__FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let target = Target::Tcp(format!("127.0.0.1:{tcp}").parse().unwrap());
+    let started = Instant::now();
+    let mut client = loop {
+        match Client::connect(&target, "u", "t", device_flag::APP, "d", 5).await {
+            Ok((c, connack)) => {
+                assert_eq!(connack.reason_code, ReasonCode::Success);
+                break c;
+            }
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("server did not come up: {e}"),
+        }
+    };
+    client.send(&Packet::Ping).await.unwrap();
+    assert_eq!(client.recv().await.unwrap(), Packet::Pong);
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    client.expect_closed(Duration::from_secs(5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
