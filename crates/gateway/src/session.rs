@@ -265,7 +265,9 @@ async fn serve<T: Transport>(
     let pong = Bytes::from_static(&[0x80]);
 
     loop {
-        // Everything buffered first: a read may have brought several packets.
+        // Everything buffered first: a read may have brought several packets. Their
+        // PONGs go out together, in one write.
+        let mut pongs = 0usize;
         loop {
             let packet = match codec.decode(&mut buf) {
                 Ok(Some(p)) => p,
@@ -278,11 +280,7 @@ async fn serve<T: Transport>(
             let ty = packet.packet_type();
             metrics::counter!("hongyan_gateway_frames_received_total", "type" => ty.name()).increment(1);
             match packet {
-                Packet::Ping => {
-                    if !write(t, std::slice::from_ref(&pong), config, label).await {
-                        return "write_failed";
-                    }
-                }
+                Packet::Ping => pongs += 1,
                 Packet::Send(_) | Packet::Recvack(_) | Packet::Sub(_) => shared.handler.on_packet(conn, packet),
                 Packet::Disconnect(_) => return "client_disconnect",
                 _ => {
@@ -290,6 +288,9 @@ async fn serve<T: Transport>(
                     return "protocol_error";
                 }
             }
+        }
+        if pongs > 0 && !write(t, &vec![pong.clone(); pongs], config, label).await {
+            return "write_failed";
         }
         if buf.is_empty() && buf.capacity() > 0 {
             // Give the memory back while idle; the next read reserves again.

@@ -434,3 +434,52 @@ async fn forwarded_for_gives_the_client_address_when_trusted() {
     assert_eq!(server.server.registry.connections("kim")[0].remote.ip().to_string(), "198.51.100.7");
     server.stop().await;
 }
+
+/// A client that keeps sending but never reads cannot make the server buffer without
+/// bound: once a write stalls past the write timeout the connection is closed.
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start_with(|c| c.gateway.write_timeout_ms = 500).await;
+    server.register("lee", "t", device_flag::APP, 0).await;
+    let mut stream = tokio::net::TcpStream::connect(server.server.gateway.tcp_addr.unwrap()).await.unwrap();
+    let keys = KeyPair::generate().unwrap();
+    let connect = Connect {
+        version: 5,
+        device_flag: device_flag::APP,
+        device_id: "slow".into(),
+        uid: "lee".into(),
+        token: "t".into(),
+        client_timestamp: 1,
+        client_key: keys.public_key_base64(),
+    };
+    stream.write_all(&Codec::default().encode_to_bytes(&Packet::Connect(connect)).unwrap()).await.unwrap();
+    let mut connack = [0u8; 2];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack[0] >> 4, 2, "CONNACK");
+    assert_eq!(server.server.registry.connections("lee").len(), 1);
+
+    // Flood PINGs and never read a PONG: the server's replies back up in the socket
+    // buffers until its writes stall.
+    let (_read_half, mut write_half) = stream.into_split();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![0x70u8; 64 * 1024];
+        let mut sent = 0usize;
+        while write_half.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+            if sent > 512 * 1024 * 1024 {
+                break;
+            }
+        }
+        sent
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !server.server.registry.connections("lee").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "a peer that never reads was not disconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flood.abort();
+    let metrics = server.metrics().await;
+    assert!(metrics.contains("hongyan_gateway_disconnects_total{reason=\"write_failed\"}"), "{metrics}");
+    server.stop().await;
+}
