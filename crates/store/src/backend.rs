@@ -15,19 +15,34 @@ pub enum Table {
     UidDevice,
     /// (channel_type, channel_id) → channel attributes.
     ChannelInfo,
+    /// (channel, seq) → message: the per-channel message log.
+    ChanSeqMessage,
+    /// (channel, from_uid, client_msg_no) → (message_id, seq): the idempotency index.
+    ChanClientMsgNo,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 2] = [Table::UidDevice, Table::ChannelInfo];
+    pub const ALL: [Table; 4] = [Table::UidDevice, Table::ChannelInfo, Table::ChanSeqMessage, Table::ChanClientMsgNo];
 
     /// The table's name on disk.
     pub fn name(self) -> &'static str {
         match self {
             Self::UidDevice => "uiddev_device",
             Self::ChannelInfo => "chan_info",
+            Self::ChanSeqMessage => "chanseq_msg",
+            Self::ChanClientMsgNo => "chancmn_msg",
         }
     }
+}
+
+/// Which end of a range scan comes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Smallest key first.
+    Ascending,
+    /// Largest key first.
+    Descending,
 }
 
 /// One change in an atomic batch.
@@ -46,9 +61,20 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
-    /// Applies all writes or none. With `durable`, returns only once they survive a
-    /// power loss.
+    /// Up to `limit` entries with `start <= key < end`, in `order`.
+    fn scan_range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies all writes or none. Applied writes survive a crash of this process; with
+    /// `durable` they also survive a power loss before this returns.
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<()>;
+    /// Makes every applied write survive a power loss.
+    fn sync(&self) -> Result<()>;
 }
 
 /// The embedded default: one fjall database, one keyspace per [`Table`].
@@ -98,6 +124,26 @@ impl KvBackend for FjallBackend {
             .collect()
     }
 
+    fn scan_range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let iter = self.keyspace(table).range(start..end);
+        let pair = |guard: fjall::Guard| guard.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine);
+        match order {
+            Order::Ascending => iter.take(limit).map(pair).collect(),
+            Order::Descending => iter.rev().take(limit).map(pair).collect(),
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncAll).map_err(engine)
+    }
+
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<()> {
         let mut batch = self.db.batch();
         for w in writes {
@@ -144,6 +190,27 @@ impl KvBackend for MemoryBackend {
             .take(limit)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn scan_range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        let range = tables.range((table, start.to_vec())..(table, end.to_vec()));
+        let pair = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| (k.clone(), v.clone());
+        Ok(match order {
+            Order::Ascending => range.take(limit).map(pair).collect(),
+            Order::Descending => range.rev().take(limit).map(pair).collect(),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
     }
 
     fn write(&self, writes: Vec<Write>, _durable: bool) -> Result<()> {

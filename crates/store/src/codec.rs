@@ -23,6 +23,32 @@ impl<'a> ValueReader<'a> {
         Some(b)
     }
 
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.rest.split_at_checked(N)?;
+        self.rest = rest;
+        head.try_into().ok()
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+
+    pub(crate) fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_be_bytes)
+    }
+
+    pub(crate) fn i64(&mut self) -> Option<i64> {
+        self.take().map(i64::from_be_bytes)
+    }
+
+    /// A 2-byte-length-prefixed UTF-8 string.
+    pub(crate) fn str16(&mut self) -> Option<&'a str> {
+        let len = usize::from(u16::from_be_bytes(self.take()?));
+        let (s, rest) = self.rest.split_at_checked(len)?;
+        self.rest = rest;
+        std::str::from_utf8(s).ok()
+    }
+
     pub(crate) fn rest_str(&mut self) -> Option<&'a str> {
         let s = std::str::from_utf8(self.rest).ok()?;
         self.rest = &[];

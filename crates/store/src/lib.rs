@@ -5,6 +5,9 @@
 //! are durable when the batch says so. [`Store`] puts typed tables on top (devices and
 //! tokens, channel attributes), so every backend shares one key and value encoding.
 //!
+//! [`MessageLog`] is the per-channel message log: dense seqs, deduplication of resends,
+//! and group commit (one writer thread, one fsync per batch, acks after durability).
+//!
 //! Backends: [`FjallBackend`] (embedded, the default) and [`MemoryBackend`] (tests).
 //!
 //! Storage errors are fail-stop: a caller that gets [`StoreError`] from a write must not
@@ -15,9 +18,11 @@
 
 mod backend;
 mod codec;
+mod log;
 mod tables;
 
-pub use backend::{FjallBackend, KvBackend, MemoryBackend, Table, Write};
+pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
+pub use log::{Appended, ChannelKey, Durability, MessageLog, NewMessage, StoredMessage};
 pub use tables::{ChannelInfo, Device, Store};
 
 /// A storage failure. The operation that got it did not happen (or not durably).

@@ -1,0 +1,679 @@
+//! The per-channel message log, written through one group-commit writer.
+//!
+//! Every append from every connection goes to one writer thread. It takes whatever has
+//! queued up, gives each new message the next dense seq of its channel, recognises
+//! resends by `(channel, from_uid, client_msg_no)`, writes everything in one atomic batch
+//! and (in `fsync` mode) makes it durable with one fsync. Only then are the callers
+//! answered: an acknowledged message is on disk, and one fsync serves a whole batch.
+//!
+//! Because the writer alone assigns seqs, they are dense and increasing per channel
+//! without locks; after a restart each channel continues from its last stored seq.
+//!
+//! Storage errors are fail-stop: the batch's callers get the error, and the writer
+//! refuses everything after it, so nothing is acknowledged that is not stored.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::backend::{KvBackend, Order, Table, Write};
+use crate::codec::{ValueReader, push_str16};
+use crate::{Result, StoreError};
+
+const FORMAT_V1: u8 = 1;
+/// Most appends one commit takes; more wait for the next.
+const MAX_BATCH: usize = 4096;
+
+/// A channel as stored: its type and its stored id (for person channels, the
+/// `a@b` id shared by both sides).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey {
+    /// The channel type (1 person, 2 group, …).
+    pub channel_type: u8,
+    /// The stored channel id.
+    pub channel_id: String,
+}
+
+impl ChannelKey {
+    /// The key of a channel.
+    pub fn new(channel_id: impl Into<String>, channel_type: u8) -> Self {
+        Self { channel_type, channel_id: channel_id.into() }
+    }
+
+    /// `[type][len][id]`: the prefix of every key of this channel in the log.
+    fn prefix(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(3 + self.channel_id.len() + 8);
+        key.push(self.channel_type);
+        push_str16(&mut key, &self.channel_id);
+        key
+    }
+
+    fn message_key(&self, seq: u64) -> Vec<u8> {
+        let mut key = self.prefix();
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    fn client_msg_no_key(&self, from_uid: &str, client_msg_no: &str) -> Vec<u8> {
+        let mut key = self.prefix();
+        push_str16(&mut key, from_uid);
+        key.extend_from_slice(client_msg_no.as_bytes());
+        key
+    }
+}
+
+/// A message to append. The caller chooses the id; the log chooses the seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Globally unique id (snowflake).
+    pub message_id: i64,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    /// The sender; empty for the system.
+    pub from_uid: String,
+    /// The sender's id for the message; resends with the same one are recognised.
+    /// Empty: no deduplication.
+    pub client_msg_no: String,
+    /// Header flag bits as on the wire (RedDot, SyncOnce; NoPersist messages are never
+    /// appended).
+    pub header: u8,
+    /// The setting byte.
+    pub setting: u8,
+    /// Seconds until expiry, 0 = never.
+    pub expire: u32,
+    /// Optional topic.
+    pub topic: Option<String>,
+    /// The plaintext payload.
+    pub payload: Bytes,
+}
+
+/// A message read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its dense position in the channel, from 1.
+    pub seq: u64,
+    /// Everything else, as appended.
+    pub message: NewMessage,
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now, at `seq`.
+    New {
+        /// The message id.
+        message_id: i64,
+        /// The seq it got.
+        seq: u64,
+    },
+    /// A resend of a stored message: nothing was written; these are the original's.
+    Duplicate {
+        /// The original's message id.
+        message_id: i64,
+        /// The original's seq.
+        seq: u64,
+    },
+}
+
+impl Appended {
+    /// The message id and seq, new or original.
+    pub fn ids(self) -> (i64, u64) {
+        match self {
+            Self::New { message_id, seq } | Self::Duplicate { message_id, seq } => (message_id, seq),
+        }
+    }
+}
+
+/// When appended messages are made to survive a power loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync every batch before answering (the default). An acknowledged message
+    /// survives a power loss.
+    Fsync,
+    /// fsync at most this often; answer as soon as the batch is written. An
+    /// acknowledged message survives a crash of the process, but a power loss can lose
+    /// the last interval's messages.
+    Interval(Duration),
+}
+
+struct Job {
+    channel: ChannelKey,
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// The message log. Appends go through the writer thread; reads go straight to storage.
+#[derive(Debug)]
+pub struct MessageLog {
+    kv: Arc<dyn KvBackend>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    failed: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn encode(m: &NewMessage) -> Vec<u8> {
+    let topic_len = m.topic.as_ref().map_or(0, |t| 2 + t.len());
+    let mut v = Vec::with_capacity(32 + m.from_uid.len() + m.client_msg_no.len() + topic_len + m.payload.len());
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&m.message_id.to_be_bytes());
+    v.extend_from_slice(&m.timestamp_ms.to_be_bytes());
+    v.extend_from_slice(&[m.header, m.setting]);
+    v.extend_from_slice(&m.expire.to_be_bytes());
+    push_str16(&mut v, &m.from_uid);
+    push_str16(&mut v, &m.client_msg_no);
+    match &m.topic {
+        Some(t) => {
+            v.push(1);
+            push_str16(&mut v, t);
+        }
+        None => v.push(0),
+    }
+    v.extend_from_slice(&m.payload);
+    v
+}
+
+fn decode(value: &[u8]) -> Result<NewMessage> {
+    let bad = || StoreError::Corrupt { table: Table::ChanSeqMessage.name(), what: "message" };
+    let mut r = ValueReader { rest: value };
+    if r.u8() != Some(FORMAT_V1) {
+        return Err(bad());
+    }
+    let message_id = r.i64().ok_or_else(bad)?;
+    let timestamp_ms = r.i64().ok_or_else(bad)?;
+    let header = r.u8().ok_or_else(bad)?;
+    let setting = r.u8().ok_or_else(bad)?;
+    let expire = r.u32().ok_or_else(bad)?;
+    let from_uid = r.str16().ok_or_else(bad)?.to_owned();
+    let client_msg_no = r.str16().ok_or_else(bad)?.to_owned();
+    let topic = match r.u8().ok_or_else(bad)? {
+        0 => None,
+        1 => Some(r.str16().ok_or_else(bad)?.to_owned()),
+        _ => return Err(bad()),
+    };
+    let payload = Bytes::copy_from_slice(r.rest);
+    Ok(NewMessage { message_id, timestamp_ms, from_uid, client_msg_no, header, setting, expire, topic, payload })
+}
+
+fn seq_from_key(key: &[u8]) -> Result<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(StoreError::Corrupt { table: Table::ChanSeqMessage.name(), what: "key" })
+}
+
+fn last_seq(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
+    let start = channel.prefix();
+    let mut end = start.clone();
+    end.extend_from_slice(&[0xff; 9]);
+    match kv.scan_range(Table::ChanSeqMessage, &start, &end, 1, Order::Descending)?.first() {
+        Some((key, _)) => seq_from_key(key),
+        None => Ok(0),
+    }
+}
+
+impl MessageLog {
+    /// Starts the writer over `kv`.
+    pub fn open(kv: Arc<dyn KvBackend>, durability: Durability) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer = Writer { kv: kv.clone(), durability, failed: failed.clone(), next_seq: HashMap::new() };
+        let handle = std::thread::Builder::new()
+            .name("hongyan-log-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| StoreError::Engine(format!("cannot start the log writer: {e}")))?;
+        Ok(Self { kv, jobs: Mutex::new(Some(tx)), failed, writer: Mutex::new(Some(handle)) })
+    }
+
+    /// Appends `message` to `channel`, returning once it is stored (and, in `fsync`
+    /// mode, durable), or the original's ids when it is a resend.
+    pub async fn append(&self, channel: ChannelKey, message: NewMessage) -> Result<Appended> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
+            sender
+                .send(Job { channel, message, reply })
+                .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
+        }
+        answer.await.map_err(|_| StoreError::Engine("the log writer stopped before answering".into()))?
+    }
+
+    /// Whether a storage error has stopped the writer.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The highest seq stored in `channel` (0 when empty). Blocking.
+    pub fn last_seq(&self, channel: &ChannelKey) -> Result<u64> {
+        last_seq(&*self.kv, channel)
+    }
+
+    /// Up to `limit` messages with `from <= seq < to` (`to == 0`: no upper bound), in
+    /// `order`. Blocking.
+    pub fn read(
+        &self,
+        channel: &ChannelKey,
+        from: u64,
+        to: u64,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<StoredMessage>> {
+        let start = channel.message_key(from);
+        let end = if to == 0 {
+            let mut end = channel.prefix();
+            end.extend_from_slice(&[0xff; 9]);
+            end
+        } else {
+            channel.message_key(to)
+        };
+        self.kv
+            .scan_range(Table::ChanSeqMessage, &start, &end, limit, order)?
+            .into_iter()
+            .map(|(key, value)| Ok(StoredMessage { seq: seq_from_key(&key)?, message: decode(&value)? }))
+            .collect()
+    }
+
+    /// The message a sender stored under `client_msg_no`, if any. Blocking.
+    pub fn by_client_msg_no(
+        &self,
+        channel: &ChannelKey,
+        from_uid: &str,
+        client_msg_no: &str,
+    ) -> Result<Option<StoredMessage>> {
+        let Some((_, seq)) = lookup_client_msg_no(&*self.kv, channel, from_uid, client_msg_no)? else {
+            return Ok(None);
+        };
+        Ok(self.read(channel, seq, seq + 1, 1, Order::Ascending)?.into_iter().next())
+    }
+
+    /// Stops accepting appends, lets the writer finish what it has, and waits for it.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for MessageLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn lookup_client_msg_no(
+    kv: &dyn KvBackend,
+    channel: &ChannelKey,
+    from_uid: &str,
+    client_msg_no: &str,
+) -> Result<Option<(i64, u64)>> {
+    let Some(value) = kv.get(Table::ChanClientMsgNo, &channel.client_msg_no_key(from_uid, client_msg_no))? else {
+        return Ok(None);
+    };
+    let mut r = ValueReader { rest: &value };
+    let bad = || StoreError::Corrupt { table: Table::ChanClientMsgNo.name(), what: "ids" };
+    if r.u8() != Some(FORMAT_V1) {
+        return Err(bad());
+    }
+    Ok(Some((r.i64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?)))
+}
+
+/// The writer thread's state: it alone assigns seqs.
+struct Writer {
+    kv: Arc<dyn KvBackend>,
+    durability: Durability,
+    failed: Arc<AtomicBool>,
+    /// Next seq per channel touched since start, loaded from storage on first use.
+    next_seq: HashMap<ChannelKey, u64>,
+}
+
+impl Writer {
+    fn run(mut self, jobs: &mpsc::Receiver<Job>) {
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let first = match self.durability {
+                Durability::Fsync => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Durability::Interval(every) => jobs.recv_timeout(every.saturating_sub(last_sync.elapsed())),
+            };
+            let first = match first {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch: Vec<Job> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit(batch);
+                unsynced = true;
+            }
+            if let Durability::Interval(every) = self.durability
+                && unsynced
+                && last_sync.elapsed() >= every
+            {
+                if let Err(e) = self.kv.sync() {
+                    self.fail(&e);
+                }
+                last_sync = Instant::now();
+                unsynced = false;
+            }
+        }
+        if unsynced && !self.failed.load(Ordering::Relaxed) {
+            let _ = self.kv.sync();
+        }
+    }
+
+    fn fail(&self, e: &StoreError) {
+        tracing::error!(error = %e, "message log write failed; refusing every append from now on");
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn commit(&mut self, batch: Vec<Job>) {
+        if self.failed.load(Ordering::Relaxed) {
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Engine("the message log stopped after a storage error".into())));
+            }
+            return;
+        }
+        match self.plan(&batch) {
+            Ok((writes, results)) => {
+                let durable = self.durability == Durability::Fsync;
+                match self.kv.write(writes, durable) {
+                    Ok(()) => {
+                        for (job, result) in batch.into_iter().zip(results) {
+                            let _ = job.reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => self.fail_batch(batch, &e),
+                }
+            }
+            Err(e) => self.fail_batch(batch, &e),
+        }
+    }
+
+    fn fail_batch(&mut self, batch: Vec<Job>, e: &StoreError) {
+        self.fail(e);
+        // Seqs handed out for this batch were not stored; forget them so nothing reuses
+        // a stale counter (the log refuses appends from now on anyway).
+        self.next_seq.clear();
+        for job in batch {
+            let _ = job.reply.send(Err(StoreError::Engine(format!("message not stored: {e}"))));
+        }
+    }
+
+    /// Seqs, dedupe and the writes for one batch.
+    fn plan(&mut self, batch: &[Job]) -> Result<(Vec<Write>, Vec<Appended>)> {
+        let mut writes = Vec::with_capacity(batch.len() * 2);
+        let mut results = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<Vec<u8>, (i64, u64)> = HashMap::new();
+        for job in batch {
+            let m = &job.message;
+            let dedupe_key =
+                (!m.client_msg_no.is_empty()).then(|| job.channel.client_msg_no_key(&m.from_uid, &m.client_msg_no));
+            if let Some(key) = &dedupe_key {
+                let earlier = match in_batch.get(key) {
+                    Some(ids) => Some(*ids),
+                    None => lookup_client_msg_no(&*self.kv, &job.channel, &m.from_uid, &m.client_msg_no)?,
+                };
+                if let Some((message_id, seq)) = earlier {
+                    results.push(Appended::Duplicate { message_id, seq });
+                    continue;
+                }
+            }
+            let seq = self.take_seq(&job.channel)?;
+            writes.push(Write::Put(Table::ChanSeqMessage, job.channel.message_key(seq), encode(m)));
+            if let Some(key) = dedupe_key {
+                let mut ids = Vec::with_capacity(17);
+                ids.push(FORMAT_V1);
+                ids.extend_from_slice(&m.message_id.to_be_bytes());
+                ids.extend_from_slice(&seq.to_be_bytes());
+                writes.push(Write::Put(Table::ChanClientMsgNo, key.clone(), ids));
+                in_batch.insert(key, (m.message_id, seq));
+            }
+            results.push(Appended::New { message_id: m.message_id, seq });
+        }
+        Ok((writes, results))
+    }
+
+    fn take_seq(&mut self, channel: &ChannelKey) -> Result<u64> {
+        let next = match self.next_seq.get_mut(channel) {
+            Some(next) => next,
+            None => {
+                let last = last_seq(&*self.kv, channel)?;
+                self.next_seq.entry(channel.clone()).or_insert(last + 1)
+            }
+        };
+        let seq = *next;
+        *next += 1;
+        Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FjallBackend, MemoryBackend};
+    use std::collections::BTreeMap;
+
+    fn msg(id: i64, from: &str, cmn: &str, body: &str) -> NewMessage {
+        NewMessage {
+            message_id: id,
+            timestamp_ms: 1_700_000_000_000 + id,
+            from_uid: from.into(),
+            client_msg_no: cmn.into(),
+            header: 0x02,
+            setting: 0,
+            expire: 0,
+            topic: (id % 3 == 0).then(|| "t".to_owned()),
+            payload: Bytes::from(body.to_owned()),
+        }
+    }
+
+    fn memory_log() -> Arc<MessageLog> {
+        Arc::new(MessageLog::open(Arc::new(MemoryBackend::new()), Durability::Fsync).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_get_dense_seqs_per_channel() {
+        let log = memory_log();
+        let channels = [ChannelKey::new("g1", 2), ChannelKey::new("g2", 2), ChannelKey::new("u1@u2", 1)];
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8i64 {
+            let (log, channels) = (log.clone(), channels.clone());
+            tasks.spawn(async move {
+                for i in 0..300i64 {
+                    let id = t * 1000 + i;
+                    let channel = channels[(id % 3) as usize].clone();
+                    log.append(channel, msg(id, "s", &format!("c{id}"), &format!("m{id}"))).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let mut total = 0;
+        for channel in &channels {
+            let stored = log.read(channel, 1, 0, usize::MAX, Order::Ascending).unwrap();
+            let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "dense from 1");
+            for m in &stored {
+                assert_eq!(m.message.payload, Bytes::from(format!("m{}", m.message.message_id)));
+            }
+            assert_eq!(log.last_seq(channel).unwrap(), stored.len() as u64);
+            total += stored.len();
+        }
+        assert_eq!(total, 2400);
+    }
+
+    #[tokio::test]
+    async fn resends_return_the_original_and_store_nothing() {
+        let log = memory_log();
+        let g = ChannelKey::new("g", 2);
+        let first = log.append(g.clone(), msg(10, "alice", "cmn-1", "hello")).await.unwrap();
+        assert_eq!(first, Appended::New { message_id: 10, seq: 1 });
+        let again = log.append(g.clone(), msg(11, "alice", "cmn-1", "hello")).await.unwrap();
+        assert_eq!(again, Appended::Duplicate { message_id: 10, seq: 1 });
+        // Another sender may use the same client_msg_no; so may the same sender elsewhere.
+        assert_eq!(log.append(g.clone(), msg(12, "bob", "cmn-1", "x")).await.unwrap().ids(), (12, 2));
+        assert_eq!(log.append(ChannelKey::new("h", 2), msg(13, "alice", "cmn-1", "x")).await.unwrap().ids(), (13, 1));
+        // Empty client_msg_no never deduplicates.
+        assert_eq!(log.append(g.clone(), msg(14, "alice", "", "a")).await.unwrap().ids(), (14, 3));
+        assert_eq!(log.append(g.clone(), msg(15, "alice", "", "a")).await.unwrap().ids(), (15, 4));
+        assert_eq!(log.last_seq(&g).unwrap(), 4);
+        let found = log.by_client_msg_no(&g, "alice", "cmn-1").unwrap().unwrap();
+        assert_eq!((found.seq, found.message.message_id), (1, 10));
+        assert!(log.by_client_msg_no(&g, "alice", "nope").unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resends_racing_in_one_batch_store_once() {
+        let log = memory_log();
+        let g = ChannelKey::new("g", 2);
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in 0..50 {
+            let log = log.clone();
+            let g = g.clone();
+            tasks.spawn(async move { log.append(g, msg(id, "alice", "same", "once")).await.unwrap() });
+        }
+        let mut results = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            results.push(r.unwrap());
+        }
+        assert_eq!(results.iter().filter(|r| matches!(r, Appended::New { .. })).count(), 1);
+        let ids: std::collections::HashSet<_> = results.iter().map(|r| r.ids()).collect();
+        assert_eq!(ids.len(), 1, "every resend got the original's ids");
+        assert_eq!(log.last_seq(&g).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_by_range_limit_and_order() {
+        let log = memory_log();
+        let g = ChannelKey::new("g", 2);
+        for id in 1..=10 {
+            log.append(g.clone(), msg(id, "s", "", "m")).await.unwrap();
+        }
+        let seqs = |v: Vec<StoredMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(log.read(&g, 3, 6, 100, Order::Ascending).unwrap()), [3, 4, 5]);
+        assert_eq!(seqs(log.read(&g, 3, 0, 2, Order::Ascending).unwrap()), [3, 4]);
+        assert_eq!(seqs(log.read(&g, 1, 0, 3, Order::Descending).unwrap()), [10, 9, 8]);
+        assert_eq!(seqs(log.read(&g, 11, 0, 3, Order::Ascending).unwrap()), Vec::<u64>::new());
+        assert!(
+            log.read(&ChannelKey::new("g", 3), 1, 0, 10, Order::Ascending).unwrap().is_empty(),
+            "type is part of the key"
+        );
+        let m = &log.read(&g, 3, 4, 1, Order::Ascending).unwrap()[0];
+        assert_eq!(m.message, msg(3, "s", "", "m"), "every field round-trips");
+    }
+
+    #[tokio::test]
+    async fn seqs_and_dedupe_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = ChannelKey::new("g", 2);
+        {
+            let log = MessageLog::open(Arc::new(FjallBackend::open(dir.path()).unwrap()), Durability::Fsync).unwrap();
+            for id in 1..=5 {
+                log.append(g.clone(), msg(id, "s", &format!("c{id}"), "m")).await.unwrap();
+            }
+        }
+        let log = MessageLog::open(
+            Arc::new(FjallBackend::open(dir.path()).unwrap()),
+            Durability::Interval(Duration::from_millis(20)),
+        )
+        .unwrap();
+        assert_eq!(
+            log.append(g.clone(), msg(3, "s", "c3", "m")).await.unwrap(),
+            Appended::Duplicate { message_id: 3, seq: 3 }
+        );
+        assert_eq!(
+            log.append(g.clone(), msg(6, "s", "c6", "m")).await.unwrap(),
+            Appended::New { message_id: 6, seq: 6 }
+        );
+        assert_eq!(log.read(&g, 1, 0, 100, Order::Ascending).unwrap().len(), 6);
+    }
+
+    /// A backend whose writes fail after the first `ok` of them.
+    #[derive(Debug)]
+    struct Failing {
+        inner: MemoryBackend,
+        ok: std::sync::atomic::AtomicUsize,
+    }
+
+    impl KvBackend for Failing {
+        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(t, k)
+        }
+        fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_prefix(t, p, l)
+        }
+        fn scan_range(&self, t: Table, s: &[u8], e: &[u8], l: usize, o: Order) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_range(t, s, e, l, o)
+        }
+        fn write(&self, w: Vec<Write>, d: bool) -> Result<()> {
+            if self.ok.fetch_sub(1, Ordering::Relaxed) == 0 {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            self.inner.write(w, d)
+        }
+        fn sync(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_acknowledges_nothing_from_then_on() {
+        let kv = Arc::new(Failing { inner: MemoryBackend::new(), ok: 1.into() });
+        let log = MessageLog::open(kv, Durability::Fsync).unwrap();
+        let g = ChannelKey::new("g", 2);
+        assert!(log.append(g.clone(), msg(1, "s", "", "m")).await.is_ok());
+        assert!(log.append(g.clone(), msg(2, "s", "", "m")).await.is_err());
+        assert!(log.has_failed());
+        assert!(log.append(g.clone(), msg(3, "s", "", "m")).await.is_err(), "fail-stop");
+        assert_eq!(log.last_seq(&g).unwrap(), 1);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Against a model: each channel holds exactly the first copy of every
+        /// (sender, client_msg_no), in append order, at seqs 1..=n.
+        #[test]
+        fn log_matches_a_model(ops in proptest::collection::vec((0u8..3, 0u8..3, 0u8..6), 1..80)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let log = memory_log();
+                let mut model: BTreeMap<u8, Vec<(i64, String, String)>> = BTreeMap::new();
+                for (i, (channel, sender, cmn)) in ops.into_iter().enumerate() {
+                    let key = ChannelKey::new(format!("c{channel}"), 2);
+                    let (from, cmn) = (format!("u{sender}"), if cmn == 0 { String::new() } else { format!("n{cmn}") });
+                    let got = log.append(key, msg(i as i64, &from, &cmn, "p")).await.unwrap();
+                    let entries = model.entry(channel).or_default();
+                    let earlier = entries.iter().position(|(_, f, c)| !cmn.is_empty() && *f == from && *c == cmn);
+                    match earlier {
+                        Some(pos) => assert_eq!(got, Appended::Duplicate { message_id: entries[pos].0, seq: pos as u64 + 1 }),
+                        None => {
+                            entries.push((i as i64, from, cmn));
+                            assert_eq!(got, Appended::New { message_id: i as i64, seq: entries.len() as u64 });
+                        }
+                    }
+                }
+                for (channel, entries) in model {
+                    let stored = log.read(&ChannelKey::new(format!("c{channel}"), 2), 1, 0, usize::MAX, Order::Ascending).unwrap();
+                    let ids: Vec<i64> = stored.iter().map(|m| m.message.message_id).collect();
+                    assert_eq!(ids, entries.iter().map(|e| e.0).collect::<Vec<_>>());
+                }
+            });
+        }
+    }
+}
