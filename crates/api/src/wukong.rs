@@ -1,7 +1,8 @@
 //! The WuKongIM v2 / LiMaoIM dialect: field names, response shapes and error bodies as
 //! WuKongIM's server has them, so app servers switch by changing a base URL.
 //!
-//! Implemented so far: routes, user tokens and device logout, channel attributes, health.
+//! Implemented so far: routes, user tokens and device logout, channels with their
+//! attributes, subscribers, blacklists and whitelists, health.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hongyan_gateway::{CloseReason, Conn, is_valid_uid};
 use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
-use hongyan_store::{ChannelInfo, Device};
+use hongyan_store::{ChannelInfo, Device, MemberList};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -27,15 +28,32 @@ const PERSON: u8 = 1;
 /// Highest channel type WuKongIM defines (AgentGroup).
 const MAX_CHANNEL_TYPE: u8 = 12;
 
+/// The list endpoints: path, list and change.
+const LIST_ROUTES: [(&str, MemberList, Change); 8] = [
+    ("/channel/subscriber_add", MemberList::Subscribers, Change::Add),
+    ("/channel/subscriber_remove", MemberList::Subscribers, Change::Remove),
+    ("/channel/blacklist_add", MemberList::Blacklist, Change::Add),
+    ("/channel/blacklist_set", MemberList::Blacklist, Change::Set),
+    ("/channel/blacklist_remove", MemberList::Blacklist, Change::Remove),
+    ("/channel/whitelist_add", MemberList::Whitelist, Change::Add),
+    ("/channel/whitelist_set", MemberList::Whitelist, Change::Set),
+    ("/channel/whitelist_remove", MemberList::Whitelist, Change::Remove),
+];
+
 /// The dialect's routes, with the manager-token check and the body limit applied.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    for (path, list, change) in LIST_ROUTES {
+        router = router.route(path, post(move |s: State<AppState>, b: Bytes| members(s, b, list, change)));
+    }
+    router
         .route("/health", get(health))
         .route("/route", get(route))
         .route("/route/batch", post(route_batch))
         .route("/user/token", post(user_token))
         .route("/user/device_quit", post(device_quit))
+        .route("/channel", post(channel_create))
         .route("/channel/info", post(channel_info))
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
@@ -242,18 +260,95 @@ fn flag(flags: &HashMap<String, Value>, name: &str) -> Result<bool, ApiError> {
 async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ChannelInfoReq = parse(&body)?;
     check_channel(&req.channel_id, req.channel_type)?;
-    let info = ChannelInfo {
-        ban: flag(&req.flags, "ban")?,
-        disband: flag(&req.flags, "disband")?,
-        send_ban: flag(&req.flags, "send_ban")?,
-        large: flag(&req.flags, "large")?,
-        allow_stranger: flag(&req.flags, "allow_stranger")?,
-    };
+    let info = channel_attributes(&req.flags)?;
     let (id, ty) = (req.channel_id.clone(), req.channel_type);
     state.blocking(move |s| s.put_channel_info(&id, ty, info)).await?;
     if req.channel_type == PERSON && info.ban {
         let conns = state.registry.take(&req.channel_id, None);
         kick(conns, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
     }
+    Ok(ok())
+}
+
+/// Parses the 0/1 attributes of a channel body.
+fn channel_attributes(flags: &HashMap<String, Value>) -> Result<ChannelInfo, ApiError> {
+    Ok(ChannelInfo {
+        ban: flag(flags, "ban")?,
+        disband: flag(flags, "disband")?,
+        send_ban: flag(flags, "send_ban")?,
+        large: flag(flags, "large")?,
+        allow_stranger: flag(flags, "allow_stranger")?,
+    })
+}
+
+/// Reads an optional list of uids from a body, checking each.
+fn uid_list(flags: &HashMap<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
+    let Some(value) = flags.get(field).filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let list: Vec<String> = serde_json::from_value(value.clone())
+        .map_err(|_| ApiError::bad(format!("{field}: must be an array of uids")))?;
+    for (i, uid) in list.iter().enumerate() {
+        check_uid(&format!("{field}[{i}]"), uid)?;
+    }
+    Ok(list)
+}
+
+/// `POST /channel`: creates or updates a channel's attributes and adds subscribers
+/// (`reset=1` replaces them). Person channels take no subscribers.
+async fn channel_create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ChannelInfoReq = parse(&body)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    let info = channel_attributes(&req.flags)?;
+    let subscribers = uid_list(&req.flags, "subscribers")?;
+    let reset = flag(&req.flags, "reset")?;
+    if req.channel_type == PERSON && !subscribers.is_empty() {
+        return Err(ApiError::bad("subscribers: person channels have no subscribers"));
+    }
+    let (id, ty) = (req.channel_id.clone(), req.channel_type);
+    state
+        .blocking(move |s| {
+            s.put_channel_info(&id, ty, info)?;
+            if reset || !subscribers.is_empty() {
+                s.add_members(MemberList::Subscribers, &id, ty, &subscribers, reset)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(ok())
+}
+
+/// How a list endpoint changes a list.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Add,
+    Set,
+    Remove,
+}
+
+/// The subscriber, blacklist and whitelist endpoints. Subscriber bodies name the uids
+/// `subscribers`, list bodies `uids`; `subscriber_add` also honours `reset`.
+async fn members(
+    State(state): State<AppState>,
+    body: Bytes,
+    list: MemberList,
+    change: Change,
+) -> Result<Json<Value>, ApiError> {
+    let req: ChannelInfoReq = parse(&body)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    let field = if list == MemberList::Subscribers { "subscribers" } else { "uids" };
+    let uids = uid_list(&req.flags, field)?;
+    if list == MemberList::Subscribers && req.channel_type == PERSON {
+        return Err(ApiError::bad("channel_type: person channels have no subscribers"));
+    }
+    if list == MemberList::Subscribers && flag(&req.flags, "temp_subscriber")? {
+        return Err(ApiError::bad("temp_subscriber: temporary subscribers are not supported"));
+    }
+    let reset = matches!(change, Change::Set) || (matches!(change, Change::Add) && flag(&req.flags, "reset")?);
+    let (id, ty) = (req.channel_id.clone(), req.channel_type);
+    state
+        .blocking(move |s| match change {
+            Change::Add | Change::Set => s.add_members(list, &id, ty, &uids, reset),
+            Change::Remove => s.remove_members(list, &id, ty, &uids),
+        })
+        .await?;
     Ok(ok())
 }

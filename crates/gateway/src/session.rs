@@ -26,6 +26,9 @@ use crate::transport::Transport;
 /// The future [`SessionHandler::authenticate`] returns.
 pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<DeviceLevel, ReasonCode>> + Send + 'a>>;
 
+/// The future [`SessionHandler::on_packet`] returns: the packet's admission.
+pub type PacketFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// What the gateway asks of the rest of the server. The gateway owns sockets and
 /// sessions; the handler owns users and messages.
 pub trait SessionHandler: Send + Sync + 'static {
@@ -36,8 +39,11 @@ pub trait SessionHandler: Send + Sync + 'static {
     /// `conn` completed its login and is in the registry.
     fn on_online(&self, conn: &Arc<Conn>);
 
-    /// `conn` sent SEND, RECVACK or SUB. Must not block: answers go to `conn.outbox`.
-    fn on_packet(&self, conn: &Arc<Conn>, packet: Packet);
+    /// `conn` sent SEND, RECVACK or SUB. The session awaits the returned future before
+    /// reading the connection's next packet, so packets are admitted in the order they
+    /// arrived. Admit quickly (checks, enqueueing) and finish slow work (durability,
+    /// fan-out) elsewhere: answers go to `conn.outbox`.
+    fn on_packet<'a>(&'a self, conn: &'a Arc<Conn>, packet: Packet) -> PacketFuture<'a>;
 
     /// `conn` is gone (closed, kicked, timed out) and no longer in the registry.
     fn on_offline(&self, conn: &Arc<Conn>);
@@ -281,7 +287,7 @@ async fn serve<T: Transport>(
             metrics::counter!("hongyan_gateway_frames_received_total", "type" => ty.name()).increment(1);
             match packet {
                 Packet::Ping => pongs += 1,
-                Packet::Send(_) | Packet::Recvack(_) | Packet::Sub(_) => shared.handler.on_packet(conn, packet),
+                Packet::Send(_) | Packet::Recvack(_) | Packet::Sub(_) => shared.handler.on_packet(conn, packet).await,
                 Packet::Disconnect(_) => return "client_disconnect",
                 _ => {
                     debug!(packet = %ty, "packet a client must not send");
@@ -354,7 +360,9 @@ pub(crate) mod tests_support {
             Box::pin(async { Ok(DeviceLevel::Slave) })
         }
         fn on_online(&self, _: &Arc<Conn>) {}
-        fn on_packet(&self, _: &Arc<Conn>, _: Packet) {}
+        fn on_packet<'a>(&'a self, _: &'a Arc<Conn>, _: Packet) -> PacketFuture<'a> {
+            Box::pin(async {})
+        }
         fn on_offline(&self, _: &Arc<Conn>) {}
     }
 }

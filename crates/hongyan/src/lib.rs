@@ -4,7 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod login;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -12,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hongyan_api::{ApiSettings, AppState, RouteAddrs};
+use hongyan_core::{Core, CoreSettings, Sessions};
 use hongyan_gateway::{Gateway, Registry};
-use hongyan_store::{FjallBackend, Store};
+use hongyan_store::{Durability, FjallBackend, MessageLog, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,8 @@ pub struct Server {
     pub gateway: Gateway,
     /// Who is online.
     pub registry: Arc<Registry>,
+    /// The message log.
+    pub log: Arc<MessageLog>,
     shutdown: CancellationToken,
     http: TaskTracker,
 }
@@ -79,23 +81,35 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let metrics = metrics_handle();
     let backend = FjallBackend::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let store = Store::new(Arc::new(backend));
+    let backend = Arc::new(backend);
+    let store = Store::new(backend.clone());
+    let log = Arc::new(MessageLog::open(backend, Durability::Fsync).context("starting the message log")?);
     let registry = Arc::new(Registry::new());
     let shutdown = CancellationToken::new();
 
-    let logins = login::Logins::new(
+    let core = Core::start(
         store.clone(),
-        config.auth.token_auth,
-        config.manager_uid.clone(),
-        config.manager_token.clone(),
-        config.system_uid.clone(),
+        log.clone(),
+        registry.clone(),
+        CoreSettings {
+            token_auth: config.auth.token_auth,
+            manager_uid: config.manager_uid.clone(),
+            manager_token: config.manager_token.clone(),
+            system_uid: config.system_uid.clone(),
+            node_id: config.node_id,
+        },
     );
     if !config.auth.token_auth {
         warn!("auth.token_auth is off: anyone can log in as anyone");
     }
-    let gateway =
-        Gateway::start(config.gateway.clone(), registry.clone(), Arc::new(logins), config.node_id, shutdown.clone())
-            .await?;
+    let gateway = Gateway::start(
+        config.gateway.clone(),
+        registry.clone(),
+        Arc::new(Sessions(core.clone())),
+        config.node_id,
+        shutdown.clone(),
+    )
+    .await?;
 
     let api_addr = config.api_addr()?;
     let manager_addr = config.manager_addr()?;
@@ -136,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         });
     }
     http.close();
-    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, shutdown, http })
+    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, log, shutdown, http })
 }
 
 impl Server {
@@ -145,9 +159,12 @@ impl Server {
         self.shutdown.cancel();
     }
 
-    /// Waits until every connection and HTTP server has finished.
+    /// Waits until every connection and HTTP server has finished, then lets the log
+    /// writer finish what it has queued.
     pub async fn wait(&self) {
         self.gateway.wait_closed().await;
         self.http.wait().await;
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
 }

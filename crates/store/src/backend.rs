@@ -19,11 +19,25 @@ pub enum Table {
     ChanSeqMessage,
     /// (channel, from_uid, client_msg_no) → (message_id, seq): the idempotency index.
     ChanClientMsgNo,
+    /// (channel, uid) → (): subscribers (members).
+    ChanSubscriber,
+    /// (channel, uid) → (): blacklist.
+    ChanBlacklist,
+    /// (channel, uid) → (): whitelist.
+    ChanWhitelist,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 4] = [Table::UidDevice, Table::ChannelInfo, Table::ChanSeqMessage, Table::ChanClientMsgNo];
+    pub const ALL: [Table; 7] = [
+        Table::UidDevice,
+        Table::ChannelInfo,
+        Table::ChanSeqMessage,
+        Table::ChanClientMsgNo,
+        Table::ChanSubscriber,
+        Table::ChanBlacklist,
+        Table::ChanWhitelist,
+    ];
 
     /// The table's name on disk.
     pub fn name(self) -> &'static str {
@@ -32,6 +46,9 @@ impl Table {
             Self::ChannelInfo => "chan_info",
             Self::ChanSeqMessage => "chanseq_msg",
             Self::ChanClientMsgNo => "chancmn_msg",
+            Self::ChanSubscriber => "chanuid_subscriber",
+            Self::ChanBlacklist => "chanuid_blacklist",
+            Self::ChanWhitelist => "chanuid_whitelist",
         }
     }
 }

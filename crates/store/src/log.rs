@@ -142,10 +142,29 @@ pub enum Durability {
     Interval(Duration),
 }
 
+/// Called by the writer thread right after a successful commit, in commit order, with
+/// what the append did. It must not block: hand work to another thread or task.
+pub type OnCommit = Box<dyn FnOnce(Appended) + Send>;
+
 struct Job {
     channel: ChannelKey,
     message: NewMessage,
+    on_commit: Option<OnCommit>,
     reply: oneshot::Sender<Result<Appended>>,
+}
+
+/// An append that has been queued; await it for the outcome.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(StoreError::Engine("the log writer stopped before answering".into()))))
+    }
 }
 
 /// The message log. Appends go through the writer thread; reads go straight to storage.
@@ -234,15 +253,24 @@ impl MessageLog {
     /// Appends `message` to `channel`, returning once it is stored (and, in `fsync`
     /// mode, durable), or the original's ids when it is a resend.
     pub async fn append(&self, channel: ChannelKey, message: NewMessage) -> Result<Appended> {
+        self.enqueue(channel, message, None)?.await
+    }
+
+    /// Queues an append now, so appends are committed in the order they are enqueued.
+    /// `on_commit` runs on the writer thread after the commit, in commit order.
+    pub fn enqueue(
+        &self,
+        channel: ChannelKey,
+        message: NewMessage,
+        on_commit: Option<OnCommit>,
+    ) -> Result<PendingAppend> {
         let (reply, answer) = oneshot::channel();
-        {
-            let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-            let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
-            sender
-                .send(Job { channel, message, reply })
-                .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
-        }
-        answer.await.map_err(|_| StoreError::Engine("the log writer stopped before answering".into()))?
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
+        sender
+            .send(Job { channel, message, on_commit, reply })
+            .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
+        Ok(PendingAppend(answer))
     }
 
     /// Whether a storage error has stopped the writer.
@@ -393,6 +421,9 @@ impl Writer {
                 match self.kv.write(writes, durable) {
                     Ok(()) => {
                         for (job, result) in batch.into_iter().zip(results) {
+                            if let Some(on_commit) = job.on_commit {
+                                on_commit(result);
+                            }
                             let _ = job.reply.send(Ok(result));
                         }
                     }
@@ -555,6 +586,23 @@ mod tests {
         let ids: std::collections::HashSet<_> = results.iter().map(|r| r.ids()).collect();
         assert_eq!(ids.len(), 1, "every resend got the original's ids");
         assert_eq!(log.last_seq(&g).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn commit_callbacks_run_in_commit_order() {
+        let log = memory_log();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut pending = Vec::new();
+        for id in 1..=100 {
+            let seen = seen.clone();
+            let on_commit: OnCommit = Box::new(move |a| seen.lock().unwrap().push(a.ids()));
+            pending.push(log.enqueue(ChannelKey::new("g", 2), msg(id, "s", "", "m"), Some(on_commit)).unwrap());
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        let expected: Vec<(i64, u64)> = (1..=100).map(|i| (i, i as u64)).collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
     }
 
     #[tokio::test]

@@ -80,6 +80,35 @@ fn channel_key(channel_id: &str, channel_type: u8) -> Vec<u8> {
     key
 }
 
+/// A per-channel list of uids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemberList {
+    /// Members who receive the channel's messages (and may send to groups).
+    Subscribers,
+    /// Uids that may not send to the channel.
+    Blacklist,
+    /// When non-empty, only these uids may send to the channel.
+    Whitelist,
+}
+
+impl MemberList {
+    fn table(self) -> Table {
+        match self {
+            Self::Subscribers => Table::ChanSubscriber,
+            Self::Blacklist => Table::ChanBlacklist,
+            Self::Whitelist => Table::ChanWhitelist,
+        }
+    }
+}
+
+/// `[type][len][id]`: the prefix of a channel's entries in a member list.
+fn list_prefix(channel_id: &str, channel_type: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + channel_id.len());
+    key.push(channel_type);
+    push_str16(&mut key, channel_id);
+    key
+}
+
 fn corrupt(table: Table, what: &'static str) -> StoreError {
     StoreError::Corrupt { table: table.name(), what }
 }
@@ -149,6 +178,70 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every uid on `list` of a channel, in uid order.
+    pub fn members(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<Vec<String>> {
+        let prefix = list_prefix(channel_id, channel_type);
+        self.kv
+            .scan_prefix(list.table(), &prefix, usize::MAX)?
+            .into_iter()
+            .map(|(key, _)| {
+                std::str::from_utf8(&key[prefix.len()..]).map(str::to_owned).map_err(|_| corrupt(list.table(), "uid"))
+            })
+            .collect()
+    }
+
+    /// Whether `uid` is on `list` of a channel.
+    pub fn is_member(&self, list: MemberList, channel_id: &str, channel_type: u8, uid: &str) -> Result<bool> {
+        let mut key = list_prefix(channel_id, channel_type);
+        key.extend_from_slice(uid.as_bytes());
+        Ok(self.kv.get(list.table(), &key)?.is_some())
+    }
+
+    /// Whether `list` of a channel has anyone on it.
+    pub fn has_members(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<bool> {
+        Ok(!self.kv.scan_prefix(list.table(), &list_prefix(channel_id, channel_type), 1)?.is_empty())
+    }
+
+    /// Adds `uids` to `list` (atomically, durably), first clearing it when `reset`.
+    pub fn add_members(
+        &self,
+        list: MemberList,
+        channel_id: &str,
+        channel_type: u8,
+        uids: &[String],
+        reset: bool,
+    ) -> Result<()> {
+        let prefix = list_prefix(channel_id, channel_type);
+        let mut writes = Vec::new();
+        if reset {
+            for (key, _) in self.kv.scan_prefix(list.table(), &prefix, usize::MAX)? {
+                writes.push(Write::Delete(list.table(), key));
+            }
+        }
+        for uid in uids {
+            let mut key = prefix.clone();
+            key.extend_from_slice(uid.as_bytes());
+            writes.push(Write::Put(list.table(), key, vec![FORMAT_V1]));
+        }
+        self.kv.write(writes, true)
+    }
+
+    /// Removes `uids` from `list`, durably.
+    pub fn remove_members(&self, list: MemberList, channel_id: &str, channel_type: u8, uids: &[String]) -> Result<()> {
+        let prefix = list_prefix(channel_id, channel_type);
+        let writes = uids
+            .iter()
+            .map(|uid| {
+                let mut key = prefix.clone();
+                key.extend_from_slice(uid.as_bytes());
+                Write::Delete(list.table(), key)
+            })
+            .collect();
+        self.kv.write(writes, true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +266,32 @@ mod tests {
         store.put_channel_info("u1", 1, info).unwrap();
         assert_eq!(store.channel_info("u1", 1).unwrap(), Some(info));
         assert_eq!(store.channel_info("u1", 2).unwrap(), None);
+    }
+
+    fn members_conformance(store: &Store) {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        store.add_members(MemberList::Subscribers, "g1", 2, &names(&["b", "a"]), false).unwrap();
+        store.add_members(MemberList::Subscribers, "g10", 2, &names(&["z"]), false).unwrap();
+        store.add_members(MemberList::Blacklist, "g1", 2, &names(&["x"]), false).unwrap();
+        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["a", "b"]));
+        assert_eq!(store.members(MemberList::Blacklist, "g1", 2).unwrap(), names(&["x"]));
+        assert!(store.members(MemberList::Subscribers, "g1", 4).unwrap().is_empty());
+        store.remove_members(MemberList::Subscribers, "g1", 2, &names(&["a"])).unwrap();
+        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["b"]));
+        store.add_members(MemberList::Subscribers, "g1", 2, &names(&["c"]), true).unwrap();
+        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["c"]));
+        assert_eq!(store.members(MemberList::Subscribers, "g10", 2).unwrap(), names(&["z"]));
+        assert!(store.is_member(MemberList::Subscribers, "g1", 2, "c").unwrap());
+        assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
+        assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());
+        assert!(!store.has_members(MemberList::Whitelist, "g1", 2).unwrap());
+    }
+
+    #[test]
+    fn member_lists_on_both_backends() {
+        members_conformance(&Store::new(Arc::new(MemoryBackend::new())));
+        let dir = tempfile::tempdir().unwrap();
+        members_conformance(&Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap())));
     }
 
     #[test]

@@ -1,0 +1,403 @@
+//! The messaging core: who may log in, who may send where, and how a message travels
+//! from a SEND to the log and on to every online recipient.
+//!
+//! The path of a SEND (`on_packet`):
+//! 1. **Admission**, awaited by the connection's session so that a connection's SENDs
+//!    are admitted in order: the sender's global mute (25), msgKey and decryption (9),
+//!    the channel's ban (19) and disband (24), then the sender's rights — blacklist (4),
+//!    subscriber (3), whitelist (13) — and finally the append is *enqueued* on the log.
+//! 2. **Durability**: the log's writer commits the batch (one fsync) and, in commit
+//!    order, hands each new message to a fan-out shard; a resend of a stored
+//!    `client_msg_no` gets the original's id and seq and is not delivered again.
+//! 3. **SENDACK** to the sender once the append is durable.
+//! 4. **Fan-out** on the channel's shard (so each channel's messages go out in seq
+//!    order): one RECV per online connection of every recipient except the sending
+//!    connection, encrypted with that connection's key.
+//!
+//! Not yet here: the RECVACK retry queue, conversations, system accounts, sync.
+
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod ids;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_uid};
+use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
+use hongyan_store::{Appended, ChannelKey, MemberList, MessageLog, NewMessage, OnCommit, Store, StoreError};
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::channel::{CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, person_channel_id, person_channel_members};
+use crate::ids::Snowflake;
+
+/// Fan-out shards: each delivers its channels' messages in order; together they spread
+/// the per-recipient encryption over the runtime's workers.
+const FANOUT_SHARDS: usize = 4;
+
+/// Settings of the core.
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    /// Check CONNECT tokens (off only for demos).
+    pub token_auth: bool,
+    /// The uid that logs in with the manager token.
+    pub manager_uid: String,
+    /// The manager token; empty disables manager logins.
+    pub manager_token: String,
+    /// The uid of server-originated messages; it cannot log in and receives nothing.
+    pub system_uid: String,
+    /// The snowflake node id.
+    pub node_id: u64,
+}
+
+/// A message on its way to recipients.
+struct Delivery {
+    channel: ChannelKey,
+    message: NewMessage,
+    seq: u64,
+    /// The sending connection, which does not get its own message back.
+    origin: u64,
+}
+
+/// The messaging core. Shared by the gateway (as its [`SessionHandler`]) and the APIs.
+#[derive(Debug)]
+pub struct Core {
+    store: Store,
+    log: Arc<MessageLog>,
+    registry: Arc<Registry>,
+    ids: Snowflake,
+    settings: CoreSettings,
+    shards: Vec<mpsc::UnboundedSender<Delivery>>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("channel", &self.channel).field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+fn storage(e: StoreError) -> ReasonCode {
+    error!(error = %e, "storage failed while handling a message");
+    ReasonCode::SystemError
+}
+
+impl Core {
+    /// A core over `store` and `log`, delivering to `registry`'s connections. Starts the
+    /// fan-out tasks on the current runtime.
+    pub fn start(store: Store, log: Arc<MessageLog>, registry: Arc<Registry>, settings: CoreSettings) -> Arc<Self> {
+        let mut receivers = Vec::new();
+        let mut shards = Vec::new();
+        for _ in 0..FANOUT_SHARDS {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(tx);
+            receivers.push(rx);
+        }
+        let core = Arc::new(Self { store, log, registry, ids: Snowflake::new(settings.node_id), settings, shards });
+        for mut rx in receivers {
+            // Holds only a weak reference: the shard ends when the core is dropped.
+            let weak = Arc::downgrade(&core);
+            tokio::spawn(async move {
+                while let Some(delivery) = rx.recv().await {
+                    let Some(core) = weak.upgrade() else { break };
+                    core.deliver(delivery).await;
+                }
+            });
+        }
+        core
+    }
+
+    /// The message log.
+    pub fn log(&self) -> &Arc<MessageLog> {
+        &self.log
+    }
+
+    fn shard(&self, channel: &ChannelKey) -> &mpsc::UnboundedSender<Delivery> {
+        let hash = crc32fast::hash(channel.channel_id.as_bytes()) as usize ^ usize::from(channel.channel_type);
+        &self.shards[hash % self.shards.len()]
+    }
+
+    fn check_login(&self, connect: &Connect) -> Result<DeviceLevel, ReasonCode> {
+        let s = &self.settings;
+        if connect.uid == s.system_uid {
+            return Err(ReasonCode::AuthFail);
+        }
+        if connect.uid == s.manager_uid && !s.manager_token.is_empty() {
+            return if eq_constant_time(&connect.token, &s.manager_token) {
+                Ok(DeviceLevel::Slave)
+            } else {
+                Err(ReasonCode::AuthFail)
+            };
+        }
+        if self.store.channel_info(&connect.uid, PERSON).map_err(storage)?.is_some_and(|i| i.ban) {
+            return Err(ReasonCode::Ban);
+        }
+        if !s.token_auth {
+            return Ok(DeviceLevel::Slave);
+        }
+        match self.store.device(&connect.uid, connect.device_flag).map_err(storage)? {
+            Some(device) if !connect.token.is_empty() && eq_constant_time(&connect.token, &device.token) => {
+                Ok(device.level)
+            }
+            _ => Err(ReasonCode::AuthFail),
+        }
+    }
+
+    /// Checks a SEND in WuKongIM's order and returns the stored channel and the
+    /// plaintext payload, or the SENDACK reason code. Blocking (storage reads).
+    fn admit(&self, conn: &Conn, send: &Send) -> Result<(ChannelKey, Bytes), ReasonCode> {
+        let store = &self.store;
+        let sender = &*conn.uid;
+        if store.channel_info(sender, PERSON).map_err(storage)?.is_some_and(|i| i.send_ban) {
+            return Err(ReasonCode::SendBan);
+        }
+        let plain = match &conn.cipher {
+            Some(cipher) => Bytes::from(cipher.open_send(send).map_err(|e| e.reason_code())?),
+            None => send.payload.clone(),
+        };
+        let channel_type = send.channel_type;
+        if channel_type == 0 || channel_type > MAX_TYPE {
+            return Err(ReasonCode::NotSupportChannelType);
+        }
+        if !is_valid_uid(&send.channel_id) {
+            return Err(ReasonCode::ChannelIdError);
+        }
+        if channel_type == PERSON {
+            let peer = &send.channel_id;
+            if *peer == self.settings.system_uid {
+                return Err(ReasonCode::ChannelIdError);
+            }
+            if store.is_member(MemberList::Blacklist, peer, PERSON, sender).map_err(storage)? {
+                return Err(ReasonCode::InBlacklist);
+            }
+            return Ok((ChannelKey::new(person_channel_id(sender, peer), PERSON), plain));
+        }
+        let id = &send.channel_id;
+        let info = store.channel_info(id, channel_type).map_err(storage)?.unwrap_or_default();
+        if info.ban {
+            return Err(ReasonCode::Ban);
+        }
+        if info.disband {
+            return Err(ReasonCode::Disband);
+        }
+        let key = ChannelKey::new(id.clone(), channel_type);
+        if matches!(channel_type, CUSTOMER_SERVICE | INFO) {
+            return Ok((key, plain));
+        }
+        if store.is_member(MemberList::Blacklist, id, channel_type, sender).map_err(storage)? {
+            return Err(ReasonCode::InBlacklist);
+        }
+        if !store.is_member(MemberList::Subscribers, id, channel_type, sender).map_err(storage)? {
+            return Err(ReasonCode::SubscriberNotExist);
+        }
+        if store.has_members(MemberList::Whitelist, id, channel_type).map_err(storage)?
+            && !store.is_member(MemberList::Whitelist, id, channel_type, sender).map_err(storage)?
+        {
+            return Err(ReasonCode::NotInWhitelist);
+        }
+        Ok((key, plain))
+    }
+
+    async fn on_send(self: &Arc<Self>, conn: &Arc<Conn>, send: Send) {
+        let message_id = self.ids.next_id();
+        let ack = |message_id: i64, message_seq: u64, reason_code: ReasonCode| {
+            let ack = Sendack {
+                flags: send.flags,
+                message_id,
+                client_seq: send.client_seq,
+                message_seq: message_seq as u32,
+                reason_code,
+            };
+            let _ = conn.send(&Packet::Sendack(ack));
+        };
+        let admitted = {
+            let (core, conn, send) = (self.clone(), conn.clone(), send.clone());
+            tokio::task::spawn_blocking(move || core.admit(&conn, &send)).await.unwrap_or(Err(ReasonCode::SystemError))
+        };
+        let (channel, payload) = match admitted {
+            Ok(ok) => ok,
+            Err(reason) => {
+                metrics::counter!("hongyan_core_sends_total", "result" => reason.name()).increment(1);
+                ack(message_id, 0, reason);
+                return;
+            }
+        };
+        let message = NewMessage {
+            message_id,
+            timestamp_ms: now_ms(),
+            from_uid: conn.uid.to_string(),
+            client_msg_no: send.client_msg_no.clone(),
+            header: send.flags.bits() & !HeaderFlags::DUP,
+            setting: send.setting.0,
+            expire: send.expire,
+            topic: send.topic.clone(),
+            payload,
+        };
+        if send.flags.no_persist {
+            // Online only: not stored, no seq, delivered at once.
+            metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
+            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin: conn.id });
+            ack(message_id, 0, ReasonCode::Success);
+            return;
+        }
+        let on_commit: OnCommit = {
+            let shard = self.shard(&channel).clone();
+            let (channel, message, origin) = (channel.clone(), message.clone(), conn.id);
+            Box::new(move |appended| {
+                if let Appended::New { seq, .. } = appended {
+                    let _ = shard.send(Delivery { channel, message, seq, origin });
+                }
+            })
+        };
+        let pending = match self.log.enqueue(channel, message, Some(on_commit)) {
+            Ok(p) => p,
+            Err(e) => {
+                storage(e);
+                ack(message_id, 0, ReasonCode::SystemError);
+                return;
+            }
+        };
+        // Admission is done; the SENDACK waits for durability without holding up the
+        // connection's next packet.
+        let (conn, flags, client_seq) = (conn.clone(), send.flags, send.client_seq);
+        tokio::spawn(async move {
+            let (message_id, seq, reason, label) = match pending.await {
+                Ok(Appended::New { message_id, seq }) => (message_id, seq, ReasonCode::Success, "stored"),
+                Ok(Appended::Duplicate { message_id, seq }) => (message_id, seq, ReasonCode::Success, "duplicate"),
+                Err(e) => {
+                    storage(e);
+                    (message_id, 0, ReasonCode::SystemError, "storage_error")
+                }
+            };
+            metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
+            let ack = Sendack { flags, message_id, client_seq, message_seq: seq as u32, reason_code: reason };
+            let _ = conn.send(&Packet::Sendack(ack));
+        });
+    }
+
+    /// Sends one message to every online connection of its recipients.
+    async fn deliver(self: &Arc<Self>, d: Delivery) {
+        let from = d.message.from_uid.as_str();
+        let recipients: Vec<String> = if d.channel.channel_type == PERSON {
+            match person_channel_members(&d.channel.channel_id) {
+                Some((a, b)) if a == b => vec![a.to_owned()],
+                Some((a, b)) => vec![a.to_owned(), b.to_owned()],
+                None => return,
+            }
+        } else {
+            let (core, channel) = (self.clone(), d.channel.clone());
+            let members = tokio::task::spawn_blocking(move || {
+                core.store.members(MemberList::Subscribers, &channel.channel_id, channel.channel_type)
+            })
+            .await;
+            match members {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    storage(e);
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        let header = HeaderFlags::from_bits(d.message.header);
+        // Stream fields are never produced; their bits would change the RECV layout.
+        let mut setting = Setting(d.message.setting).with(Setting::STREAM, false).with(Setting::STREAM_LEGACY, false);
+        setting = setting.with(Setting::TOPIC, d.message.topic.is_some());
+        let mut delivered = 0u64;
+        for uid in recipients {
+            if uid == self.settings.system_uid {
+                continue;
+            }
+            for conn in self.registry.connections(&uid) {
+                if conn.id == d.origin {
+                    continue;
+                }
+                let own = *conn.uid == *from;
+                let channel_id = match (d.channel.channel_type, own) {
+                    (PERSON, false) => from.to_owned(),
+                    (PERSON, true) => person_channel_members(&d.channel.channel_id)
+                        .map(|(a, b)| if a == from { b } else { a })
+                        .unwrap_or_default()
+                        .to_owned(),
+                    _ => d.channel.channel_id.clone(),
+                };
+                let mut recv = Recv {
+                    flags: HeaderFlags { red_dot: header.red_dot && !own, dup: false, ..header },
+                    setting,
+                    msg_key: String::new(),
+                    from_uid: if from == self.settings.system_uid { String::new() } else { from.to_owned() },
+                    channel_id,
+                    channel_type: d.channel.channel_type,
+                    expire: d.message.expire,
+                    client_msg_no: d.message.client_msg_no.clone(),
+                    stream: None,
+                    message_id: d.message.message_id,
+                    message_seq: d.seq as u32,
+                    timestamp: (d.message.timestamp_ms / 1000) as i32,
+                    topic: d.message.topic.clone(),
+                    payload: Bytes::new(),
+                };
+                match &conn.cipher {
+                    Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
+                    None => recv.payload = d.message.payload.clone(),
+                }
+                match conn.send(&Packet::Recv(recv)) {
+                    Ok(()) => delivered += 1,
+                    Err(e) => warn!(conn = conn.id, error = %e, "RECV not queued"),
+                }
+            }
+        }
+        metrics::counter!("hongyan_core_deliveries_total").increment(delivered);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn eq_constant_time(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The gateway's view of the core. Implemented on `Arc<Core>` because sends outlive the
+/// call that admits them.
+#[derive(Debug, Clone)]
+pub struct Sessions(pub Arc<Core>);
+
+impl SessionHandler for Sessions {
+    fn authenticate<'a>(&'a self, connect: &'a Connect) -> AuthFuture<'a> {
+        let (core, connect) = (self.0.clone(), connect.clone());
+        Box::pin(async move {
+            // Storage reads block; keep them off the async workers.
+            tokio::task::spawn_blocking(move || core.check_login(&connect))
+                .await
+                .unwrap_or(Err(ReasonCode::SystemError))
+        })
+    }
+
+    fn on_online(&self, _conn: &Arc<Conn>) {}
+
+    fn on_packet<'a>(&'a self, conn: &'a Arc<Conn>, packet: Packet) -> PacketFuture<'a> {
+        Box::pin(async move {
+            match packet {
+                Packet::Send(send) => self.0.on_send(conn, send).await,
+                Packet::Sub(sub) => {
+                    // WuKongIM answers SUB only for data channels, which are not built yet.
+                    let ack = Suback {
+                        sub_no: sub.sub_no,
+                        channel_id: sub.channel_id,
+                        channel_type: sub.channel_type,
+                        action: sub.action,
+                        reason_code: ReasonCode::NotSupportChannelType,
+                    };
+                    let _ = conn.send(&Packet::Suback(ack));
+                }
+                // The retry queue that RECVACKs clear is not built yet.
+                _ => {}
+            }
+        })
+    }
+
+    fn on_offline(&self, _conn: &Arc<Conn>) {}
+}

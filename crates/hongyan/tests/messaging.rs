@@ -1,0 +1,251 @@
+//! Messages over real sockets: SEND → durable append → SENDACK → RECV to every other
+//! online device, encrypted per connection, with WuKongIM's reason codes.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestServer;
+use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, device_flag};
+use hongyan_store::{ChannelKey, Order};
+use hongyan_testkit::{Client, ClientError, Target};
+use serde_json::json;
+
+const QUIET: Duration = Duration::from_millis(400);
+
+async fn online(target: &Target, uid: &str, device: &str, version: u8) -> Client {
+    let (client, connack) = Client::connect(target, uid, "t", device_flag::APP, device, version).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success, "{uid} login");
+    client
+}
+
+/// Seals and sends a message; returns its SENDACK.
+async fn send(client: &mut Client, to: &str, channel_type: u8, seq: u32, cmn: &str, text: &str) -> Sendack {
+    let mut packet = Send {
+        flags: HeaderFlags { red_dot: true, ..HeaderFlags::default() },
+        client_seq: seq,
+        client_msg_no: cmn.into(),
+        channel_id: to.into(),
+        channel_type,
+        ..Send::default()
+    };
+    client.cipher.as_ref().unwrap().seal_send(&mut packet, text.as_bytes());
+    client.send(&Packet::Send(packet)).await.unwrap();
+    loop {
+        match client.recv().await.unwrap() {
+            Packet::Sendack(ack) if ack.client_seq == seq => return ack,
+            Packet::Recv(_) => continue, // an echo to another device of ours may interleave
+            other => panic!("expected SENDACK, got {other:?}"),
+        }
+    }
+}
+
+/// The next RECV, verified and decrypted as the SDKs do.
+async fn receive(client: &mut Client) -> (Recv, String) {
+    match client.recv().await.unwrap() {
+        Packet::Recv(recv) => {
+            let plain = client.cipher.as_ref().unwrap().open_recv(&recv).expect("msgKey and payload verify");
+            (recv, String::from_utf8(plain).unwrap())
+        }
+        other => panic!("expected RECV, got {other:?}"),
+    }
+}
+
+async fn nothing_more(client: &mut Client) {
+    match client.recv_within(QUIET).await {
+        Err(ClientError::Timeout) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+}
+
+async fn users(server: &TestServer, uids: &[&str]) {
+    for uid in uids {
+        server.register(uid, "t", device_flag::APP, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn person_chat_both_ways_with_per_recipient_views() {
+    let server = TestServer::start().await;
+    users(&server, &["alice", "bob"]).await;
+    let mut alice = online(&server.tcp(), "alice", "phone", 5).await;
+    let mut alice_web = online(&server.ws(), "alice", "web", 2).await;
+    let mut bob = online(&server.ws(), "bob", "phone", 3).await;
+
+    let ack = send(&mut alice, "bob", 1, 1, "m-1", r#"{"type":1,"content":"hi bob"}"#).await;
+    assert_eq!((ack.reason_code, ack.message_seq, ack.client_seq), (ReasonCode::Success, 1, 1));
+    assert!(ack.message_id > 0);
+    assert!(ack.flags.red_dot, "SENDACK carries the SEND's flags");
+
+    let (recv, text) = receive(&mut bob).await;
+    assert_eq!(text, r#"{"type":1,"content":"hi bob"}"#);
+    assert_eq!((recv.channel_id.as_str(), recv.from_uid.as_str(), recv.channel_type), ("alice", "alice", 1));
+    assert_eq!((recv.message_id, recv.message_seq), (ack.message_id, 1));
+    assert!(recv.flags.red_dot);
+    assert_eq!(recv.client_msg_no, "m-1");
+
+    // The sender's other device sees the chat under the peer's id, without a red dot.
+    let (echo, text) = receive(&mut alice_web).await;
+    assert_eq!((echo.channel_id.as_str(), text.as_str()), ("bob", r#"{"type":1,"content":"hi bob"}"#));
+    assert!(!echo.flags.red_dot);
+    nothing_more(&mut alice).await; // never to the sending connection
+
+    let reply = send(&mut bob, "alice", 1, 1, "r-1", "hello alice").await;
+    assert_eq!(reply.message_seq, 2, "one channel for the pair, seqs dense");
+    for client in [&mut alice, &mut alice_web] {
+        let (recv, text) = receive(client).await;
+        assert_eq!((recv.channel_id.as_str(), recv.message_seq, text.as_str()), ("bob", 2, "hello alice"));
+    }
+
+    let pair = ChannelKey::new(hongyan_core::channel::person_channel_id("alice", "bob"), 1);
+    let stored = server.server.log.read(&pair, 1, 0, 10, Order::Ascending).unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].message.payload, Bytes::from_static(br#"{"type":1,"content":"hi bob"}"#), "stored decrypted");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resend_is_acked_with_the_original_and_not_delivered_twice() {
+    let server = TestServer::start().await;
+    users(&server, &["carl", "dina"]).await;
+    let mut carl = online(&server.tcp(), "carl", "d", 5).await;
+    let mut dina = online(&server.tcp(), "dina", "d", 5).await;
+    let first = send(&mut carl, "dina", 1, 1, "same-no", "once").await;
+    let (_, text) = receive(&mut dina).await;
+    assert_eq!(text, "once");
+    // The SDK resends unacknowledged SENDs after a reconnect, with the same client_msg_no.
+    let mut carl2 = online(&server.ws(), "carl", "d2", 2).await;
+    let again = send(&mut carl2, "dina", 1, 7, "same-no", "once").await;
+    assert_eq!(
+        (again.message_id, again.message_seq, again.reason_code),
+        (first.message_id, first.message_seq, ReasonCode::Success)
+    );
+    nothing_more(&mut dina).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_arrives_complete_and_in_order() {
+    let server = TestServer::start().await;
+    users(&server, &["erin", "finn"]).await;
+    let mut erin = online(&server.tcp(), "erin", "d", 5).await;
+    let mut finn = online(&server.tcp(), "finn", "d", 5).await;
+    const N: u32 = 200;
+    let cipher = erin.cipher.clone().unwrap();
+    for i in 1..=N {
+        let mut packet = Send {
+            client_seq: i,
+            client_msg_no: format!("b{i}"),
+            channel_id: "finn".into(),
+            channel_type: 1,
+            ..Send::default()
+        };
+        cipher.seal_send(&mut packet, format!("msg {i}").as_bytes());
+        erin.send(&Packet::Send(packet)).await.unwrap();
+    }
+    let mut acked = std::collections::BTreeMap::new();
+    while acked.len() < N as usize {
+        match erin.recv().await.unwrap() {
+            Packet::Sendack(a) => {
+                assert_eq!(a.reason_code, ReasonCode::Success);
+                acked.insert(a.client_seq, a.message_seq);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(acked.values().copied().collect::<Vec<_>>(), (1..=N).collect::<Vec<_>>(), "seq follows send order");
+    for i in 1..=N {
+        let (recv, text) = receive(&mut finn).await;
+        assert_eq!((recv.message_seq, text), (i, format!("msg {i}")));
+    }
+    nothing_more(&mut finn).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn group_delivery_and_every_refusal_code() {
+    let server = TestServer::start().await;
+    users(&server, &["g1", "g2", "g3", "outsider", "muted"]).await;
+    let (status, _) = server
+        .post("/channel", json!({"channel_id": "team", "channel_type": 2, "subscribers": ["g1", "g2", "g3", "muted"]}))
+        .await;
+    assert_eq!(status, 200);
+    let mut a = online(&server.tcp(), "g1", "d", 5).await;
+    let mut b = online(&server.ws(), "g2", "d", 2).await;
+    let mut c = online(&server.tcp(), "g3", "d", 4).await;
+    let mut outsider = online(&server.tcp(), "outsider", "d", 5).await;
+
+    let ack = send(&mut a, "team", 2, 1, "g-1", "hello team").await;
+    assert_eq!((ack.reason_code, ack.message_seq), (ReasonCode::Success, 1));
+    for client in [&mut b, &mut c] {
+        let (recv, text) = receive(client).await;
+        assert_eq!((recv.channel_id.as_str(), recv.from_uid.as_str(), text.as_str()), ("team", "g1", "hello team"));
+    }
+    nothing_more(&mut outsider).await;
+
+    // Not a subscriber: 3.
+    assert_eq!(send(&mut outsider, "team", 2, 1, "o-1", "let me in").await.reason_code, ReasonCode::SubscriberNotExist);
+    // Blacklisted: 4.
+    server.post("/channel/blacklist_add", json!({"channel_id": "team", "channel_type": 2, "uids": ["g3"]})).await;
+    assert_eq!(send(&mut c, "team", 2, 1, "c-1", "x").await.reason_code, ReasonCode::InBlacklist);
+    server.post("/channel/blacklist_remove", json!({"channel_id": "team", "channel_type": 2, "uids": ["g3"]})).await;
+    // A whitelist that does not name the sender: 13.
+    server.post("/channel/whitelist_set", json!({"channel_id": "team", "channel_type": 2, "uids": ["g1"]})).await;
+    assert_eq!(send(&mut b, "team", 2, 1, "b-1", "x").await.reason_code, ReasonCode::NotInWhitelist);
+    assert_eq!(send(&mut a, "team", 2, 2, "a-2", "allowed").await.reason_code, ReasonCode::Success);
+    server.post("/channel/whitelist_set", json!({"channel_id": "team", "channel_type": 2, "uids": []})).await;
+    // Muted everywhere: 25.
+    server.post("/channel/info", json!({"channel_id": "muted", "channel_type": 1, "send_ban": 1})).await;
+    let mut muted = online(&server.tcp(), "muted", "d", 5).await;
+    assert_eq!(send(&mut muted, "team", 2, 1, "m-1", "x").await.reason_code, ReasonCode::SendBan);
+    // Person blacklist: 4.
+    server.post("/channel/blacklist_add", json!({"channel_id": "g2", "channel_type": 1, "uids": ["outsider"]})).await;
+    assert_eq!(send(&mut outsider, "g2", 1, 2, "o-2", "psst").await.reason_code, ReasonCode::InBlacklist);
+    // A msgKey that does not match: 9.
+    let mut forged = Send {
+        client_seq: 9,
+        client_msg_no: "f".into(),
+        channel_id: "team".into(),
+        channel_type: 2,
+        ..Send::default()
+    };
+    a.cipher.as_ref().unwrap().seal_send(&mut forged, b"real");
+    forged.channel_id = "other".into();
+    a.send(&Packet::Send(forged)).await.unwrap();
+    let Packet::Sendack(ack) = a.recv().await.unwrap() else { panic!("expected SENDACK") };
+    assert_eq!(ack.reason_code, ReasonCode::PayloadDecodeError);
+    // Banned channel: 19; disbanded: 24.
+    server.post("/channel/info", json!({"channel_id": "team", "channel_type": 2, "ban": 1})).await;
+    assert_eq!(send(&mut a, "team", 2, 3, "a-3", "x").await.reason_code, ReasonCode::Ban);
+    server.post("/channel/info", json!({"channel_id": "team", "channel_type": 2, "disband": 1})).await;
+    assert_eq!(send(&mut a, "team", 2, 4, "a-4", "x").await.reason_code, ReasonCode::Disband);
+    // Refused messages were not stored.
+    assert_eq!(server.server.log.last_seq(&ChannelKey::new("team", 2)).unwrap(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn seqs_continue_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    for round in 0..2u32 {
+        let server = hongyan::start(config.clone()).await.unwrap();
+        let http = reqwest::Client::new();
+        for uid in ["hal", "ivy"] {
+            let body = json!({"uid": uid, "token": "t", "device_flag": 0, "device_level": 0});
+            http.post(format!("http://{}/user/token", server.api_addr)).json(&body).send().await.unwrap();
+        }
+        let target = Target::Tcp(server.gateway.tcp_addr.unwrap());
+        let mut hal = online(&target, "hal", "d", 5).await;
+        for i in 1..=3u32 {
+            let ack = send(&mut hal, "ivy", 1, i, &format!("r{round}-{i}"), "x").await;
+            assert_eq!(ack.message_seq, round * 3 + i);
+        }
+        drop(hal);
+        server.shutdown();
+        server.wait().await;
+    }
+}
