@@ -14,12 +14,16 @@
 //!    order): one RECV per online connection of every recipient except the sending
 //!    connection, encrypted with that connection's key.
 //!
-//! Not yet here: the RECVACK retry queue, conversations, system accounts, sync.
+//! 5. **Retry**: each stored RECV waits in the [`retry::RetryQueue`] until the
+//!    connection's RECVACK, and is re-sent byte for byte if it does not come in time.
+//!
+//! Not yet here: conversations, system accounts, sync.
 
 #![warn(missing_docs)]
 
 pub mod channel;
 pub mod ids;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -32,6 +36,7 @@ use tracing::{error, warn};
 
 use crate::channel::{CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, person_channel_id, person_channel_members};
 use crate::ids::Snowflake;
+use crate::retry::{RetryQueue, RetrySettings};
 
 /// Fan-out shards: each delivers its channels' messages in order; together they spread
 /// the per-recipient encryption over the runtime's workers.
@@ -50,6 +55,8 @@ pub struct CoreSettings {
     pub system_uid: String,
     /// The snowflake node id.
     pub node_id: u64,
+    /// How unacknowledged RECVs are retried.
+    pub retry: RetrySettings,
 }
 
 /// A message on its way to recipients.
@@ -70,6 +77,7 @@ pub struct Core {
     ids: Snowflake,
     settings: CoreSettings,
     shards: Vec<mpsc::UnboundedSender<Delivery>>,
+    retry: RetryQueue,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -94,7 +102,9 @@ impl Core {
             shards.push(tx);
             receivers.push(rx);
         }
-        let core = Arc::new(Self { store, log, registry, ids: Snowflake::new(settings.node_id), settings, shards });
+        let retry = RetryQueue::new(settings.retry);
+        let core =
+            Arc::new(Self { store, log, registry, ids: Snowflake::new(settings.node_id), settings, shards, retry });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
             let weak = Arc::downgrade(&core);
@@ -105,7 +115,27 @@ impl Core {
                 }
             });
         }
+        let weak = Arc::downgrade(&core);
+        let scan_every = (core.settings.retry.interval / 2).max(std::time::Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(scan_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { break };
+                let outcome = core.retry.scan(tokio::time::Instant::now());
+                metrics::counter!("hongyan_core_retries_total").increment(outcome.resent as u64);
+                metrics::counter!("hongyan_core_retry_dropped_total", "why" => "out_of_retries")
+                    .increment(outcome.given_up as u64);
+                metrics::gauge!("hongyan_core_retry_pending").set(core.retry.len() as f64);
+            }
+        });
         core
+    }
+
+    /// RECVs written but not yet acknowledged.
+    pub fn retry_queue(&self) -> &RetryQueue {
+        &self.retry
     }
 
     /// The message log.
@@ -342,8 +372,21 @@ impl Core {
                     Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
                     None => recv.payload = d.message.payload.clone(),
                 }
-                match conn.send(&Packet::Recv(recv)) {
-                    Ok(()) => delivered += 1,
+                let frame = match conn.codec().encode_to_bytes(&Packet::Recv(recv)) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        warn!(conn = conn.id, error = %e, "RECV does not encode");
+                        continue;
+                    }
+                };
+                match conn.send_frame(frame.clone()) {
+                    Ok(()) => {
+                        delivered += 1;
+                        // Stored messages wait for their RECVACK; online-only ones do not.
+                        if d.seq > 0 {
+                            self.retry.track(&conn, d.message.message_id, frame);
+                        }
+                    }
                     Err(e) => warn!(conn = conn.id, error = %e, "RECV not queued"),
                 }
             }
@@ -393,11 +436,16 @@ impl SessionHandler for Sessions {
                     };
                     let _ = conn.send(&Packet::Suback(ack));
                 }
-                // The retry queue that RECVACKs clear is not built yet.
+                // The JS SDK copies NoPersist from the RECV: nothing was queued for those.
+                Packet::Recvack(ack) if !ack.flags.no_persist => {
+                    self.0.retry.ack(conn.id, ack.message_id);
+                }
                 _ => {}
             }
         })
     }
 
-    fn on_offline(&self, _conn: &Arc<Conn>) {}
+    fn on_offline(&self, conn: &Arc<Conn>) {
+        self.0.retry.forget(conn.id);
+    }
 }

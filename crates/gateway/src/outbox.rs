@@ -145,6 +145,12 @@ impl Outbox {
         self.notify.notified().await;
     }
 
+    /// Takes the waiting frames; for tests of code that pushes to an outbox.
+    #[doc(hidden)]
+    pub fn drain_for_test(&self) -> Vec<Bytes> {
+        self.drain().frames
+    }
+
     /// Takes every waiting frame, and the close request if any.
     pub(crate) fn drain(&self) -> Drained {
         let mut s = self.lock();

@@ -220,16 +220,19 @@ async fn established<T: Transport>(
         warn!("CONNACK does not encode");
         return;
     };
+    // Online before the client hears it is: a message sent to it the moment it has its
+    // CONNACK must find it. What fan-out queues meanwhile waits in the outbox, which is
+    // only written after the CONNACK.
+    for (old, how) in shared.registry.register(conn.clone()) {
+        displace(&old, how, config);
+    }
     if !matches!(timeout(config.write_timeout(), t.write_frames(&[connack])).await, Ok(Ok(()))) {
+        shared.registry.remove(&conn);
         handshake_result("closed");
         return;
     }
     handshake_result("ok");
     info!(%remote, version = conn.version.get(), level = ?conn.level, "connected");
-
-    for (old, how) in shared.registry.register(conn.clone()) {
-        displace(&old, how, config);
-    }
     metrics::gauge!("hongyan_gateway_connections", "transport" => kind.label()).increment(1);
     shared.handler.on_online(&conn);
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What `/route` tells clients.
     pub external: ExternalConfig,
+    /// Delivery to devices.
+    pub delivery: DeliveryConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -83,6 +85,25 @@ pub struct ExternalConfig {
     pub intranet_tcp_addr: String,
 }
 
+/// `[delivery]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// A stored message written to a connection and not acknowledged within this time
+    /// is written again, byte for byte.
+    pub retry_interval_ms: u64,
+    /// Retries before giving up (the client catches up through sync).
+    pub retry_max: u32,
+    /// Most unacknowledged messages remembered per connection.
+    pub retry_max_per_connection: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self { retry_interval_ms: 60_000, retry_max: 5, retry_max_per_connection: 1024 }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +125,7 @@ impl Default for Config {
             manager: ManagerConfig::default(),
             auth: AuthConfig::default(),
             external: ExternalConfig::default(),
+            delivery: DeliveryConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -238,6 +260,12 @@ impl Config {
             .map_err(|e| ConfigError::Invalid { key: format!("gateway.{}", e.key), problem: e.problem })?;
         self.api_addr()?;
         self.manager_addr()?;
+        if self.delivery.retry_interval_ms == 0 {
+            return Err(invalid("delivery.retry_interval_ms", "must be greater than 0"));
+        }
+        if self.delivery.retry_max_per_connection == 0 {
+            return Err(invalid("delivery.retry_max_per_connection", "must be greater than 0"));
+        }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be greater than 0"));
         }

@@ -51,6 +51,8 @@ pub struct Server {
     pub registry: Arc<Registry>,
     /// The message log.
     pub log: Arc<MessageLog>,
+    /// The messaging core.
+    pub core: Arc<Core>,
     shutdown: CancellationToken,
     http: TaskTracker,
 }
@@ -97,6 +99,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             manager_token: config.manager_token.clone(),
             system_uid: config.system_uid.clone(),
             node_id: config.node_id,
+            retry: hongyan_core::retry::RetrySettings {
+                interval: Duration::from_millis(config.delivery.retry_interval_ms),
+                max_retries: config.delivery.retry_max,
+                max_per_connection: config.delivery.retry_max_per_connection,
+            },
         },
     );
     if !config.auth.token_auth {
@@ -150,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         });
     }
     http.close();
-    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, log, shutdown, http })
+    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, log, core, shutdown, http })
 }
 
 impl Server {

@@ -249,3 +249,37 @@ async fn seqs_continue_after_a_restart() {
         server.wait().await;
     }
 }
+
+#[tokio::test]
+async fn unacknowledged_recvs_are_resent_until_acknowledged() {
+    let server = TestServer::start_with(|c| {
+        c.delivery.retry_interval_ms = 300;
+        c.delivery.retry_max = 2;
+    })
+    .await;
+    users(&server, &["jay", "kay"]).await;
+    let mut jay = online(&server.tcp(), "jay", "d", 5).await;
+    let mut kay = online(&server.ws(), "kay", "d", 2).await;
+
+    // Not acknowledged: the same RECV comes again after the interval, twice, then no more.
+    send(&mut jay, "kay", 1, 1, "n-1", "are you there?").await;
+    let (first, _) = receive(&mut kay).await;
+    for _ in 0..2 {
+        let (again, text) = receive(&mut kay).await;
+        assert_eq!(again, first, "byte-identical resend");
+        assert_eq!(text, "are you there?");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nothing_more(&mut kay).await;
+    assert!(server.server.core.retry_queue().is_empty(), "given up after the last retry");
+
+    // Acknowledged: never resent, and nothing is left waiting.
+    send(&mut jay, "kay", 1, 2, "n-2", "ping").await;
+    let (recv, _) = receive(&mut kay).await;
+    let ack = hongyan_proto::Recvack { flags: recv.flags, message_id: recv.message_id, message_seq: recv.message_seq };
+    kay.send(&Packet::Recvack(ack)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nothing_more(&mut kay).await;
+    assert!(server.server.core.retry_queue().is_empty());
+    server.stop().await;
+}

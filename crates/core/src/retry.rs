@@ -1,0 +1,226 @@
+//! RECVs waiting for their RECVACK.
+//!
+//! Every stored message written to a connection is remembered, with its encoded frame,
+//! until that connection acknowledges it. A scan re-sends the frame, byte for byte, to
+//! the same connection once the retry interval has passed, up to a maximum number of
+//! times. A connection that goes away takes its entries with it: the client catches up
+//! through sync instead. Each connection keeps at most a fixed number of entries (the
+//! oldest is given up beyond that), so a client that never acknowledges costs bounded
+//! memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hongyan_gateway::Conn;
+use tokio::time::Instant;
+
+/// How unacknowledged RECVs are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// Time between a RECV (or its last retry) and the next retry.
+    pub interval: Duration,
+    /// Retries before giving up on a RECV.
+    pub max_retries: u32,
+    /// Most RECVs remembered per connection.
+    pub max_per_connection: usize,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(60), max_retries: 5, max_per_connection: 1024 }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    frame: Bytes,
+    retries: u32,
+    due: Instant,
+}
+
+#[derive(Debug)]
+struct ConnRetries {
+    conn: Weak<Conn>,
+    /// By message id (increasing, so the first entry is the oldest).
+    pending: BTreeMap<i64, Pending>,
+}
+
+/// What one scan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// RECVs re-sent.
+    pub resent: usize,
+    /// RECVs given up after the last retry.
+    pub given_up: usize,
+}
+
+/// The retry queue of this node.
+#[derive(Debug)]
+pub struct RetryQueue {
+    settings: RetrySettings,
+    conns: Mutex<HashMap<u64, ConnRetries>>,
+}
+
+impl RetryQueue {
+    /// An empty queue.
+    pub fn new(settings: RetrySettings) -> Self {
+        Self { settings, conns: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnRetries>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers that `frame` (a RECV of `message_id`) was written to `conn`.
+    pub fn track(&self, conn: &Arc<Conn>, message_id: i64, frame: Bytes) {
+        let mut conns = self.lock();
+        let entry = conns
+            .entry(conn.id)
+            .or_insert_with(|| ConnRetries { conn: Arc::downgrade(conn), pending: BTreeMap::new() });
+        if entry.pending.len() >= self.settings.max_per_connection {
+            entry.pending.pop_first();
+            metrics::counter!("hongyan_core_retry_dropped_total", "why" => "connection_full").increment(1);
+        }
+        entry.pending.insert(message_id, Pending { frame, retries: 0, due: Instant::now() + self.settings.interval });
+    }
+
+    /// `conn` acknowledged `message_id`.
+    pub fn ack(&self, conn_id: u64, message_id: i64) -> bool {
+        let mut conns = self.lock();
+        let Some(entry) = conns.get_mut(&conn_id) else { return false };
+        let removed = entry.pending.remove(&message_id).is_some();
+        if entry.pending.is_empty() {
+            conns.remove(&conn_id);
+        }
+        removed
+    }
+
+    /// `conn` is gone: forget its entries.
+    pub fn forget(&self, conn_id: u64) {
+        self.lock().remove(&conn_id);
+    }
+
+    /// RECVs waiting for an ack, over all connections.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(|c| c.pending.len()).sum()
+    }
+
+    /// Whether nothing waits for an ack.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// RECVs waiting for an ack from one connection.
+    pub fn pending_for(&self, conn_id: u64) -> usize {
+        self.lock().get(&conn_id).map_or(0, |c| c.pending.len())
+    }
+
+    /// Re-sends every RECV that is due, and gives up on those out of retries.
+    pub fn scan(&self, now: Instant) -> ScanOutcome {
+        let mut outcome = ScanOutcome::default();
+        let mut resend: Vec<(Arc<Conn>, Bytes)> = Vec::new();
+        {
+            let mut conns = self.lock();
+            conns.retain(|_, entry| {
+                let Some(conn) = entry.conn.upgrade() else { return false };
+                entry.pending.retain(|_, p| {
+                    if p.due > now {
+                        return true;
+                    }
+                    if p.retries >= self.settings.max_retries {
+                        outcome.given_up += 1;
+                        return false;
+                    }
+                    p.retries += 1;
+                    p.due = now + self.settings.interval;
+                    resend.push((conn.clone(), p.frame.clone()));
+                    true
+                });
+                !entry.pending.is_empty()
+            });
+        }
+        // Outside the lock: queueing may close a slow connection.
+        for (conn, frame) in resend {
+            if conn.send_frame(frame).is_ok() {
+                outcome.resent += 1;
+            }
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hongyan_gateway::{Outbox, OutboxLimits, TransportKind};
+    use hongyan_proto::{DeviceLevel, ProtocolVersion};
+
+    fn conn(id: u64) -> Arc<Conn> {
+        Arc::new(Conn {
+            id,
+            uid: "u".into(),
+            device_flag: 0,
+            level: DeviceLevel::Slave,
+            device_id: "d".into(),
+            version: ProtocolVersion::LATEST,
+            cipher: None,
+            transport: TransportKind::Tcp,
+            remote: "127.0.0.1:1".parse().unwrap(),
+            connected_at_ms: 0,
+            outbox: Outbox::new(OutboxLimits { max_frames: 64, max_bytes: 1 << 20 }),
+        })
+    }
+
+    fn settings(max_retries: u32, max_per_connection: usize) -> RetrySettings {
+        RetrySettings { interval: Duration::from_secs(60), max_retries, max_per_connection }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unacked_frames_are_resent_byte_for_byte_until_out_of_retries() {
+        let q = RetryQueue::new(settings(2, 16));
+        let c = conn(1);
+        q.track(&c, 7, Bytes::from_static(b"recv-7"));
+        assert_eq!(q.scan(Instant::now()), ScanOutcome::default(), "not due yet");
+        let mut now = Instant::now();
+        for _ in 0..2 {
+            now += Duration::from_secs(60);
+            assert_eq!(q.scan(now), ScanOutcome { resent: 1, given_up: 0 });
+            assert_eq!(c.outbox.drain_for_test(), [Bytes::from_static(b"recv-7")]);
+        }
+        now += Duration::from_secs(60);
+        assert_eq!(q.scan(now), ScanOutcome { resent: 0, given_up: 1 });
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acks_and_departures_clear_entries() {
+        let q = RetryQueue::new(settings(5, 16));
+        let (a, b) = (conn(1), conn(2));
+        q.track(&a, 1, Bytes::from_static(b"1"));
+        q.track(&a, 2, Bytes::from_static(b"2"));
+        q.track(&b, 1, Bytes::from_static(b"x"));
+        assert!(q.ack(1, 1));
+        assert!(!q.ack(1, 1), "acked once");
+        assert!(!q.ack(2, 99));
+        assert_eq!((q.pending_for(1), q.pending_for(2)), (1, 1));
+        q.forget(2);
+        assert_eq!(q.len(), 1);
+        drop(a);
+        // A connection that is gone is dropped by the next scan, due or not.
+        assert_eq!(q.scan(Instant::now() + Duration::from_secs(120)), ScanOutcome::default());
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_acks_costs_bounded_memory() {
+        let q = RetryQueue::new(settings(5, 3));
+        let c = conn(1);
+        for id in 1..=10 {
+            q.track(&c, id, Bytes::from_static(b"f"));
+        }
+        assert_eq!(q.pending_for(1), 3);
+        assert!(q.ack(1, 10) && q.ack(1, 9) && q.ack(1, 8), "the newest are kept");
+    }
+}
