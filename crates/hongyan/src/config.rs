@@ -37,6 +37,8 @@ pub struct Config {
     pub external: ExternalConfig,
     /// Delivery to devices.
     pub delivery: DeliveryConfig,
+    /// How stored messages are made durable.
+    pub storage: StorageConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -104,6 +106,47 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// `[storage]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `fsync`: a message is acknowledged only after an fsync (one per batch), so it
+    /// survives a power loss. `interval`: acknowledged once written, surviving a crash
+    /// of the process; fsync at most every `sync_interval_ms`, so a power loss can lose
+    /// that long's messages. Trades durability for latency.
+    pub durability: DurabilityMode,
+    /// How often `interval` mode fsyncs.
+    pub sync_interval_ms: u64,
+}
+
+/// `storage.durability`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// fsync before every acknowledgement.
+    Fsync,
+    /// fsync on a timer.
+    Interval,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { durability: DurabilityMode::Fsync, sync_interval_ms: 100 }
+    }
+}
+
+impl StorageConfig {
+    /// The message log's durability.
+    pub fn durability(&self) -> hongyan_store::Durability {
+        match self.durability {
+            DurabilityMode::Fsync => hongyan_store::Durability::Fsync,
+            DurabilityMode::Interval => {
+                hongyan_store::Durability::Interval(std::time::Duration::from_millis(self.sync_interval_ms))
+            }
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -126,6 +169,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             external: ExternalConfig::default(),
             delivery: DeliveryConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -260,6 +304,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid { key: format!("gateway.{}", e.key), problem: e.problem })?;
         self.api_addr()?;
         self.manager_addr()?;
+        if self.storage.sync_interval_ms == 0 {
+            return Err(invalid("storage.sync_interval_ms", "must be greater than 0"));
+        }
         if self.delivery.retry_interval_ms == 0 {
             return Err(invalid("delivery.retry_interval_ms", "must be greater than 0"));
         }
@@ -333,6 +380,8 @@ mod tests {
         assert_eq!(e, "configuration: node_id: must be between 1 and 1023");
         let e = Config::from_toml("[gateway]\nidle_timeout_secs = 0").unwrap_err().to_string();
         assert_eq!(e, "configuration: gateway.idle_timeout_secs: must be greater than 0");
+        let e = Config::from_toml("[storage]\ndurability = \"sometimes\"").unwrap_err().to_string();
+        assert!(e.contains("durability") && e.contains("sometimes"), "{e}");
         let e = Config::from_toml("[api]\naddr = \"localhost\"").unwrap_err().to_string();
         assert!(e.starts_with("configuration: api.addr:"), "{e}");
     }

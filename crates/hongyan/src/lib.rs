@@ -85,7 +85,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let backend = Arc::new(backend);
     let store = Store::new(backend.clone());
-    let log = Arc::new(MessageLog::open(backend, Durability::Fsync).context("starting the message log")?);
+    let log = Arc::new(MessageLog::open(backend, config.storage.durability()).context("starting the message log")?);
+    if matches!(config.storage.durability(), Durability::Interval(_)) {
+        warn!("storage.durability is interval: a power loss can lose recently acknowledged messages");
+    }
     let registry = Arc::new(Registry::new());
     let shutdown = CancellationToken::new();
 

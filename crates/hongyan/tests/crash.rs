@@ -18,7 +18,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_server(data: &std::path::Path, tcp: u16) -> Child {
+fn spawn_server(data: &std::path::Path, tcp: u16, durability: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hongyan"))
         .arg("serve")
         .arg("--data-dir")
@@ -28,6 +28,7 @@ fn spawn_server(data: &std::path::Path, tcp: u16) -> Child {
         .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
         .env("HONGYAN_AUTH__TOKEN_AUTH", "false")
+        .env("HONGYAN_STORAGE__DURABILITY", durability)
         .env("HONGYAN_LOG__FILTER", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -48,6 +49,16 @@ async fn connect(target: &Target) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_sigkill_exactly_once() {
+    survives_sigkill("fsync").await;
+}
+
+/// `interval` mode gives up power-loss durability, not crash durability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_mode_also_survives_sigkill() {
+    survives_sigkill("interval").await;
+}
+
+async fn survives_sigkill(durability: &str) {
     const ROUNDS: u64 = 4;
     const WINDOW: u32 = 16;
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +69,7 @@ async fn every_acknowledged_message_survives_sigkill_exactly_once() {
     let mut unacked: BTreeSet<u64> = BTreeSet::new(); // message numbers sent without an ack yet
     let mut next_number = 0u64;
     for round in 0..ROUNDS {
-        let mut child = spawn_server(dir.path(), tcp);
+        let mut child = spawn_server(dir.path(), tcp, durability);
         let mut client = connect(&target).await;
         let cipher = client.cipher.clone().unwrap();
         // Kill the server at some point in the next 300–900 ms, mid-traffic.
@@ -128,5 +139,5 @@ async fn every_acknowledged_message_survives_sigkill_exactly_once() {
         assert_eq!(by_cmn.get(cmn.as_str()), Some(&vec![*seq]), "{cmn} was acknowledged at seq {seq}");
     }
     assert!(acked.len() > 100, "the test sent too little to mean anything: {}", acked.len());
-    println!("{} acknowledged, {} stored, over {ROUNDS} kills", acked.len(), stored.len());
+    println!("{durability}: {} acknowledged, {} stored, over {ROUNDS} kills", acked.len(), stored.len());
 }
