@@ -50,6 +50,8 @@ pub struct ApiSettings {
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// The messaging core (sending, the message log).
+    pub core: Arc<hongyan_core::Core>,
     /// Durable tables.
     pub store: Store,
     /// Who is online on this node.

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hongyan_gateway::{CloseReason, Conn, is_valid_uid};
 use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
-use hongyan_store::{ChannelInfo, Device, MemberList};
+use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/user/token", post(user_token))
         .route("/user/device_quit", post(device_quit))
         .route("/channel", post(channel_create))
+        .route("/message/send", post(message_send))
+        .route("/channel/messagesync", post(message_sync))
         .route("/channel/info", post(channel_info))
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
@@ -351,4 +353,217 @@ async fn members(
         })
         .await?;
     Ok(ok())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct HeaderReq {
+    no_persist: u8,
+    red_dot: u8,
+    sync_once: u8,
+}
+
+#[derive(Deserialize)]
+struct MessageSendReq {
+    #[serde(default)]
+    header: HeaderReq,
+    #[serde(default)]
+    client_msg_no: String,
+    #[serde(default)]
+    from_uid: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    expire: u32,
+    #[serde(default)]
+    subscribers: Vec<String>,
+    payload: String,
+}
+
+fn decode_base64(field: &str, text: &str) -> Result<Bytes, ApiError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Bytes::from)
+        .map_err(|_| ApiError::bad(format!("{field}: not valid base64")))
+}
+
+/// A refused send as an HTTP answer: the reason's name, and its code as `status`
+/// where WuKongIM uses one.
+fn refused(reason: ReasonCode) -> ApiError {
+    match reason {
+        ReasonCode::SystemError => ApiError::Internal("the message could not be stored".into()),
+        ReasonCode::NotSupportChannelType => ApiError::bad("channel_type: unknown channel type"),
+        ReasonCode::ChannelIdError => ApiError::bad("channel_id: must be non-empty and contain none of @ # &"),
+        other => ApiError::bad(format!("message refused: {}", other.name())),
+    }
+}
+
+/// `POST /message/send`: sends a message on the app server's behalf through the same
+/// pipeline as SEND (stored, acknowledged once durable, delivered to online devices).
+async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: MessageSendReq = parse(&body)?;
+    if !req.subscribers.is_empty() {
+        return Err(ApiError::bad("subscribers: sending to an explicit list of subscribers is not supported yet"));
+    }
+    if req.channel_id.is_empty() {
+        return Err(ApiError::bad("channel_id: required"));
+    }
+    if !req.from_uid.is_empty() {
+        check_uid("from_uid", &req.from_uid)?;
+    }
+    check_channel(&req.channel_id, req.channel_type)?;
+    let payload = decode_base64("payload", &req.payload)?;
+    if payload.is_empty() {
+        return Err(ApiError::bad("payload: required"));
+    }
+    let header = hongyan_proto::HeaderFlags {
+        no_persist: req.header.no_persist == 1,
+        red_dot: req.header.red_dot == 1,
+        sync_once: req.header.sync_once == 1,
+        dup: false,
+    };
+    let send = hongyan_core::AppSend {
+        from_uid: req.from_uid,
+        channel_id: req.channel_id,
+        channel_type: req.channel_type,
+        client_msg_no: req.client_msg_no,
+        header,
+        expire: req.expire,
+        payload,
+    };
+    let sent = state.core.send_as_app(send).await.map_err(refused)?;
+    Ok(Json(json!({
+        "status": 200,
+        "data": {
+            "message_id": sent.message_id,
+            "message_idstr": sent.message_id.to_string(),
+            "client_msg_no": sent.client_msg_no,
+            "message_seq": sent.seq,
+        }
+    })))
+}
+
+#[derive(Deserialize)]
+struct MessageSyncReq {
+    #[serde(default)]
+    login_uid: String,
+    channel_id: String,
+    channel_type: u8,
+    // WuKongIM v2.
+    #[serde(default)]
+    start_message_seq: u64,
+    #[serde(default)]
+    end_message_seq: u64,
+    #[serde(default)]
+    pull_mode: u8,
+    // LiMaoIM.
+    min_message_seq: Option<u64>,
+    max_message_seq: Option<u64>,
+    reverse: Option<bool>,
+    #[serde(default)]
+    limit: usize,
+}
+
+/// Most messages one messagesync returns.
+const SYNC_LIMIT_MAX: usize = 10_000;
+/// Messages returned when no limit is given.
+const SYNC_LIMIT_DEFAULT: usize = 100;
+
+/// A message as WuKongIM's sync APIs return it.
+pub(crate) fn message_json(m: &StoredMessage, channel: &ChannelKey, system_uid: &str) -> Value {
+    use base64::Engine as _;
+    let header = hongyan_proto::HeaderFlags::from_bits(m.message.header);
+    let from = &m.message.from_uid;
+    // Person channels name the member that is not the sender.
+    let channel_id = if channel.channel_type == PERSON {
+        hongyan_core::channel::person_channel_members(&channel.channel_id)
+            .map(|(a, b)| if a == from { b } else { a })
+            .unwrap_or_default()
+            .to_owned()
+    } else {
+        channel.channel_id.clone()
+    };
+    let mut v = json!({
+        "header": {"no_persist": u8::from(header.no_persist), "red_dot": u8::from(header.red_dot), "sync_once": u8::from(header.sync_once)},
+        "setting": m.message.setting,
+        "message_id": m.message.message_id,
+        "message_idstr": m.message.message_id.to_string(),
+        "client_msg_no": m.message.client_msg_no,
+        "message_seq": m.seq,
+        "from_uid": if from == system_uid { "" } else { from.as_str() },
+        "channel_id": channel_id,
+        "channel_type": channel.channel_type,
+        "expire": m.message.expire,
+        "timestamp": m.message.timestamp_ms / 1000,
+        "payload": base64::engine::general_purpose::STANDARD.encode(&m.message.payload),
+    });
+    if let Some(topic) = &m.message.topic {
+        v["topic"] = json!(topic);
+    }
+    v
+}
+
+/// `POST /channel/messagesync`: a page of a channel's history, oldest first.
+///
+/// WuKongIM v2 fields: `start_message_seq`, `end_message_seq`, `pull_mode` (0: down, the
+/// newest `limit` in (end, start]; 1: up, the oldest `limit` in [start, end), end 0 =
+/// no bound); start = end = 0 gives the newest `limit`. LiMaoIM fields:
+/// `min_message_seq`, `max_message_seq`, `reverse` (true: the oldest `limit` in
+/// [min, max); false: the newest; max 0 = no bound). The answer echoes the request's
+/// dialect.
+async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: MessageSyncReq = parse(&body)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    let limit = match req.limit {
+        0 => SYNC_LIMIT_DEFAULT,
+        n if n > SYNC_LIMIT_MAX => return Err(ApiError::bad(format!("limit: must be at most {SYNC_LIMIT_MAX}"))),
+        n => n,
+    };
+    let channel = if req.channel_type == PERSON {
+        check_uid("login_uid", &req.login_uid)?;
+        ChannelKey::new(hongyan_core::channel::person_channel_id(&req.login_uid, &req.channel_id), PERSON)
+    } else {
+        ChannelKey::new(req.channel_id.clone(), req.channel_type)
+    };
+    let limao = req.min_message_seq.is_some() || req.max_message_seq.is_some() || req.reverse.is_some();
+    // [low, high) with high 0 = unbounded, and which end to take `limit` from.
+    let (low, high, newest) = if limao {
+        let (min, max) = (req.min_message_seq.unwrap_or(0), req.max_message_seq.unwrap_or(0));
+        (min.max(1), max, !req.reverse.unwrap_or(false))
+    } else {
+        let (start, end) = (req.start_message_seq, req.end_message_seq);
+        match (start, end, req.pull_mode) {
+            (0, 0, _) => (1, 0, true),
+            (_, _, 0) => (end + 1, if start == 0 { 0 } else { start + 1 }, true),
+            (_, _, 1) => (start.max(1), end, false),
+            (_, _, other) => return Err(ApiError::bad(format!("pull_mode: must be 0 or 1, not {other}"))),
+        }
+    };
+    let core = state.core.clone();
+    let key = channel.clone();
+    let (mut messages, more) = state
+        .blocking(move |_| {
+            let log = core.log();
+            let order = if newest { Order::Descending } else { Order::Ascending };
+            let mut page =
+                if high != 0 && high <= low { Vec::new() } else { log.read(&key, low, high, limit + 1, order)? };
+            let more = page.len() > limit;
+            page.truncate(limit);
+            Ok((page, more))
+        })
+        .await?;
+    if newest {
+        messages.reverse();
+    }
+    let system = &state.settings.system_uid;
+    let messages: Vec<Value> = messages.iter().map(|m| message_json(m, &channel, system)).collect();
+    let (lo_key, hi_key, lo, hi) = if limao {
+        ("min_message_seq", "max_message_seq", req.min_message_seq.unwrap_or(0), req.max_message_seq.unwrap_or(0))
+    } else {
+        ("start_message_seq", "end_message_seq", req.start_message_seq, req.end_message_seq)
+    };
+    Ok(Json(json!({lo_key: lo, hi_key: hi, "more": u8::from(more), "messages": messages})))
 }

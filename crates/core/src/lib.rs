@@ -30,7 +30,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_uid};
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
-use hongyan_store::{Appended, ChannelKey, MemberList, MessageLog, NewMessage, OnCommit, Store, StoreError};
+use hongyan_store::{
+    Appended, ChannelKey, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store, StoreError,
+};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -57,6 +59,44 @@ pub struct CoreSettings {
     pub node_id: u64,
     /// How unacknowledged RECVs are retried.
     pub retry: RetrySettings,
+}
+
+/// A message the app server sends over HTTP.
+#[derive(Clone, Debug, Default)]
+pub struct AppSend {
+    /// The sender; empty for the system uid.
+    pub from_uid: String,
+    /// The channel (for person chat: the recipient's uid).
+    pub channel_id: String,
+    /// The channel type.
+    pub channel_type: u8,
+    /// Deduplication key; resends with the same one return the original.
+    pub client_msg_no: String,
+    /// NoPersist, RedDot, SyncOnce.
+    pub header: HeaderFlags,
+    /// Seconds until expiry, 0 = never.
+    pub expire: u32,
+    /// The payload (plaintext; encrypted per connection on delivery).
+    pub payload: Bytes,
+}
+
+/// What [`Core::send_as_app`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppSent {
+    /// The message id (the original's for a resend).
+    pub message_id: i64,
+    /// The seq in its channel (0 for NoPersist).
+    pub seq: u64,
+    /// The client_msg_no, given or made up.
+    pub client_msg_no: String,
+}
+
+/// What [`Core::submit`] did.
+enum Submitted {
+    /// Queued for storage; await for the ids.
+    Stored(PendingAppend),
+    /// NoPersist: delivered, not stored.
+    OnlineOnly,
 }
 
 /// A message on its way to recipients.
@@ -264,27 +304,14 @@ impl Core {
             topic: send.topic.clone(),
             payload,
         };
-        if send.flags.no_persist {
-            // Online only: not stored, no seq, delivered at once.
-            metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
-            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin: conn.id });
-            ack(message_id, 0, ReasonCode::Success);
-            return;
-        }
-        let on_commit: OnCommit = {
-            let shard = self.shard(&channel).clone();
-            let (channel, message, origin) = (channel.clone(), message.clone(), conn.id);
-            Box::new(move |appended| {
-                if let Appended::New { seq, .. } = appended {
-                    let _ = shard.send(Delivery { channel, message, seq, origin });
-                }
-            })
-        };
-        let pending = match self.log.enqueue(channel, message, Some(on_commit)) {
-            Ok(p) => p,
-            Err(e) => {
-                storage(e);
-                ack(message_id, 0, ReasonCode::SystemError);
+        let pending = match self.submit(channel, message, conn.id) {
+            Ok(Submitted::Stored(pending)) => pending,
+            Ok(Submitted::OnlineOnly) => {
+                ack(message_id, 0, ReasonCode::Success);
+                return;
+            }
+            Err(reason) => {
+                ack(message_id, 0, reason);
                 return;
             }
         };
@@ -292,18 +319,95 @@ impl Core {
         // connection's next packet.
         let (conn, flags, client_seq) = (conn.clone(), send.flags, send.client_seq);
         tokio::spawn(async move {
-            let (message_id, seq, reason, label) = match pending.await {
-                Ok(Appended::New { message_id, seq }) => (message_id, seq, ReasonCode::Success, "stored"),
-                Ok(Appended::Duplicate { message_id, seq }) => (message_id, seq, ReasonCode::Success, "duplicate"),
-                Err(e) => {
-                    storage(e);
-                    (message_id, 0, ReasonCode::SystemError, "storage_error")
+            let (message_id, seq, reason) = match pending.await {
+                Ok(appended) => {
+                    let (id, seq) = appended.ids();
+                    (id, seq, ReasonCode::Success)
                 }
+                Err(_) => (message_id, 0, ReasonCode::SystemError),
             };
-            metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
             let ack = Sendack { flags, message_id, client_seq, message_seq: seq as u32, reason_code: reason };
             let _ = conn.send(&Packet::Sendack(ack));
         });
+    }
+
+    /// Stores (unless NoPersist) and delivers an admitted message; `origin` is the
+    /// sending connection (0 for none). Enqueues synchronously, so calls are stored in
+    /// the order they are made.
+    fn submit(&self, channel: ChannelKey, message: NewMessage, origin: u64) -> Result<Submitted, ReasonCode> {
+        if HeaderFlags::from_bits(message.header).no_persist {
+            // Online only: not stored, no seq, delivered at once.
+            metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
+            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin });
+            return Ok(Submitted::OnlineOnly);
+        }
+        let on_commit: OnCommit = {
+            let shard = self.shard(&channel).clone();
+            let (channel, message) = (channel.clone(), message.clone());
+            Box::new(move |appended| {
+                let label = match appended {
+                    Appended::New { seq, .. } => {
+                        let _ = shard.send(Delivery { channel, message, seq, origin });
+                        "stored"
+                    }
+                    Appended::Duplicate { .. } => "duplicate",
+                };
+                metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
+            })
+        };
+        let pending = self.log.enqueue(channel, message, Some(on_commit)).map_err(storage)?;
+        Ok(Submitted::Stored(pending))
+    }
+
+    /// Sends a message on the app server's behalf (HTTP `/message/send`): no sender
+    /// checks (it speaks for the system), but a banned or disbanded channel refuses it.
+    /// An empty `from_uid` is the system uid; an empty `client_msg_no` gets one made up.
+    /// Returns once the message is durable (a resend returns the original).
+    pub async fn send_as_app(self: &Arc<Self>, request: AppSend) -> Result<AppSent, ReasonCode> {
+        let from_uid = if request.from_uid.is_empty() { self.settings.system_uid.clone() } else { request.from_uid };
+        let channel_type = request.channel_type;
+        if channel_type == 0 || channel_type > MAX_TYPE {
+            return Err(ReasonCode::NotSupportChannelType);
+        }
+        if !is_valid_uid(&request.channel_id) || !is_valid_uid(&from_uid) {
+            return Err(ReasonCode::ChannelIdError);
+        }
+        let channel = if channel_type == PERSON {
+            ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON)
+        } else {
+            let (core, id) = (self.clone(), request.channel_id.clone());
+            let info = tokio::task::spawn_blocking(move || core.store.channel_info(&id, channel_type))
+                .await
+                .map_err(|_| ReasonCode::SystemError)?
+                .map_err(storage)?
+                .unwrap_or_default();
+            if info.ban {
+                return Err(ReasonCode::Ban);
+            }
+            if info.disband {
+                return Err(ReasonCode::Disband);
+            }
+            ChannelKey::new(request.channel_id, channel_type)
+        };
+        let message_id = self.ids.next_id();
+        let client_msg_no =
+            if request.client_msg_no.is_empty() { format!("{message_id:x}0") } else { request.client_msg_no };
+        let message = NewMessage {
+            message_id,
+            timestamp_ms: now_ms(),
+            from_uid,
+            client_msg_no: client_msg_no.clone(),
+            header: request.header.bits() & !HeaderFlags::DUP,
+            setting: 0,
+            expire: request.expire,
+            topic: None,
+            payload: request.payload,
+        };
+        let (message_id, seq) = match self.submit(channel, message, 0)? {
+            Submitted::OnlineOnly => (message_id, 0),
+            Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(storage)?,
+        };
+        Ok(AppSent { message_id, seq, client_msg_no })
     }
 
     /// Sends one message to every online connection of its recipients.

@@ -138,7 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         token_kick_close_delay: Duration::from_secs(10),
         kick_close_delay: Duration::from_millis(config.gateway.kick_close_delay_ms),
     };
-    let state = AppState { store, registry: registry.clone(), settings: Arc::new(settings) };
+    let state = AppState { core: core.clone(), store, registry: registry.clone(), settings: Arc::new(settings) };
     let api = hongyan_api::wukong::router(state);
     let manager = axum::Router::new()
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))

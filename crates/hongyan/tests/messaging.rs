@@ -283,3 +283,116 @@ async fn unacknowledged_recvs_are_resent_until_acknowledged() {
     assert!(server.server.core.retry_queue().is_empty());
     server.stop().await;
 }
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn http_send_reaches_devices_and_resends_return_the_original() {
+    let server = TestServer::start().await;
+    users(&server, &["lia", "max"]).await;
+    server.post("/channel", json!({"channel_id": "club", "channel_type": 2, "subscribers": ["lia", "max"]})).await;
+    let mut lia = online(&server.tcp(), "lia", "d", 5).await;
+    let mut max = online(&server.ws(), "max", "d", 2).await;
+
+    let body = json!({"from_uid": "lia", "channel_id": "club", "channel_type": 2, "client_msg_no": "app-1",
+        "header": {"red_dot": 1}, "payload": b64(r#"{"type":1,"content":"from the app server"}"#)});
+    let (status, answer) = server.post("/message/send", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], 200);
+    assert_eq!(answer["data"]["client_msg_no"], "app-1");
+    assert_eq!(answer["data"]["message_seq"], 1);
+    let id = answer["data"]["message_id"].as_i64().unwrap();
+    assert_eq!(answer["data"]["message_idstr"], id.to_string());
+    // Every online member gets it, the sender's own devices included (no connection sent it).
+    for client in [&mut lia, &mut max] {
+        let (recv, text) = receive(client).await;
+        assert_eq!((recv.message_id, recv.message_seq, recv.from_uid.as_str()), (id, 1, "lia"));
+        assert_eq!(text, r#"{"type":1,"content":"from the app server"}"#);
+    }
+    let (_, again) = server.post("/message/send", body).await;
+    assert_eq!((again["data"]["message_id"].as_i64(), again["data"]["message_seq"].as_u64()), (Some(id), Some(1)));
+    nothing_more(&mut max).await;
+
+    // From the system: no from_uid; the recipient sees an empty sender.
+    let (status, answer) =
+        server.post("/message/send", json!({"channel_id": "max", "channel_type": 1, "payload": b64("notice")})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer["data"]["client_msg_no"].as_str().unwrap().is_empty(), "a client_msg_no is made up");
+    let (recv, text) = receive(&mut max).await;
+    assert_eq!((recv.from_uid.as_str(), recv.channel_id.as_str(), text.as_str()), ("", "____system", "notice"));
+
+    // Bad input is a 400 that names the field; a banned channel refuses.
+    let (status, answer) =
+        server.post("/message/send", json!({"channel_id": "club", "channel_type": 2, "payload": "***"})).await;
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("payload: not valid base64")));
+    let (status, answer) = server.post("/message/send", json!({"channel_id": "club", "channel_type": 2})).await;
+    assert_eq!(status, 400);
+    assert!(answer["msg"].as_str().unwrap().contains("payload"), "{answer}");
+    let (status, _) =
+        server.post("/message/send", json!({"channel_id": "a@b", "channel_type": 2, "payload": b64("x")})).await;
+    assert_eq!(status, 400);
+    server.post("/channel/info", json!({"channel_id": "club", "channel_type": 2, "ban": 1})).await;
+    let (status, answer) =
+        server.post("/message/send", json!({"channel_id": "club", "channel_type": 2, "payload": b64("x")})).await;
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("message refused: Ban")));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn messagesync_pages_history_in_both_dialects() {
+    let server = TestServer::start().await;
+    users(&server, &["nia", "ole"]).await;
+    let mut nia = online(&server.tcp(), "nia", "d", 5).await;
+    for i in 1..=5u32 {
+        assert_eq!(send(&mut nia, "ole", 1, i, &format!("s{i}"), &format!("text {i}")).await.message_seq, i);
+    }
+    let sync = |body: serde_json::Value| {
+        let mut body = body;
+        body["login_uid"] = json!("ole");
+        body["channel_id"] = json!("nia");
+        body["channel_type"] = json!(1);
+        server.post("/channel/messagesync", body)
+    };
+    let seqs = |answer: &serde_json::Value| -> Vec<u64> {
+        answer["messages"].as_array().unwrap().iter().map(|m| m["message_seq"].as_u64().unwrap()).collect()
+    };
+
+    let (status, newest) = sync(json!({"limit": 3})).await;
+    assert_eq!(status, 200);
+    assert_eq!((seqs(&newest), newest["more"].as_u64()), (vec![3, 4, 5], Some(1)));
+    let m = &newest["messages"][2];
+    assert_eq!(
+        (m["from_uid"].as_str(), m["channel_id"].as_str(), m["client_msg_no"].as_str()),
+        (Some("nia"), Some("ole"), Some("s5"))
+    );
+    assert_eq!(m["payload"], b64("text 5"));
+    assert_eq!(m["header"]["red_dot"], 1);
+    assert_eq!(m["message_idstr"], m["message_id"].as_i64().unwrap().to_string());
+
+    let (_, up) = sync(json!({"start_message_seq": 1, "end_message_seq": 0, "pull_mode": 1, "limit": 2})).await;
+    assert_eq!((seqs(&up), up["more"].as_u64(), up["start_message_seq"].as_u64()), (vec![1, 2], Some(1), Some(1)));
+    let (_, down) = sync(json!({"start_message_seq": 3, "end_message_seq": 0, "pull_mode": 0, "limit": 10})).await;
+    assert_eq!((seqs(&down), down["more"].as_u64()), (vec![1, 2, 3], Some(0)));
+    let (_, between) = sync(json!({"start_message_seq": 2, "end_message_seq": 4, "pull_mode": 1, "limit": 10})).await;
+    assert_eq!(seqs(&between), vec![2, 3]);
+
+    // LiMaoIM's names: reverse=true pulls up from min, false pulls down from max.
+    let (_, limao_up) = sync(json!({"min_message_seq": 0, "max_message_seq": 10, "reverse": true, "limit": 2})).await;
+    assert_eq!((seqs(&limao_up), limao_up["min_message_seq"].as_u64()), (vec![1, 2], Some(0)));
+    let (_, limao_down) = sync(json!({"min_message_seq": 0, "max_message_seq": 5, "reverse": false, "limit": 2})).await;
+    assert_eq!(seqs(&limao_down), vec![3, 4]);
+
+    // The sender's view of the same channel, and bad input.
+    let (_, mine) = server
+        .post("/channel/messagesync", json!({"login_uid": "nia", "channel_id": "ole", "channel_type": 1, "limit": 1}))
+        .await;
+    assert_eq!(seqs(&mine), vec![5]);
+    let (status, answer) = sync(json!({"limit": 10_001})).await;
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("limit: must be at most 10000")));
+    let (status, _) = server.post("/channel/messagesync", json!({"channel_id": "x", "channel_type": 99})).await;
+    assert_eq!(status, 400);
+    server.stop().await;
+}
