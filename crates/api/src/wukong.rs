@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/channel", post(channel_create))
         .route("/message/send", post(message_send))
         .route("/channel/messagesync", post(message_sync))
+        .route("/conversation/sync", post(conversation_sync))
+        .route("/conversations/setUnread", post(set_unread))
+        .route("/conversations/clearUnread", post(clear_unread))
+        .route("/conversations/delete", post(delete_conversation))
         .route("/channel/info", post(channel_info))
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
@@ -306,11 +310,12 @@ async fn channel_create(State(state): State<AppState>, body: Bytes) -> Result<Js
         return Err(ApiError::bad("subscribers: person channels have no subscribers"));
     }
     let (id, ty) = (req.channel_id.clone(), req.channel_type);
+    let core = state.core.clone();
     state
         .blocking(move |s| {
             s.put_channel_info(&id, ty, info)?;
             if reset || !subscribers.is_empty() {
-                s.add_members(MemberList::Subscribers, &id, ty, &subscribers, reset)?;
+                core.add_subscribers(&ChannelKey::new(id, ty), &subscribers, reset)?;
             }
             Ok(())
         })
@@ -346,8 +351,13 @@ async fn members(
     }
     let reset = matches!(change, Change::Set) || (matches!(change, Change::Add) && flag(&req.flags, "reset")?);
     let (id, ty) = (req.channel_id.clone(), req.channel_type);
+    let core = state.core.clone();
     state
         .blocking(move |s| match change {
+            // New subscribers get a conversation starting at the channel's last seq.
+            Change::Add | Change::Set if list == MemberList::Subscribers => {
+                core.add_subscribers(&ChannelKey::new(id, ty), &uids, reset)
+            }
             Change::Add | Change::Set => s.add_members(list, &id, ty, &uids, reset),
             Change::Remove => s.remove_members(list, &id, ty, &uids),
         })
@@ -566,4 +576,156 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
         ("start_message_seq", "end_message_seq", req.start_message_seq, req.end_message_seq)
     };
     Ok(Json(json!({lo_key: lo, hi_key: hi, "more": u8::from(more), "messages": messages})))
+}
+
+/// Runs a blocking call on the core off the async workers.
+async fn with_core<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&hongyan_core::Core) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let core = state.core.clone();
+    tokio::task::spawn_blocking(move || f(&core))
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
+}
+
+fn conversation_error(e: hongyan_core::conversation::ConversationError) -> ApiError {
+    match e {
+        hongyan_core::conversation::ConversationError::Storage(e) => ApiError::Storage(e),
+        hongyan_core::conversation::ConversationError::NotFound => {
+            ApiError::bad("channel_id: the user has no conversation with this channel")
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ConversationSyncReq {
+    uid: String,
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    last_msg_seqs: String,
+    #[serde(default)]
+    msg_count: usize,
+    #[serde(default)]
+    only_unread: u8,
+    #[serde(default)]
+    exclude_channel_types: Vec<u8>,
+    #[serde(default)]
+    page: usize,
+    #[serde(default)]
+    page_size: usize,
+}
+
+/// Most recent messages returned per conversation.
+const RECENTS_MAX: usize = 100;
+/// Most conversations per page.
+const PAGE_SIZE_MAX: usize = 500;
+
+/// `POST /conversation/sync`: the user's conversations with news, newest first, each
+/// with its unread count and `msg_count` most recent messages (newest first).
+///
+/// `last_msg_seqs` (`"channel_id:channel_type:seq|…"`, the peer's uid for person chats)
+/// leaves out conversations the client is already up to date with; `version` (the
+/// `version` of a previous answer) leaves out those with nothing newer. Unlike WuKongIM,
+/// `msg_count: 0` still lists the conversations, without recent messages.
+async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ConversationSyncReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    if req.msg_count > RECENTS_MAX {
+        return Err(ApiError::bad(format!("msg_count: must be at most {RECENTS_MAX}")));
+    }
+    if req.page_size > PAGE_SIZE_MAX {
+        return Err(ApiError::bad(format!("page_size: must be at most {PAGE_SIZE_MAX}")));
+    }
+    let page_size = if req.page_size == 0 { 100 } else { req.page_size };
+    let page = req.page.max(1);
+    let mut known = HashMap::new();
+    for entry in req.last_msg_seqs.split('|').filter(|e| !e.is_empty()) {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let [id, ty, seq] = parts.as_slice() else {
+            return Err(ApiError::bad(format!("last_msg_seqs: `{entry}` is not channel_id:channel_type:seq")));
+        };
+        let (Ok(ty), Ok(seq)) = (ty.parse::<u8>(), seq.parse::<u64>()) else {
+            return Err(ApiError::bad(format!("last_msg_seqs: `{entry}` is not channel_id:channel_type:seq")));
+        };
+        known.insert(state.core.channel_for(&req.uid, id, ty), seq);
+    }
+    let (uid, msg_count) = (req.uid.clone(), req.msg_count);
+    let views =
+        with_core(&state, move |core| core.conversations(&uid, &known, msg_count).map_err(ApiError::Storage)).await?;
+    let system = state.settings.system_uid.clone();
+    let items: Vec<Value> = views
+        .into_iter()
+        .filter(|v| req.version <= 0 || v.last_timestamp_ms > req.version)
+        .filter(|v| req.only_unread == 0 || v.unread > 0)
+        .filter(|v| !req.exclude_channel_types.contains(&v.channel.channel_type))
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .map(|v| {
+            let channel_id = if v.channel.channel_type == PERSON {
+                hongyan_core::channel::person_channel_members(&v.channel.channel_id)
+                    .map(|(a, b)| if a == req.uid { b } else { a })
+                    .unwrap_or_default()
+                    .to_owned()
+            } else {
+                v.channel.channel_id.clone()
+            };
+            json!({
+                "channel_id": channel_id,
+                "channel_type": v.channel.channel_type,
+                "unread": v.unread,
+                "timestamp": v.last_timestamp_ms / 1000,
+                "last_msg_seq": v.last_seq,
+                "last_client_msg_no": v.last_client_msg_no,
+                "offset_msg_seq": 0,
+                "readed_to_msg_seq": v.state.read_to,
+                "version": v.last_timestamp_ms,
+                "recents": v.recents.iter().map(|m| message_json(m, &v.channel, &system)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
+#[derive(Deserialize)]
+struct ConversationReq {
+    uid: String,
+    channel_id: String,
+    channel_type: u8,
+    #[serde(default)]
+    unread: u64,
+    #[serde(default)]
+    message_seq: u64,
+}
+
+fn conversation_target(state: &AppState, body: &Bytes) -> Result<(ConversationReq, ChannelKey), ApiError> {
+    let req: ConversationReq = parse(body)?;
+    check_uid("uid", &req.uid)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    let channel = state.core.channel_for(&req.uid, &req.channel_id, req.channel_type);
+    Ok((req, channel))
+}
+
+/// `POST /conversations/setUnread`: leaves `unread` messages unread (the cursor only
+/// moves forward, so this cannot raise the count).
+async fn set_unread(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (req, channel) = conversation_target(&state, &body)?;
+    with_core(&state, move |core| core.set_unread(&req.uid, &channel, req.unread).map_err(conversation_error)).await?;
+    Ok(ok())
+}
+
+/// `POST /conversations/clearUnread`: everything read (up to `message_seq` when given).
+async fn clear_unread(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (req, channel) = conversation_target(&state, &body)?;
+    with_core(&state, move |core| core.clear_unread(&req.uid, &channel, req.message_seq).map_err(conversation_error))
+        .await?;
+    Ok(ok())
+}
+
+/// `POST /conversations/delete`: hides the conversation until a newer message arrives.
+async fn delete_conversation(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let (req, channel) = conversation_target(&state, &body)?;
+    with_core(&state, move |core| core.delete_conversation(&req.uid, &channel).map_err(conversation_error)).await?;
+    Ok(ok())
 }

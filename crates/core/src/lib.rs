@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod conversation;
 pub mod ids;
 pub mod retry;
 
@@ -31,7 +32,8 @@ use bytes::Bytes;
 use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_uid};
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
 use hongyan_store::{
-    Appended, ChannelKey, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store, StoreError,
+    Appended, ChannelKey, Conversation, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store, StoreError,
+    Write,
 };
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -173,6 +175,16 @@ impl Core {
         core
     }
 
+    /// The durable tables.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The uid of server-originated messages.
+    pub fn system_uid(&self) -> &str {
+        &self.settings.system_uid
+    }
+
     /// RECVs written but not yet acknowledged.
     pub fn retry_queue(&self) -> &RetryQueue {
         &self.retry
@@ -216,7 +228,7 @@ impl Core {
 
     /// Checks a SEND in WuKongIM's order and returns the stored channel and the
     /// plaintext payload, or the SENDACK reason code. Blocking (storage reads).
-    fn admit(&self, conn: &Conn, send: &Send) -> Result<(ChannelKey, Bytes), ReasonCode> {
+    fn admit(&self, conn: &Conn, send: &Send) -> Result<(ChannelKey, Bytes, Vec<Write>), ReasonCode> {
         let store = &self.store;
         let sender = &*conn.uid;
         if store.channel_info(sender, PERSON).map_err(storage)?.is_some_and(|i| i.send_ban) {
@@ -241,7 +253,9 @@ impl Core {
             if store.is_member(MemberList::Blacklist, peer, PERSON, sender).map_err(storage)? {
                 return Err(ReasonCode::InBlacklist);
             }
-            return Ok((ChannelKey::new(person_channel_id(sender, peer), PERSON), plain));
+            let key = ChannelKey::new(person_channel_id(sender, peer), PERSON);
+            let rows = self.missing_person_conversations(&key, &[sender, peer]).map_err(storage)?;
+            return Ok((key, plain, rows));
         }
         let id = &send.channel_id;
         let info = store.channel_info(id, channel_type).map_err(storage)?.unwrap_or_default();
@@ -253,7 +267,7 @@ impl Core {
         }
         let key = ChannelKey::new(id.clone(), channel_type);
         if matches!(channel_type, CUSTOMER_SERVICE | INFO) {
-            return Ok((key, plain));
+            return Ok((key, plain, Vec::new()));
         }
         if store.is_member(MemberList::Blacklist, id, channel_type, sender).map_err(storage)? {
             return Err(ReasonCode::InBlacklist);
@@ -266,7 +280,20 @@ impl Core {
         {
             return Err(ReasonCode::NotInWhitelist);
         }
-        Ok((key, plain))
+        Ok((key, plain, Vec::new()))
+    }
+
+    /// Conversation rows a person message must bring with it: one for each side that
+    /// has none yet (cursor 0; own messages never count as unread anyway). They go in
+    /// the message's batch, so an acknowledged message always has its conversations.
+    fn missing_person_conversations(&self, channel: &ChannelKey, uids: &[&str]) -> Result<Vec<Write>, StoreError> {
+        let mut rows = Vec::new();
+        for uid in uids {
+            if *uid != self.settings.system_uid && self.store.conversation(uid, channel)?.is_none() {
+                rows.push(self.store.conversation_write(uid, channel, Conversation::default()));
+            }
+        }
+        Ok(rows)
     }
 
     async fn on_send(self: &Arc<Self>, conn: &Arc<Conn>, send: Send) {
@@ -285,7 +312,7 @@ impl Core {
             let (core, conn, send) = (self.clone(), conn.clone(), send.clone());
             tokio::task::spawn_blocking(move || core.admit(&conn, &send)).await.unwrap_or(Err(ReasonCode::SystemError))
         };
-        let (channel, payload) = match admitted {
+        let (channel, payload, rows) = match admitted {
             Ok(ok) => ok,
             Err(reason) => {
                 metrics::counter!("hongyan_core_sends_total", "result" => reason.name()).increment(1);
@@ -304,7 +331,7 @@ impl Core {
             topic: send.topic.clone(),
             payload,
         };
-        let pending = match self.submit(channel, message, conn.id) {
+        let pending = match self.submit(channel, message, conn.id, rows) {
             Ok(Submitted::Stored(pending)) => pending,
             Ok(Submitted::OnlineOnly) => {
                 ack(message_id, 0, ReasonCode::Success);
@@ -334,7 +361,13 @@ impl Core {
     /// Stores (unless NoPersist) and delivers an admitted message; `origin` is the
     /// sending connection (0 for none). Enqueues synchronously, so calls are stored in
     /// the order they are made.
-    fn submit(&self, channel: ChannelKey, message: NewMessage, origin: u64) -> Result<Submitted, ReasonCode> {
+    fn submit(
+        &self,
+        channel: ChannelKey,
+        message: NewMessage,
+        origin: u64,
+        rows: Vec<Write>,
+    ) -> Result<Submitted, ReasonCode> {
         if HeaderFlags::from_bits(message.header).no_persist {
             // Online only: not stored, no seq, delivered at once.
             metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
@@ -355,7 +388,7 @@ impl Core {
                 metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
             })
         };
-        let pending = self.log.enqueue(channel, message, Some(on_commit)).map_err(storage)?;
+        let pending = self.log.enqueue_with(channel, message, rows, Some(on_commit)).map_err(storage)?;
         Ok(Submitted::Stored(pending))
     }
 
@@ -372,8 +405,16 @@ impl Core {
         if !is_valid_uid(&request.channel_id) || !is_valid_uid(&from_uid) {
             return Err(ReasonCode::ChannelIdError);
         }
-        let channel = if channel_type == PERSON {
-            ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON)
+        let (channel, rows) = if channel_type == PERSON {
+            let key = ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON);
+            let (core, k, uids) = (self.clone(), key.clone(), [from_uid.clone(), request.channel_id.clone()]);
+            let rows = tokio::task::spawn_blocking(move || {
+                core.missing_person_conversations(&k, &[uids[0].as_str(), uids[1].as_str()])
+            })
+            .await
+            .map_err(|_| ReasonCode::SystemError)?
+            .map_err(storage)?;
+            (key, rows)
         } else {
             let (core, id) = (self.clone(), request.channel_id.clone());
             let info = tokio::task::spawn_blocking(move || core.store.channel_info(&id, channel_type))
@@ -387,7 +428,7 @@ impl Core {
             if info.disband {
                 return Err(ReasonCode::Disband);
             }
-            ChannelKey::new(request.channel_id, channel_type)
+            (ChannelKey::new(request.channel_id, channel_type), Vec::new())
         };
         let message_id = self.ids.next_id();
         let client_msg_no =
@@ -403,7 +444,7 @@ impl Core {
             topic: None,
             payload: request.payload,
         };
-        let (message_id, seq) = match self.submit(channel, message, 0)? {
+        let (message_id, seq) = match self.submit(channel, message, 0, rows)? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(storage)?,
         };

@@ -25,11 +25,13 @@ pub enum Table {
     ChanBlacklist,
     /// (channel, uid) → (): whitelist.
     ChanWhitelist,
+    /// (uid, channel) → read cursor and deletion mark: conversations.
+    UidChanConversation,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -37,6 +39,7 @@ impl Table {
         Table::ChanSubscriber,
         Table::ChanBlacklist,
         Table::ChanWhitelist,
+        Table::UidChanConversation,
     ];
 
     /// The table's name on disk.
@@ -49,6 +52,7 @@ impl Table {
             Self::ChanSubscriber => "chanuid_subscriber",
             Self::ChanBlacklist => "chanuid_blacklist",
             Self::ChanWhitelist => "chanuid_whitelist",
+            Self::UidChanConversation => "uidchan_conv",
         }
     }
 }

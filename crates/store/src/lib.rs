@@ -23,7 +23,7 @@ mod tables;
 
 pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
 pub use log::{Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, StoredMessage};
-pub use tables::{ChannelInfo, Device, MemberList, Store};
+pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 
 /// A storage failure. The operation that got it did not happen (or not durably).
 #[derive(Debug, thiserror::Error)]

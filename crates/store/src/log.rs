@@ -149,6 +149,8 @@ pub type OnCommit = Box<dyn FnOnce(Appended) + Send>;
 struct Job {
     channel: ChannelKey,
     message: NewMessage,
+    /// Written in the same atomic batch as the message, only if it is new.
+    with: Vec<Write>,
     on_commit: Option<OnCommit>,
     reply: oneshot::Sender<Result<Appended>>,
 }
@@ -264,11 +266,23 @@ impl MessageLog {
         message: NewMessage,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
+        self.enqueue_with(channel, message, Vec::new(), on_commit)
+    }
+
+    /// Like [`Self::enqueue`], also writing `with` in the same atomic batch when the
+    /// message is new (not a resend): records that must exist whenever the message does.
+    pub fn enqueue_with(
+        &self,
+        channel: ChannelKey,
+        message: NewMessage,
+        with: Vec<Write>,
+        on_commit: Option<OnCommit>,
+    ) -> Result<PendingAppend> {
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
         sender
-            .send(Job { channel, message, on_commit, reply })
+            .send(Job { channel, message, with, on_commit, reply })
             .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
         Ok(PendingAppend(answer))
     }
@@ -465,6 +479,7 @@ impl Writer {
             }
             let seq = self.take_seq(&job.channel)?;
             writes.push(Write::Put(Table::ChanSeqMessage, job.channel.message_key(seq), encode(m)));
+            writes.extend(job.with.iter().cloned());
             if let Some(key) = dedupe_key {
                 let mut ids = Vec::with_capacity(17);
                 ids.push(FORMAT_V1);
@@ -586,6 +601,20 @@ mod tests {
         let ids: std::collections::HashSet<_> = results.iter().map(|r| r.ids()).collect();
         assert_eq!(ids.len(), 1, "every resend got the original's ids");
         assert_eq!(log.last_seq(&g).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn side_writes_land_with_new_messages_only() {
+        let kv = Arc::new(MemoryBackend::new());
+        let log = MessageLog::open(kv.clone(), Durability::Fsync).unwrap();
+        let g = ChannelKey::new("g", 2);
+        let side = |v: u8| vec![Write::Put(Table::ChanWhitelist, b"side".to_vec(), vec![v])];
+        log.enqueue_with(g.clone(), msg(1, "s", "c1", "m"), side(1), None).unwrap().await.unwrap();
+        assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
+        // A resend writes nothing, its side writes included.
+        let dup = log.enqueue_with(g, msg(2, "s", "c1", "m"), side(2), None).unwrap().await.unwrap();
+        assert!(matches!(dup, Appended::Duplicate { .. }));
+        assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
     }
 
     #[tokio::test]

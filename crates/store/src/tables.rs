@@ -109,6 +109,41 @@ fn list_prefix(channel_id: &str, channel_type: u8) -> Vec<u8> {
     key
 }
 
+/// One user's view of one channel: how far they have read, and where they deleted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// Messages up to this seq are read.
+    pub read_to: u64,
+    /// The conversation was deleted when the channel's last seq was this; it shows
+    /// again only with newer messages.
+    pub deleted_at: u64,
+}
+
+fn conversation_key(uid: &str, channel: &crate::ChannelKey) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + uid.len() + channel.channel_id.len());
+    push_str16(&mut key, uid);
+    key.push(channel.channel_type);
+    key.extend_from_slice(channel.channel_id.as_bytes());
+    key
+}
+
+fn conversation_value(c: Conversation) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17);
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&c.read_to.to_be_bytes());
+    v.extend_from_slice(&c.deleted_at.to_be_bytes());
+    v
+}
+
+fn decode_conversation(value: &[u8]) -> Result<Conversation> {
+    let mut r = ValueReader { rest: value };
+    let bad = || corrupt(Table::UidChanConversation, "conversation");
+    if r.u8() != Some(FORMAT_V1) {
+        return Err(bad());
+    }
+    Ok(Conversation { read_to: r.u64().ok_or_else(bad)?, deleted_at: r.u64().ok_or_else(bad)? })
+}
+
 fn corrupt(table: Table, what: &'static str) -> StoreError {
     StoreError::Corrupt { table: table.name(), what }
 }
@@ -179,6 +214,41 @@ impl Store {
 }
 
 impl Store {
+    /// `uid`'s conversation with `channel`, if it has one.
+    pub fn conversation(&self, uid: &str, channel: &crate::ChannelKey) -> Result<Option<Conversation>> {
+        self.kv
+            .get(Table::UidChanConversation, &conversation_key(uid, channel))?
+            .map(|v| decode_conversation(&v))
+            .transpose()
+    }
+
+    /// Sets `uid`'s conversation with `channel`, durably.
+    pub fn put_conversation(&self, uid: &str, channel: &crate::ChannelKey, c: Conversation) -> Result<()> {
+        self.kv.write(vec![self.conversation_write(uid, channel, c)], true)
+    }
+
+    /// The write that sets a conversation, to batch with others (e.g. with a message).
+    pub fn conversation_write(&self, uid: &str, channel: &crate::ChannelKey, c: Conversation) -> Write {
+        Write::Put(Table::UidChanConversation, conversation_key(uid, channel), conversation_value(c))
+    }
+
+    /// Every conversation of `uid`.
+    pub fn conversations(&self, uid: &str) -> Result<Vec<(crate::ChannelKey, Conversation)>> {
+        let mut prefix = Vec::with_capacity(2 + uid.len());
+        push_str16(&mut prefix, uid);
+        self.kv
+            .scan_prefix(Table::UidChanConversation, &prefix, usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                let rest = &key[prefix.len()..];
+                let (&channel_type, id) =
+                    rest.split_first().ok_or_else(|| corrupt(Table::UidChanConversation, "key"))?;
+                let id = std::str::from_utf8(id).map_err(|_| corrupt(Table::UidChanConversation, "key"))?;
+                Ok((crate::ChannelKey::new(id, channel_type), decode_conversation(&value)?))
+            })
+            .collect()
+    }
+
     /// Every uid on `list` of a channel, in uid order.
     pub fn members(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<Vec<String>> {
         let prefix = list_prefix(channel_id, channel_type);
@@ -285,6 +355,21 @@ mod tests {
         assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
         assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());
         assert!(!store.has_members(MemberList::Whitelist, "g1", 2).unwrap());
+    }
+
+    #[test]
+    fn conversations_round_trip() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let g = crate::ChannelKey::new("g", 2);
+        let p = crate::ChannelKey::new("a@b", 1);
+        assert_eq!(store.conversation("a", &g).unwrap(), None);
+        store.put_conversation("a", &g, Conversation { read_to: 3, deleted_at: 1 }).unwrap();
+        store.put_conversation("a", &p, Conversation::default()).unwrap();
+        store.put_conversation("ab", &g, Conversation::default()).unwrap();
+        assert_eq!(store.conversation("a", &g).unwrap(), Some(Conversation { read_to: 3, deleted_at: 1 }));
+        let mut all = store.conversations("a").unwrap();
+        all.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(all, vec![(p, Conversation::default()), (g, Conversation { read_to: 3, deleted_at: 1 })]);
     }
 
     #[test]

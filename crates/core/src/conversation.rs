@@ -1,0 +1,172 @@
+//! Conversations: per user and channel, a read cursor and a deletion mark. Unread
+//! counts are computed from them when asked, never stored.
+//!
+//! * **Unread** = messages from others after both the cursor and the user's own latest
+//!   message. Own messages never count, and writing in a channel implies having read it.
+//! * **Deleted** conversations stay hidden until a message newer than the deletion.
+//! * The cursor moves only forward (`set_unread`, `clear_unread`), and is one per user,
+//!   so every device of the user sees the same count.
+//!
+//! Rows appear when a user is added to a group (cursor at the group's last seq, so old
+//! history is not unread) and with the first message of a person chat (in the same
+//! atomic batch as the message).
+//!
+//! All functions here block (storage reads): call them off the async workers.
+
+use hongyan_store::{ChannelKey, Conversation, MemberList, Order, StoredMessage};
+
+use crate::Core;
+use crate::channel::PERSON;
+
+/// Most messages scanned to count one conversation's unread; beyond it the count is
+/// the number of messages after the cursor.
+const UNREAD_SCAN_LIMIT: usize = 10_000;
+
+/// One conversation as `conversation/sync` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationView {
+    /// The stored channel.
+    pub channel: ChannelKey,
+    /// The user's cursor and deletion mark.
+    pub state: Conversation,
+    /// The channel's last seq.
+    pub last_seq: u64,
+    /// Unread messages.
+    pub unread: u64,
+    /// The newest messages, newest first (as many as asked for).
+    pub recents: Vec<StoredMessage>,
+    /// The newest message's time, milliseconds since the epoch.
+    pub last_timestamp_ms: i64,
+    /// The newest message's client_msg_no.
+    pub last_client_msg_no: String,
+}
+
+/// What went wrong with a conversation call.
+#[derive(Debug)]
+pub enum ConversationError {
+    /// Storage failed.
+    Storage(hongyan_store::StoreError),
+    /// The user has no conversation with that channel.
+    NotFound,
+}
+
+impl From<hongyan_store::StoreError> for ConversationError {
+    fn from(e: hongyan_store::StoreError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl Core {
+    /// The stored channel a user means by `channel_id`: for person chats, the pair.
+    pub fn channel_for(&self, uid: &str, channel_id: &str, channel_type: u8) -> ChannelKey {
+        if channel_type == PERSON {
+            ChannelKey::new(crate::channel::person_channel_id(uid, channel_id), PERSON)
+        } else {
+            ChannelKey::new(channel_id, channel_type)
+        }
+    }
+
+    /// Unread messages in `channel` for `uid` with cursor `state`, up to `last_seq`.
+    fn unread(
+        &self,
+        uid: &str,
+        channel: &ChannelKey,
+        state: Conversation,
+        last_seq: u64,
+    ) -> hongyan_store::Result<u64> {
+        let from = state.read_to.max(state.deleted_at) + 1;
+        if last_seq < from {
+            return Ok(0);
+        }
+        let newest_first = self.log().read(channel, from, last_seq + 1, UNREAD_SCAN_LIMIT, Order::Descending)?;
+        if newest_first.len() == UNREAD_SCAN_LIMIT && newest_first.iter().all(|m| m.message.from_uid != uid) {
+            return Ok(last_seq + 1 - from);
+        }
+        Ok(newest_first.iter().take_while(|m| m.message.from_uid != uid).count() as u64)
+    }
+
+    /// `uid`'s conversations with news: those not deleted since their last message,
+    /// newer than what the client says it has (`known`: channel → last seq it holds),
+    /// with `recents` newest messages each; newest conversation first.
+    pub fn conversations(
+        &self,
+        uid: &str,
+        known: &std::collections::HashMap<ChannelKey, u64>,
+        recents: usize,
+    ) -> hongyan_store::Result<Vec<ConversationView>> {
+        let mut views = Vec::new();
+        for (channel, state) in self.store().conversations(uid)? {
+            let last_seq = self.log().last_seq(&channel)?;
+            if last_seq == 0 || last_seq <= state.deleted_at || known.get(&channel).is_some_and(|k| *k >= last_seq) {
+                continue;
+            }
+            let newest = self.log().read(&channel, 1, 0, recents.max(1), Order::Descending)?;
+            let Some(last) = newest.first() else { continue };
+            let (last_timestamp_ms, last_client_msg_no) =
+                (last.message.timestamp_ms, last.message.client_msg_no.clone());
+            let unread = self.unread(uid, &channel, state, last_seq)?;
+            let recents = if recents == 0 { Vec::new() } else { newest };
+            views.push(ConversationView {
+                channel,
+                state,
+                last_seq,
+                unread,
+                recents,
+                last_timestamp_ms,
+                last_client_msg_no,
+            });
+        }
+        views.sort_by(|a, b| b.last_timestamp_ms.cmp(&a.last_timestamp_ms).then_with(|| a.channel.cmp(&b.channel)));
+        Ok(views)
+    }
+
+    fn update(
+        &self,
+        uid: &str,
+        channel: &ChannelKey,
+        change: impl FnOnce(&mut Conversation, u64),
+    ) -> Result<(), ConversationError> {
+        let mut state = self.store().conversation(uid, channel)?.ok_or(ConversationError::NotFound)?;
+        let last_seq = self.log().last_seq(channel)?;
+        change(&mut state, last_seq);
+        self.store().put_conversation(uid, channel, state)?;
+        Ok(())
+    }
+
+    /// Leaves `unread` messages unread: the cursor moves to `last − unread`, only forward.
+    pub fn set_unread(&self, uid: &str, channel: &ChannelKey, unread: u64) -> Result<(), ConversationError> {
+        self.update(uid, channel, |c, last| c.read_to = c.read_to.max(last.saturating_sub(unread)))
+    }
+
+    /// Marks everything up to `up_to` read (0: everything).
+    pub fn clear_unread(&self, uid: &str, channel: &ChannelKey, up_to: u64) -> Result<(), ConversationError> {
+        self.update(uid, channel, |c, last| {
+            let to = if up_to == 0 { last } else { up_to.min(last) };
+            c.read_to = c.read_to.max(to);
+        })
+    }
+
+    /// Hides the conversation until a newer message arrives.
+    pub fn delete_conversation(&self, uid: &str, channel: &ChannelKey) -> Result<(), ConversationError> {
+        self.update(uid, channel, |c, last| {
+            c.deleted_at = last;
+            c.read_to = c.read_to.max(last);
+        })
+    }
+
+    /// Adds subscribers (replacing them all when `reset`) and gives each new one a
+    /// conversation whose cursor is the channel's last seq: history before joining is
+    /// not unread.
+    pub fn add_subscribers(&self, channel: &ChannelKey, uids: &[String], reset: bool) -> hongyan_store::Result<()> {
+        let store = self.store();
+        store.add_members(MemberList::Subscribers, &channel.channel_id, channel.channel_type, uids, reset)?;
+        let last_seq = self.log().last_seq(channel)?;
+        for uid in uids {
+            if store.conversation(uid, channel)?.is_none() {
+                let start = Conversation { read_to: last_seq, deleted_at: 0 };
+                store.put_conversation(uid, channel, start)?;
+            }
+        }
+        Ok(())
+    }
+}
