@@ -302,7 +302,9 @@ impl Client {
         }
     }
 
-    async fn recv_forever(&mut self) -> Result<Packet, ClientError> {
+    /// The next packet, waiting as long as it takes. Cancel-safe: a caller may wrap it
+    /// in its own timeout and call again without losing bytes.
+    pub async fn recv_forever(&mut self) -> Result<Packet, ClientError> {
         loop {
             if let Some(packet) = self.codec.decode(&mut self.buf)? {
                 return Ok(packet);
