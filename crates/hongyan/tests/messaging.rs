@@ -396,3 +396,51 @@ async fn messagesync_pages_history_in_both_dialects() {
     assert_eq!(status, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn header_flags_no_persist_dup_and_red_dot() {
+    let server = TestServer::start().await;
+    users(&server, &["pia", "quinn"]).await;
+    let mut pia = online(&server.tcp(), "pia", "d", 5).await;
+    let mut quinn = online(&server.tcp(), "quinn", "d", 5).await;
+    let stored_before = |s: &TestServer| {
+        s.server.log.last_seq(&ChannelKey::new(hongyan_core::channel::person_channel_id("pia", "quinn"), 1)).unwrap()
+    };
+
+    // NoPersist: acknowledged with seq 0, delivered with its flag, never stored.
+    let mut typing = Send {
+        flags: HeaderFlags { no_persist: true, ..HeaderFlags::default() },
+        client_seq: 1,
+        client_msg_no: "typing".into(),
+        channel_id: "quinn".into(),
+        channel_type: 1,
+        ..Send::default()
+    };
+    pia.cipher.as_ref().unwrap().seal_send(&mut typing, b"typing...");
+    pia.send(&Packet::Send(typing)).await.unwrap();
+    let Packet::Sendack(ack) = pia.recv().await.unwrap() else { panic!("expected SENDACK") };
+    assert_eq!((ack.reason_code, ack.message_seq), (ReasonCode::Success, 0));
+    assert!(ack.flags.no_persist);
+    let (recv, text) = receive(&mut quinn).await;
+    assert_eq!((recv.message_seq, recv.flags.no_persist, text.as_str()), (0, true, "typing..."));
+    assert_eq!(stored_before(&server), 0, "not stored");
+    assert!(server.server.core.retry_queue().is_empty(), "online-only messages wait for no RECVACK");
+
+    // DUP is the client's business: it does not travel on; RedDot does, to others only.
+    let mut resent = Send {
+        flags: HeaderFlags { dup: true, red_dot: true, ..HeaderFlags::default() },
+        client_seq: 2,
+        client_msg_no: "real".into(),
+        channel_id: "quinn".into(),
+        channel_type: 1,
+        ..Send::default()
+    };
+    pia.cipher.as_ref().unwrap().seal_send(&mut resent, b"hello");
+    pia.send(&Packet::Send(resent)).await.unwrap();
+    let Packet::Sendack(ack) = pia.recv().await.unwrap() else { panic!("expected SENDACK") };
+    assert_eq!(ack.message_seq, 1);
+    let (recv, _) = receive(&mut quinn).await;
+    assert!(!recv.flags.dup && recv.flags.red_dot && !recv.flags.no_persist);
+    assert_eq!(stored_before(&server), 1);
+    server.stop().await;
+}
