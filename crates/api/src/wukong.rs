@@ -53,6 +53,12 @@ pub fn router(state: AppState) -> Router {
         .route("/route/batch", post(route_batch))
         .route("/user/token", post(user_token))
         .route("/user/device_quit", post(device_quit))
+        .route("/user/systemuids", get(system_uids))
+        .route("/user/systemuids_add", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true)))
+        .route("/user/systemuids_remove", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false)))
+        // LiMaoIM's paths for the same calls.
+        .route("/systemuids_add", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true)))
+        .route("/systemuids_remove", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false)))
         .route("/channel", post(channel_create))
         .route("/message/send", post(message_send))
         .route("/channel/messagesync", post(message_sync))
@@ -727,5 +733,30 @@ async fn clear_unread(State(state): State<AppState>, body: Bytes) -> Result<Json
 async fn delete_conversation(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (req, channel) = conversation_target(&state, &body)?;
     with_core(&state, move |core| core.delete_conversation(&req.uid, &channel).map_err(conversation_error)).await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct UidsReq {
+    #[serde(default)]
+    uids: Vec<String>,
+}
+
+/// `GET /user/systemuids`: the system accounts.
+async fn system_uids(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.core.system_accounts()))
+}
+
+/// `POST /user/systemuids_add` / `_remove` (also at LiMaoIM's `/systemuids_add`):
+/// system accounts send without sender checks, and anyone may message them.
+async fn set_system_uids(State(state): State<AppState>, body: Bytes, system: bool) -> Result<Json<Value>, ApiError> {
+    let req: UidsReq = parse(&body)?;
+    if req.uids.is_empty() {
+        return Err(ApiError::bad("uids: required"));
+    }
+    for (i, uid) in req.uids.iter().enumerate() {
+        check_uid(&format!("uids[{i}]"), uid)?;
+    }
+    with_core(&state, move |core| core.set_system_accounts(&req.uids, system).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }

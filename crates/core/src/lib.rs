@@ -120,6 +120,8 @@ pub struct Core {
     settings: CoreSettings,
     shards: Vec<mpsc::UnboundedSender<Delivery>>,
     retry: RetryQueue,
+    /// System accounts, written through to storage: the send path reads only this.
+    system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -136,7 +138,13 @@ fn storage(e: StoreError) -> ReasonCode {
 impl Core {
     /// A core over `store` and `log`, delivering to `registry`'s connections. Starts the
     /// fan-out tasks on the current runtime.
-    pub fn start(store: Store, log: Arc<MessageLog>, registry: Arc<Registry>, settings: CoreSettings) -> Arc<Self> {
+    pub fn start(
+        store: Store,
+        log: Arc<MessageLog>,
+        registry: Arc<Registry>,
+        settings: CoreSettings,
+    ) -> Result<Arc<Self>, StoreError> {
+        let system_accounts = std::sync::RwLock::new(store.system_uids()?.into_iter().collect());
         let mut receivers = Vec::new();
         let mut shards = Vec::new();
         for _ in 0..FANOUT_SHARDS {
@@ -145,8 +153,16 @@ impl Core {
             receivers.push(rx);
         }
         let retry = RetryQueue::new(settings.retry);
-        let core =
-            Arc::new(Self { store, log, registry, ids: Snowflake::new(settings.node_id), settings, shards, retry });
+        let core = Arc::new(Self {
+            store,
+            log,
+            registry,
+            ids: Snowflake::new(settings.node_id),
+            settings,
+            shards,
+            retry,
+            system_accounts,
+        });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
             let weak = Arc::downgrade(&core);
@@ -172,7 +188,36 @@ impl Core {
                 metrics::gauge!("hongyan_core_retry_pending").set(core.retry.len() as f64);
             }
         });
-        core
+        Ok(core)
+    }
+
+    /// Whether `uid` is a system account (sends without sender checks; anyone may
+    /// message it).
+    pub fn is_system_account(&self, uid: &str) -> bool {
+        self.system_accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(uid)
+    }
+
+    /// Every system account, sorted.
+    pub fn system_accounts(&self) -> Vec<String> {
+        let set = self.system_accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut uids: Vec<String> = set.iter().cloned().collect();
+        uids.sort_unstable();
+        uids
+    }
+
+    /// Makes `uids` system accounts (or ordinary ones again), durably, then in memory.
+    /// Blocking.
+    pub fn set_system_accounts(&self, uids: &[String], system: bool) -> Result<(), StoreError> {
+        self.store.set_system_uids(uids, system)?;
+        let mut set = self.system_accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for uid in uids {
+            if system {
+                set.insert(uid.clone());
+            } else {
+                set.remove(uid);
+            }
+        }
+        Ok(())
     }
 
     /// The durable tables.
@@ -250,7 +295,9 @@ impl Core {
             if *peer == self.settings.system_uid {
                 return Err(ReasonCode::ChannelIdError);
             }
-            if store.is_member(MemberList::Blacklist, peer, PERSON, sender).map_err(storage)? {
+            // Anyone may message a system account; a system account may message anyone.
+            let privileged = self.is_system_account(peer) || self.is_system_account(sender);
+            if !privileged && store.is_member(MemberList::Blacklist, peer, PERSON, sender).map_err(storage)? {
                 return Err(ReasonCode::InBlacklist);
             }
             let key = ChannelKey::new(person_channel_id(sender, peer), PERSON);
@@ -266,7 +313,7 @@ impl Core {
             return Err(ReasonCode::Disband);
         }
         let key = ChannelKey::new(id.clone(), channel_type);
-        if matches!(channel_type, CUSTOMER_SERVICE | INFO) {
+        if matches!(channel_type, CUSTOMER_SERVICE | INFO) || self.is_system_account(sender) {
             return Ok((key, plain, Vec::new()));
         }
         if store.is_member(MemberList::Blacklist, id, channel_type, sender).map_err(storage)? {

@@ -108,7 +108,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 max_per_connection: config.delivery.retry_max_per_connection,
             },
         },
-    );
+    )
+    .context("loading system accounts")?;
     if !config.auth.token_auth {
         warn!("auth.token_auth is off: anyone can log in as anyone");
     }

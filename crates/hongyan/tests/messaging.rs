@@ -444,3 +444,51 @@ async fn header_flags_no_persist_dup_and_red_dot() {
     assert_eq!(stored_before(&server), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn system_accounts_skip_sender_checks_and_anyone_may_message_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| c.data_dir = dir.path().to_path_buf()).await;
+    users(&server, &["bot", "rae", "sol"]).await;
+    server.post("/channel", json!({"channel_id": "lounge", "channel_type": 2, "subscribers": ["rae"]})).await;
+    server.post("/channel/blacklist_add", json!({"channel_id": "bot", "channel_type": 1, "uids": ["sol"]})).await;
+    let mut bot = online(&server.tcp(), "bot", "d", 5).await;
+    let mut rae = online(&server.tcp(), "rae", "d", 5).await;
+    let mut sol = online(&server.tcp(), "sol", "d", 5).await;
+    assert_eq!(send(&mut bot, "lounge", 2, 1, "b-1", "x").await.reason_code, ReasonCode::SubscriberNotExist);
+    assert_eq!(send(&mut sol, "bot", 1, 1, "s-1", "x").await.reason_code, ReasonCode::InBlacklist);
+
+    // The seed's own path.
+    let (status, _) = server.post("/systemuids_add", json!({"uids": ["bot"]})).await;
+    assert_eq!(status, 200);
+    let listed = reqwest::get(server.api("/user/systemuids")).await.unwrap().json::<serde_json::Value>().await.unwrap();
+    assert_eq!(listed, json!(["bot"]));
+    assert_eq!(send(&mut bot, "lounge", 2, 2, "b-2", "announcement").await.reason_code, ReasonCode::Success);
+    let (recv, text) = receive(&mut rae).await;
+    assert_eq!((recv.from_uid.as_str(), text.as_str()), ("bot", "announcement"));
+    assert_eq!(
+        send(&mut sol, "bot", 1, 2, "s-2", "help").await.reason_code,
+        ReasonCode::Success,
+        "anyone may message a system account"
+    );
+
+    // A banned channel still refuses even a system account.
+    server.post("/channel/info", json!({"channel_id": "lounge", "channel_type": 2, "ban": 1})).await;
+    assert_eq!(send(&mut bot, "lounge", 2, 3, "b-3", "x").await.reason_code, ReasonCode::Ban);
+
+    let (status, _) = server.post("/user/systemuids_remove", json!({"uids": ["bot"]})).await;
+    assert_eq!(status, 200);
+    assert_eq!(send(&mut sol, "bot", 1, 3, "s-3", "x").await.reason_code, ReasonCode::InBlacklist);
+    let (status, answer) = server.post("/user/systemuids_add", json!({"uids": ["a@b"]})).await;
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("uids[0]: must be non-empty and contain none of @ # &")));
+
+    // Durable: a restart keeps the list.
+    server.post("/user/systemuids_add", json!({"uids": ["bot", "rae"]})).await;
+    let config = server.config.clone();
+    drop((bot, rae, sol));
+    server.stop().await;
+    let again = hongyan::start(config).await.unwrap();
+    assert_eq!(again.core.system_accounts(), vec!["bot".to_owned(), "rae".to_owned()]);
+    again.shutdown();
+    again.wait().await;
+}

@@ -27,11 +27,13 @@ pub enum Table {
     ChanWhitelist,
     /// (uid, channel) → read cursor and deletion mark: conversations.
     UidChanConversation,
+    /// uid → (): system accounts.
+    UidSystem,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -40,6 +42,7 @@ impl Table {
         Table::ChanBlacklist,
         Table::ChanWhitelist,
         Table::UidChanConversation,
+        Table::UidSystem,
     ];
 
     /// The table's name on disk.
@@ -53,6 +56,7 @@ impl Table {
             Self::ChanBlacklist => "chanuid_blacklist",
             Self::ChanWhitelist => "chanuid_whitelist",
             Self::UidChanConversation => "uidchan_conv",
+            Self::UidSystem => "uid_system",
         }
     }
 }

@@ -249,6 +249,31 @@ impl Store {
             .collect()
     }
 
+    /// Every system account.
+    pub fn system_uids(&self) -> Result<Vec<String>> {
+        self.kv
+            .scan_prefix(Table::UidSystem, b"", usize::MAX)?
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k).map_err(|_| corrupt(Table::UidSystem, "uid")))
+            .collect()
+    }
+
+    /// Adds or removes system accounts, durably.
+    pub fn set_system_uids(&self, uids: &[String], system: bool) -> Result<()> {
+        let writes = uids
+            .iter()
+            .map(|u| {
+                let key = u.as_bytes().to_vec();
+                if system {
+                    Write::Put(Table::UidSystem, key, vec![FORMAT_V1])
+                } else {
+                    Write::Delete(Table::UidSystem, key)
+                }
+            })
+            .collect();
+        self.kv.write(writes, true)
+    }
+
     /// Every uid on `list` of a channel, in uid order.
     pub fn members(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<Vec<String>> {
         let prefix = list_prefix(channel_id, channel_type);
@@ -355,6 +380,15 @@ mod tests {
         assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
         assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());
         assert!(!store.has_members(MemberList::Whitelist, "g1", 2).unwrap());
+    }
+
+    #[test]
+    fn system_uids_round_trip() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        store.set_system_uids(&["bot".into(), "admin".into()], true).unwrap();
+        assert_eq!(store.system_uids().unwrap(), vec!["admin".to_owned(), "bot".to_owned()]);
+        store.set_system_uids(&["bot".into()], false).unwrap();
+        assert_eq!(store.system_uids().unwrap(), vec!["admin".to_owned()]);
     }
 
     #[test]
