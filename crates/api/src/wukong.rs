@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hongyan_gateway::{CloseReason, Conn, is_valid_uid};
+use hongyan_gateway::{CloseReason, Conn, ID_RULE, is_valid_uid};
 use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
 use serde::Deserialize;
@@ -104,16 +104,12 @@ fn ok() -> Json<Value> {
 }
 
 fn check_uid(field: &str, uid: &str) -> Result<(), ApiError> {
-    if is_valid_uid(uid) {
-        Ok(())
-    } else {
-        Err(ApiError::bad(format!("{field}: must be non-empty and contain none of @ # &")))
-    }
+    if is_valid_uid(uid) { Ok(()) } else { Err(ApiError::bad(format!("{field}: {ID_RULE}"))) }
 }
 
 fn check_channel(channel_id: &str, channel_type: u8) -> Result<(), ApiError> {
     if !is_valid_uid(channel_id) {
-        return Err(ApiError::bad("channel_id: must be non-empty and contain none of @ # &"));
+        return Err(ApiError::bad(format!("channel_id: {ID_RULE}")));
     }
     if channel_type == 0 || channel_type > MAX_CHANNEL_TYPE {
         return Err(ApiError::bad(format!("channel_type: unknown channel type {channel_type}")));
@@ -406,13 +402,16 @@ fn decode_base64(field: &str, text: &str) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::bad(format!("{field}: not valid base64")))
 }
 
+/// Longest client_msg_no an HTTP send may give (the SDKs' are about 40 bytes).
+const MAX_CLIENT_MSG_NO_LEN: usize = 255;
+
 /// A refused send as an HTTP answer: the reason's name, and its code as `status`
 /// where WuKongIM uses one.
 fn refused(reason: ReasonCode) -> ApiError {
     match reason {
         ReasonCode::SystemError => ApiError::Internal("the message could not be stored".into()),
         ReasonCode::NotSupportChannelType => ApiError::bad("channel_type: unknown channel type"),
-        ReasonCode::ChannelIdError => ApiError::bad("channel_id: must be non-empty and contain none of @ # &"),
+        ReasonCode::ChannelIdError => ApiError::bad(format!("channel_id: {ID_RULE}")),
         other => ApiError::bad(format!("message refused: {}", other.name())),
     }
 }
@@ -426,6 +425,9 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
     }
     if req.channel_id.is_empty() {
         return Err(ApiError::bad("channel_id: required"));
+    }
+    if req.client_msg_no.len() > MAX_CLIENT_MSG_NO_LEN {
+        return Err(ApiError::bad(format!("client_msg_no: at most {MAX_CLIENT_MSG_NO_LEN} bytes")));
     }
     if !req.from_uid.is_empty() {
         check_uid("from_uid", &req.from_uid)?;
@@ -553,7 +555,7 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
         let (start, end) = (req.start_message_seq, req.end_message_seq);
         match (start, end, req.pull_mode) {
             (0, 0, _) => (1, 0, true),
-            (_, _, 0) => (end + 1, if start == 0 { 0 } else { start + 1 }, true),
+            (_, _, 0) => (end.saturating_add(1), if start == 0 { 0 } else { start.saturating_add(1) }, true),
             (_, _, 1) => (start.max(1), end, false),
             (_, _, other) => return Err(ApiError::bad(format!("pull_mode: must be 0 or 1, not {other}"))),
         }
@@ -666,7 +668,7 @@ async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result
         .filter(|v| req.version <= 0 || v.last_timestamp_ms > req.version)
         .filter(|v| req.only_unread == 0 || v.unread > 0)
         .filter(|v| !req.exclude_channel_types.contains(&v.channel.channel_type))
-        .skip((page - 1) * page_size)
+        .skip((page - 1).saturating_mul(page_size))
         .take(page_size)
         .map(|v| {
             let channel_id = if v.channel.channel_type == PERSON {

@@ -62,10 +62,17 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A uid the protocol can address: non-empty, and none of the characters WuKongIM uses
-/// to build channel ids.
+/// Longest uid or channel id, in bytes. Ids become parts of storage keys, and a person
+/// channel's stored id joins two uids.
+pub const MAX_ID_LEN: usize = 255;
+
+/// What [`is_valid_uid`] requires, for error messages.
+pub const ID_RULE: &str = "must be 1 to 255 bytes and contain none of @ # &";
+
+/// A uid or channel id the server accepts: 1 to [`MAX_ID_LEN`] bytes, and none of the
+/// characters WuKongIM uses to build channel ids.
 pub fn is_valid_uid(uid: &str) -> bool {
-    !uid.is_empty() && !uid.contains(['@', '#', '&'])
+    !uid.is_empty() && uid.len() <= MAX_ID_LEN && !uid.contains(['@', '#', '&'])
 }
 
 pub(crate) fn handshake_result(result: &'static str) {
@@ -491,5 +498,7 @@ mod tests {
         for bad in ["a@b", "a#b", "a&b"] {
             assert!(!is_valid_uid(bad), "{bad}");
         }
+        assert!(is_valid_uid(&"x".repeat(MAX_ID_LEN)));
+        assert!(!is_valid_uid(&"x".repeat(MAX_ID_LEN + 1)));
     }
 }

@@ -318,7 +318,7 @@ impl Config {
         }
         for (key, uid) in [("manager_uid", &self.manager_uid), ("system_uid", &self.system_uid)] {
             if !hongyan_gateway::is_valid_uid(uid) {
-                return Err(invalid(key, "must be non-empty and contain none of @ # &"));
+                return Err(invalid(key, hongyan_gateway::ID_RULE));
             }
         }
         Ok(())

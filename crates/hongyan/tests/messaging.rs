@@ -480,7 +480,10 @@ async fn system_accounts_skip_sender_checks_and_anyone_may_message_them() {
     assert_eq!(status, 200);
     assert_eq!(send(&mut sol, "bot", 1, 3, "s-3", "x").await.reason_code, ReasonCode::InBlacklist);
     let (status, answer) = server.post("/user/systemuids_add", json!({"uids": ["a@b"]})).await;
-    assert_eq!((status, answer["msg"].as_str()), (400, Some("uids[0]: must be non-empty and contain none of @ # &")));
+    assert_eq!(
+        (status, answer["msg"].as_str()),
+        (400, Some("uids[0]: must be 1 to 255 bytes and contain none of @ # &"))
+    );
 
     // Durable: a restart keeps the list.
     server.post("/user/systemuids_add", json!({"uids": ["bot", "rae"]})).await;
@@ -491,4 +494,35 @@ async fn system_accounts_skip_sender_checks_and_anyone_may_message_them() {
     assert_eq!(again.core.system_accounts(), vec!["bot".to_owned(), "rae".to_owned()]);
     again.shutdown();
     again.wait().await;
+}
+
+#[tokio::test]
+async fn oversized_ids_and_client_msg_nos_are_refused_and_harm_nothing() {
+    let server = TestServer::start().await;
+    users(&server, &["tia", "uma"]).await;
+    let long = "x".repeat(70_000);
+    let (status, answer) = server.post("/user/token", json!({"uid": long, "token": "t"})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["msg"].as_str().unwrap().starts_with("uid:"), "{answer}");
+    let (status, _) = server.post("/channel", json!({"channel_id": long, "channel_type": 2})).await;
+    assert_eq!(status, 400);
+    let body =
+        json!({"from_uid": "tia", "channel_id": "uma", "channel_type": 1, "client_msg_no": long, "payload": b64("x")});
+    let (status, answer) = server.post("/message/send", body).await;
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("client_msg_no: at most 255 bytes")));
+    // The log still takes messages.
+    let (status, answer) = server
+        .post(
+            "/message/send",
+            json!({"from_uid": "tia", "channel_id": "uma", "channel_type": 1, "payload": b64("still fine")}),
+        )
+        .await;
+    assert_eq!((status, answer["data"]["message_seq"].as_u64()), (200, Some(1)), "{answer}");
+    // Paging arithmetic at the edges is a clear answer, not an overflow.
+    let (status, _) = server.post("/channel/messagesync", json!({"login_uid": "uma", "channel_id": "tia", "channel_type": 1, "end_message_seq": u64::MAX, "start_message_seq": u64::MAX})).await;
+    assert_eq!(status, 200);
+    let (status, answer) =
+        server.post("/conversation/sync", json!({"uid": "uma", "page": usize::MAX, "page_size": 500})).await;
+    assert_eq!((status, answer), (200, json!([])));
+    server.stop().await;
 }

@@ -31,6 +31,12 @@ pub enum StoreError {
     /// The engine failed (I/O, corruption, poisoned state).
     #[error("storage engine failed: {0}")]
     Engine(String),
+    /// A value is too long to be stored (strings are stored with 2-byte lengths).
+    #[error("{what} is longer than 65,535 bytes")]
+    TooLong {
+        /// What was too long.
+        what: &'static str,
+    },
     /// A stored value does not decode: the data directory is damaged or from another version.
     #[error("stored value in table {table} is corrupt: {what}")]
     Corrupt {

@@ -278,6 +278,16 @@ impl MessageLog {
         with: Vec<Write>,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
+        // Strings are stored with 2-byte lengths; refuse here, not in the writer thread.
+        let longest = [&message.from_uid, &message.client_msg_no, &channel.channel_id]
+            .into_iter()
+            .chain(message.topic.as_ref())
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
+        if longest > usize::from(u16::MAX) {
+            return Err(StoreError::TooLong { what: "message id field" });
+        }
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
@@ -615,6 +625,16 @@ mod tests {
         let dup = log.enqueue_with(g, msg(2, "s", "c1", "m"), side(2), None).unwrap().await.unwrap();
         assert!(matches!(dup, Appended::Duplicate { .. }));
         assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
+    }
+
+    #[tokio::test]
+    async fn oversized_strings_are_refused_and_the_writer_lives_on() {
+        let log = memory_log();
+        let g = ChannelKey::new("g", 2);
+        let huge = msg(1, "s", &"n".repeat(70_000), "m");
+        assert!(matches!(log.append(g.clone(), huge).await, Err(StoreError::TooLong { .. })));
+        assert_eq!(log.append(g, msg(2, "s", "ok", "m")).await.unwrap().ids(), (2, 1));
+        assert!(!log.has_failed());
     }
 
     #[tokio::test]
