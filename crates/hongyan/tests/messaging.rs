@@ -186,6 +186,10 @@ async fn group_delivery_and_every_refusal_code() {
     }
     nothing_more(&mut outsider).await;
 
+    // A channel type that does not exist: 23; a channel id that cannot be one: 16.
+    assert_eq!(send(&mut a, "team", 99, 90, "t-99", "x").await.reason_code, ReasonCode::NotSupportChannelType);
+    assert_eq!(send(&mut a, "te@m", 2, 91, "t-at", "x").await.reason_code, ReasonCode::ChannelIdError);
+    assert_eq!(send(&mut a, &"t".repeat(256), 2, 92, "t-long", "x").await.reason_code, ReasonCode::ChannelIdError);
     // Not a subscriber: 3.
     assert_eq!(send(&mut outsider, "team", 2, 1, "o-1", "let me in").await.reason_code, ReasonCode::SubscriberNotExist);
     // Blacklisted: 4.
