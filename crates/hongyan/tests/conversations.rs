@@ -6,7 +6,7 @@
 mod common;
 
 use common::TestServer;
-use hongyan_proto::{Packet, ReasonCode, Send, device_flag};
+use hongyan_proto::{ReasonCode, device_flag};
 use hongyan_testkit::Client;
 use serde_json::{Value, json};
 
@@ -17,26 +17,12 @@ async fn online(server: &TestServer, uid: &str) -> Client {
     client
 }
 
-/// Sends and waits for the SENDACK (skipping RECVs of others' messages).
+/// Sends and returns the seq from the SENDACK, which must be a success.
 async fn say(client: &mut Client, to: &str, channel_type: u8, seq: u32, text: &str) -> u32 {
-    let mut send = Send {
-        client_seq: seq,
-        client_msg_no: format!("{to}-{seq}-{text}"),
-        channel_id: to.into(),
-        channel_type,
-        ..Send::default()
-    };
-    client.cipher.as_ref().unwrap().seal_send(&mut send, text.as_bytes());
-    client.send(&Packet::Send(send)).await.unwrap();
-    loop {
-        match client.recv().await.unwrap() {
-            Packet::Sendack(a) if a.client_seq == seq => {
-                assert_eq!(a.reason_code, ReasonCode::Success);
-                return a.message_seq;
-            }
-            _ => continue,
-        }
-    }
+    let cmn = format!("{to}-{seq}-{text}");
+    let ack = common::send_text(client, (to, channel_type), seq, &cmn, text, Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    ack.message_seq
 }
 
 async fn conversations(server: &TestServer, uid: &str, extra: Value) -> Vec<Value> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::TestServer;
-use hongyan_proto::{Codec, Connect, KeyPair, Packet, ProtocolVersion, ReasonCode, device_flag};
+use hongyan_proto::{Codec, Connect, Packet, ProtocolVersion, ReasonCode, device_flag};
 use hongyan_testkit::{Client, ClientError, Target};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -265,16 +265,7 @@ async fn websocket_is_a_byte_stream_in_and_one_packet_per_message_out() {
     let ws = server.ws();
 
     // One CONNECT split across three WebSocket messages.
-    let keys = KeyPair::generate().unwrap();
-    let connect = Connect {
-        version: 2,
-        device_flag: device_flag::WEB,
-        device_id: "split".into(),
-        uid: "gina".into(),
-        token: "t".into(),
-        client_timestamp: 1,
-        client_key: keys.public_key_base64(),
-    };
+    let connect = common::connect_packet("gina", "t", device_flag::WEB, "split", 2);
     let wire = Codec::new(ProtocolVersion::V2).encode_to_bytes(&Packet::Connect(connect)).unwrap();
     let mut client = Client::open(&ws).await.unwrap();
     let third = wire.len() / 3;
@@ -309,16 +300,7 @@ async fn proxy_protocol_header_gives_the_client_address() {
     let addr = server.server.gateway.tcp_addr.unwrap();
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let keys = KeyPair::generate().unwrap();
-    let connect = Connect {
-        version: 5,
-        device_flag: device_flag::APP,
-        device_id: "px".into(),
-        uid: "hank".into(),
-        token: "t".into(),
-        client_timestamp: 1,
-        client_key: keys.public_key_base64(),
-    };
+    let connect = common::connect_packet("hank", "t", device_flag::APP, "px", 5);
     let mut bytes = BytesMut::new();
     bytes.put_slice(b"PROXY TCP4 203.0.113.9 10.0.0.1 40123 5100\r\n");
     Codec::default().encode(&Packet::Connect(connect), &mut bytes).unwrap();
@@ -413,16 +395,7 @@ async fn forwarded_for_gives_the_client_address_when_trusted() {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
 
-    let keys = KeyPair::generate().unwrap();
-    let connect = Connect {
-        version: 5,
-        device_flag: device_flag::WEB,
-        device_id: "xff".into(),
-        uid: "kim".into(),
-        token: "t".into(),
-        client_timestamp: 1,
-        client_key: keys.public_key_base64(),
-    };
+    let connect = common::connect_packet("kim", "t", device_flag::WEB, "xff", 5);
     let frame = Codec::default().encode_to_bytes(&Packet::Connect(connect)).unwrap();
     use futures_util::{SinkExt, StreamExt};
     ws.send(tokio_tungstenite::tungstenite::Message::Binary(frame)).await.unwrap();
@@ -443,16 +416,7 @@ async fn a_peer_that_does_not_read_is_disconnected() {
     let server = TestServer::start_with(|c| c.gateway.write_timeout_ms = 500).await;
     server.register("lee", "t", device_flag::APP, 0).await;
     let mut stream = tokio::net::TcpStream::connect(server.server.gateway.tcp_addr.unwrap()).await.unwrap();
-    let keys = KeyPair::generate().unwrap();
-    let connect = Connect {
-        version: 5,
-        device_flag: device_flag::APP,
-        device_id: "slow".into(),
-        uid: "lee".into(),
-        token: "t".into(),
-        client_timestamp: 1,
-        client_key: keys.public_key_base64(),
-    };
+    let connect = common::connect_packet("lee", "t", device_flag::APP, "slow", 5);
     stream.write_all(&Codec::default().encode_to_bytes(&Packet::Connect(connect)).unwrap()).await.unwrap();
     let mut connack = [0u8; 2];
     stream.read_exact(&mut connack).await.unwrap();

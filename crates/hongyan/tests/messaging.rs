@@ -22,25 +22,10 @@ async fn online(target: &Target, uid: &str, device: &str, version: u8) -> Client
     client
 }
 
-/// Seals and sends a message; returns its SENDACK.
+/// Seals and sends a message with a red dot; returns its SENDACK.
 async fn send(client: &mut Client, to: &str, channel_type: u8, seq: u32, cmn: &str, text: &str) -> Sendack {
-    let mut packet = Send {
-        flags: HeaderFlags { red_dot: true, ..HeaderFlags::default() },
-        client_seq: seq,
-        client_msg_no: cmn.into(),
-        channel_id: to.into(),
-        channel_type,
-        ..Send::default()
-    };
-    client.cipher.as_ref().unwrap().seal_send(&mut packet, text.as_bytes());
-    client.send(&Packet::Send(packet)).await.unwrap();
-    loop {
-        match client.recv().await.unwrap() {
-            Packet::Sendack(ack) if ack.client_seq == seq => return ack,
-            Packet::Recv(_) => continue, // an echo to another device of ours may interleave
-            other => panic!("expected SENDACK, got {other:?}"),
-        }
-    }
+    let red_dot = HeaderFlags { red_dot: true, ..HeaderFlags::default() };
+    common::send_text(client, (to, channel_type), seq, cmn, text, red_dot).await
 }
 
 /// The next RECV, verified and decrypted as the SDKs do.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use hongyan::{Config, Server};
-use hongyan_testkit::Target;
+use hongyan_proto::{Connect, HeaderFlags, KeyPair, Packet, Send, Sendack};
+use hongyan_testkit::{Client, Target};
 use serde_json::Value;
 
 pub(crate) struct TestServer {
@@ -84,5 +85,47 @@ impl TestServer {
     pub(crate) async fn stop(self) {
         self.server.shutdown();
         tokio::time::timeout(Duration::from_secs(10), self.server.wait()).await.expect("shutdown took over 10 s");
+    }
+}
+
+/// A CONNECT with a fresh client key, for tests that speak raw bytes.
+pub(crate) fn connect_packet(uid: &str, token: &str, device_flag: u8, device_id: &str, version: u8) -> Connect {
+    Connect {
+        version,
+        device_flag,
+        device_id: device_id.into(),
+        uid: uid.into(),
+        token: token.into(),
+        client_timestamp: 1,
+        client_key: KeyPair::generate().unwrap().public_key_base64(),
+    }
+}
+
+/// Seals a SEND with `flags` and waits for its SENDACK, skipping RECVs that arrive
+/// meanwhile.
+pub(crate) async fn send_text(
+    client: &mut Client,
+    (to, channel_type): (&str, u8),
+    client_seq: u32,
+    client_msg_no: &str,
+    text: &str,
+    flags: HeaderFlags,
+) -> Sendack {
+    let mut packet = Send {
+        flags,
+        client_seq,
+        client_msg_no: client_msg_no.into(),
+        channel_id: to.into(),
+        channel_type,
+        ..Send::default()
+    };
+    client.cipher.as_ref().unwrap().seal_send(&mut packet, text.as_bytes());
+    client.send(&Packet::Send(packet)).await.unwrap();
+    loop {
+        match client.recv().await.unwrap() {
+            Packet::Sendack(ack) if ack.client_seq == client_seq => return ack,
+            Packet::Recv(_) => continue,
+            other => panic!("expected SENDACK, got {other:?}"),
+        }
     }
 }
