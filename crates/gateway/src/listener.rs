@@ -69,6 +69,29 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Runs one set-up phase (PROXY header, TLS) within `limit`. A failure is counted as
+/// `failed` (or `timeout`) and yields `None`. Callers box it, so its state is freed when
+/// it ends instead of living in the connection's task.
+async fn phase<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = io::Result<T>>,
+    peer: SocketAddr,
+    failed: &'static str,
+) -> Option<T> {
+    match timeout(limit, work).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, phase = failed, "connection set-up failed");
+            handshake_result(failed);
+            None
+        }
+        Err(_) => {
+            handshake_result("timeout");
+            None
+        }
+    }
+}
+
 /// Everything between accept and the session, bounded by the pre-auth timeout.
 ///
 /// Each phase is boxed: an async fn's state is as large as its largest state, and this
@@ -84,17 +107,9 @@ async fn set_up(
     let deadline = shared.config.auth_timeout();
     let mut remote = peer;
     if shared.config.proxy_protocol {
-        match Box::pin(timeout(deadline, read_proxy_header(&mut stream))).await {
-            Ok(Ok(source)) => remote = source.unwrap_or(peer),
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "bad PROXY header");
-                handshake_result("bad_proxy_header");
-                return;
-            }
-            Err(_) => {
-                handshake_result("timeout");
-                return;
-            }
+        match Box::pin(phase(deadline, read_proxy_header(&mut stream), peer, "bad_proxy_header")).await {
+            Some(source) => remote = source.unwrap_or(peer),
+            None => return,
         }
     }
     match kind {
@@ -125,17 +140,10 @@ async fn set_up_wss(
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
 ) {
-    let tls_stream = match Box::pin(timeout(shared.config.auth_timeout(), acceptor.accept(stream))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            handshake_result("tls_failed");
-            return;
-        }
-        Err(_) => {
-            handshake_result("timeout");
-            return;
-        }
+    let Some(tls_stream) =
+        Box::pin(phase(shared.config.auth_timeout(), acceptor.accept(stream), peer, "tls_failed")).await
+    else {
+        return;
     };
     if let Some((ws, remote)) = Box::pin(upgrade(tls_stream, remote, &shared)).await {
         Box::pin(session::run(WsTransport::new(ws), remote, TransportKind::Wss, shared, BytesMut::new())).await;
