@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hongyan_core::channels::ListChange;
 use hongyan_gateway::{CloseReason, Conn, ID_RULE, is_valid_uid};
 use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
@@ -62,6 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/channel", post(channel_create))
         .route("/message/send", post(message_send))
         .route("/channel/messagesync", post(message_sync))
+        .route("/message/sync", post(command_sync))
+        .route("/message/syncack", post(command_sync_ack))
         .route("/conversation/sync", post(conversation_sync))
         .route("/conversations/setUnread", post(set_unread))
         .route("/conversations/clearUnread", post(clear_unread))
@@ -192,7 +195,7 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<V
         .ok_or_else(|| ApiError::bad("device_level: must be 0 (slave) or 1 (master)"))?;
 
     let uid = req.uid.clone();
-    let banned = state.blocking(move |s| Ok(s.channel_info(&uid, PERSON)?.is_some_and(|i| i.ban))).await?;
+    let banned = with_core(&state, move |c| c.is_user_banned(&uid).map_err(ApiError::Storage)).await?;
     if banned {
         return Ok(Json(json!({"status": ReasonCode::Ban.as_u8()})));
     }
@@ -269,8 +272,8 @@ async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json
     let req: ChannelInfoReq = parse(&body)?;
     check_channel(&req.channel_id, req.channel_type)?;
     let info = channel_attributes(&req.flags)?;
-    let (id, ty) = (req.channel_id.clone(), req.channel_type);
-    state.blocking(move |s| s.put_channel_info(&id, ty, info)).await?;
+    let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
+    with_core(&state, move |c| c.set_channel_info(&key, info).map_err(ApiError::Storage)).await?;
     if req.channel_type == PERSON && info.ban {
         let conns = state.registry.take(&req.channel_id, None);
         kick(conns, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
@@ -311,17 +314,16 @@ async fn channel_create(State(state): State<AppState>, body: Bytes) -> Result<Js
     if req.channel_type == PERSON && !subscribers.is_empty() {
         return Err(ApiError::bad("subscribers: person channels have no subscribers"));
     }
-    let (id, ty) = (req.channel_id.clone(), req.channel_type);
-    let core = state.core.clone();
-    state
-        .blocking(move |s| {
-            s.put_channel_info(&id, ty, info)?;
-            if reset || !subscribers.is_empty() {
-                core.add_subscribers(&ChannelKey::new(id, ty), &subscribers, reset)?;
-            }
-            Ok(())
-        })
-        .await?;
+    let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
+    with_core(&state, move |c| {
+        c.set_channel_info(&key, info)?;
+        if reset || !subscribers.is_empty() {
+            let change = if reset { ListChange::Set } else { ListChange::Add };
+            c.change_members(MemberList::Subscribers, &key, &subscribers, change)?;
+        }
+        Ok(())
+    })
+    .await?;
     Ok(ok())
 }
 
@@ -352,18 +354,13 @@ async fn members(
         return Err(ApiError::bad("temp_subscriber: temporary subscribers are not supported"));
     }
     let reset = matches!(change, Change::Set) || (matches!(change, Change::Add) && flag(&req.flags, "reset")?);
-    let (id, ty) = (req.channel_id.clone(), req.channel_type);
-    let core = state.core.clone();
-    state
-        .blocking(move |s| match change {
-            // New subscribers get a conversation starting at the channel's last seq.
-            Change::Add | Change::Set if list == MemberList::Subscribers => {
-                core.add_subscribers(&ChannelKey::new(id, ty), &uids, reset)
-            }
-            Change::Add | Change::Set => s.add_members(list, &id, ty, &uids, reset),
-            Change::Remove => s.remove_members(list, &id, ty, &uids),
-        })
-        .await?;
+    let change = match change {
+        Change::Remove => ListChange::Remove,
+        _ if reset => ListChange::Set,
+        _ => ListChange::Add,
+    };
+    let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
+    with_core(&state, move |c| c.change_members(list, &key, &uids, change).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
@@ -402,6 +399,9 @@ fn decode_base64(field: &str, text: &str) -> Result<Bytes, ApiError> {
         .map_err(|_| ApiError::bad(format!("{field}: not valid base64")))
 }
 
+/// Most uids one send to a list of subscribers may name.
+const MAX_SEND_SUBSCRIBERS: usize = 10_000;
+
 /// Longest client_msg_no an HTTP send may give (the SDKs' are about 40 bytes).
 const MAX_CLIENT_MSG_NO_LEN: usize = 255;
 
@@ -420,10 +420,21 @@ fn refused(reason: ReasonCode) -> ApiError {
 /// pipeline as SEND (stored, acknowledged once durable, delivered to online devices).
 async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: MessageSendReq = parse(&body)?;
-    if !req.subscribers.is_empty() {
-        return Err(ApiError::bad("subscribers: sending to an explicit list of subscribers is not supported yet"));
-    }
-    if req.channel_id.is_empty() {
+    let to_list = !req.subscribers.is_empty();
+    if to_list {
+        if !req.channel_id.is_empty() {
+            return Err(ApiError::bad("subscribers: give either channel_id or subscribers, not both"));
+        }
+        if req.header.sync_once != 1 {
+            return Err(ApiError::bad("subscribers: sending to a list of subscribers requires header.sync_once=1"));
+        }
+        if req.subscribers.len() > MAX_SEND_SUBSCRIBERS {
+            return Err(ApiError::bad(format!("subscribers: at most {MAX_SEND_SUBSCRIBERS} uids")));
+        }
+        for (i, uid) in req.subscribers.iter().enumerate() {
+            check_uid(&format!("subscribers[{i}]"), uid)?;
+        }
+    } else if req.channel_id.is_empty() {
         return Err(ApiError::bad("channel_id: required"));
     }
     if req.client_msg_no.len() > MAX_CLIENT_MSG_NO_LEN {
@@ -432,7 +443,9 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
     if !req.from_uid.is_empty() {
         check_uid("from_uid", &req.from_uid)?;
     }
-    check_channel(&req.channel_id, req.channel_type)?;
+    if !to_list {
+        check_channel(&req.channel_id, req.channel_type)?;
+    }
     let payload = decode_base64("payload", &req.payload)?;
     if payload.is_empty() {
         return Err(ApiError::bad("payload: required"));
@@ -451,8 +464,13 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
         header,
         expire: req.expire,
         payload,
+        subscribers: req.subscribers,
     };
     let sent = state.core.send_as_app(send).await.map_err(refused)?;
+    if to_list {
+        // WuKongIM answers a send to a list with the status alone.
+        return Ok(Json(json!({"status": 200})));
+    }
     Ok(Json(json!({
         "status": 200,
         "data": {
@@ -492,13 +510,19 @@ const SYNC_LIMIT_DEFAULT: usize = 100;
 
 /// A message as WuKongIM's sync APIs return it.
 pub(crate) fn message_json(m: &StoredMessage, channel: &ChannelKey, system_uid: &str) -> Value {
+    message_json_for(m, channel, system_uid, &m.message.from_uid)
+}
+
+/// Like [`message_json`], with a person channel named as `viewer` sees it: by the
+/// member that is not `viewer`.
+pub(crate) fn message_json_for(m: &StoredMessage, channel: &ChannelKey, system_uid: &str, viewer: &str) -> Value {
     use base64::Engine as _;
     let header = hongyan_proto::HeaderFlags::from_bits(m.message.header);
     let from = &m.message.from_uid;
-    // Person channels name the member that is not the sender.
+    // Person channels name the member that is not the viewer.
     let channel_id = if channel.channel_type == PERSON {
         hongyan_core::channel::person_channel_members(&channel.channel_id)
-            .map(|(a, b)| if a == from { b } else { a })
+            .map(|(a, b)| if a == viewer { b } else { a })
             .unwrap_or_default()
             .to_owned()
     } else {
@@ -570,6 +594,9 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
                 if high != 0 && high <= low { Vec::new() } else { log.read(&key, low, high, limit + 1, order)? };
             let more = page.len() > limit;
             page.truncate(limit);
+            // Expired messages are gone for readers; the page may come out shorter.
+            let now = hongyan_core::now_ms();
+            page.retain(|m| !hongyan_core::commands::is_expired(&m.message, now));
             Ok((page, more))
         })
         .await?;
@@ -584,6 +611,59 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
         ("start_message_seq", "end_message_seq", req.start_message_seq, req.end_message_seq)
     };
     Ok(Json(json!({lo_key: lo, hi_key: hi, "more": u8::from(more), "messages": messages})))
+}
+
+#[derive(Deserialize)]
+struct CommandSyncReq {
+    uid: String,
+    /// Ignored, as by WuKongIM v2 (the cursors are the server's).
+    #[serde(default)]
+    #[allow(dead_code)]
+    message_seq: u64,
+    #[serde(default)]
+    limit: usize,
+}
+
+/// Commands one `/message/sync` returns when no limit is given.
+const COMMAND_SYNC_DEFAULT: usize = 200;
+
+/// `POST /message/sync`: the user's command (SyncOnce) messages not yet consumed,
+/// oldest first per channel. The next `/message/syncack` consumes them.
+async fn command_sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: CommandSyncReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    let limit = match req.limit {
+        0 => COMMAND_SYNC_DEFAULT,
+        n if n > SYNC_LIMIT_MAX => return Err(ApiError::bad(format!("limit: must be at most {SYNC_LIMIT_MAX}"))),
+        n => n,
+    };
+    let uid = req.uid.clone();
+    let page = with_core(&state, move |c| c.pending_commands(&uid, limit).map_err(ApiError::Storage)).await?;
+    let system = &state.settings.system_uid;
+    let messages: Vec<Value> = page
+        .iter()
+        .map(|(channel, m)| message_json_for(m, &hongyan_core::channel::base_channel(channel), system, &req.uid))
+        .collect();
+    Ok(Json(Value::Array(messages)))
+}
+
+#[derive(Deserialize)]
+struct CommandSyncAckReq {
+    uid: String,
+    last_message_seq: u64,
+}
+
+/// `POST /message/syncack`: consumes what the user's last `/message/sync` returned.
+/// `last_message_seq` must be non-zero (WuKongIM checks only that).
+async fn command_sync_ack(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: CommandSyncAckReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    if req.last_message_seq == 0 {
+        return Err(ApiError::bad("last_message_seq: must not be 0"));
+    }
+    let uid = req.uid.clone();
+    with_core(&state, move |c| c.ack_synced_commands(&uid).map_err(ApiError::Storage)).await?;
+    Ok(ok())
 }
 
 /// Runs a blocking call on the core off the async workers.

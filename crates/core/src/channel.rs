@@ -1,5 +1,7 @@
 //! Channel types and the stored id of person channels.
 
+use hongyan_store::ChannelKey;
+
 /// One-to-one chat.
 pub const PERSON: u8 = 1;
 /// Group chat: members must be subscribers to send.
@@ -8,8 +10,31 @@ pub const GROUP: u8 = 2;
 pub const CUSTOMER_SERVICE: u8 = 3;
 /// "Info" channels: no sender checks.
 pub const INFO: u8 = 6;
+/// Temporary channel of an HTTP send to an explicit list of subscribers.
+pub const TEMP: u8 = 8;
 /// The highest channel type defined.
 pub const MAX_TYPE: u8 = 12;
+
+/// Set in the stored type of a channel's **command channel**, where its SyncOnce
+/// messages live with their own seqs and per-user cursors. WuKongIM names it by the
+/// suffix `____cmd` on the channel id; a type bit names it without taking any ids
+/// away from users.
+pub const COMMAND: u8 = 0x80;
+
+/// The command channel of `channel`.
+pub fn command_channel(channel: &ChannelKey) -> ChannelKey {
+    ChannelKey::new(channel.channel_id.clone(), channel.channel_type | COMMAND)
+}
+
+/// The channel whose command channel `channel` is (itself when it is not one).
+pub fn base_channel(channel: &ChannelKey) -> ChannelKey {
+    ChannelKey::new(channel.channel_id.clone(), channel.channel_type & !COMMAND)
+}
+
+/// Whether `channel` is a command channel.
+pub fn is_command(channel: &ChannelKey) -> bool {
+    channel.channel_type & COMMAND != 0
+}
 
 /// The stored id of the person channel between `a` and `b`: the two uids joined by `@`,
 /// the one with the larger CRC-32 first (so both sides name the same channel). On equal

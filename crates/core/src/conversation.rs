@@ -9,14 +9,18 @@
 //!
 //! Rows appear when a user is added to a group (cursor at the group's last seq, so old
 //! history is not unread) and with the first message of a person chat (in the same
-//! atomic batch as the message).
+//! atomic batch as the message). Command channels have rows too (their cursors, see
+//! [`crate::commands`]); conversation listings leave them out.
+//!
+//! Expired messages neither count as unread nor show as recents.
 //!
 //! All functions here block (storage reads): call them off the async workers.
 
 use hongyan_store::{ChannelKey, Conversation, MemberList, Order, StoredMessage};
 
 use crate::Core;
-use crate::channel::PERSON;
+use crate::channel::{PERSON, command_channel, is_command};
+use crate::commands::is_expired;
 
 /// Most messages scanned to count one conversation's unread; beyond it the count is
 /// the number of messages after the cursor.
@@ -82,7 +86,13 @@ impl Core {
         if newest_first.len() == UNREAD_SCAN_LIMIT && newest_first.iter().all(|m| m.message.from_uid != uid) {
             return Ok(last_seq + 1 - from);
         }
-        Ok(newest_first.iter().take_while(|m| m.message.from_uid != uid).count() as u64)
+        let now = crate::now_ms();
+        let unread = newest_first
+            .iter()
+            .take_while(|m| m.message.from_uid != uid)
+            .filter(|m| !is_expired(&m.message, now))
+            .count();
+        Ok(unread as u64)
     }
 
     /// `uid`'s conversations with news: those not deleted since their last message,
@@ -95,7 +105,11 @@ impl Core {
         recents: usize,
     ) -> hongyan_store::Result<Vec<ConversationView>> {
         let mut views = Vec::new();
+        let now = crate::now_ms();
         for (channel, state) in self.store().conversations(uid)? {
+            if is_command(&channel) {
+                continue;
+            }
             let last_seq = self.log().last_seq(&channel)?;
             if last_seq == 0 || last_seq <= state.deleted_at || known.get(&channel).is_some_and(|k| *k >= last_seq) {
                 continue;
@@ -105,7 +119,11 @@ impl Core {
             let (last_timestamp_ms, last_client_msg_no) =
                 (last.message.timestamp_ms, last.message.client_msg_no.clone());
             let unread = self.unread(uid, &channel, state, last_seq)?;
-            let recents = if recents == 0 { Vec::new() } else { newest };
+            let recents = if recents == 0 {
+                Vec::new()
+            } else {
+                newest.into_iter().filter(|m| !is_expired(&m.message, now)).collect()
+            };
             views.push(ConversationView {
                 channel,
                 state,
@@ -126,6 +144,7 @@ impl Core {
         channel: &ChannelKey,
         change: impl FnOnce(&mut Conversation, u64),
     ) -> Result<(), ConversationError> {
+        let _guard = self.lock_conversations(uid);
         let mut state = self.store().conversation(uid, channel)?.ok_or(ConversationError::NotFound)?;
         let last_seq = self.log().last_seq(channel)?;
         change(&mut state, last_seq);
@@ -155,18 +174,51 @@ impl Core {
     }
 
     /// Adds subscribers (replacing them all when `reset`) and gives each new one a
-    /// conversation whose cursor is the channel's last seq: history before joining is
-    /// not unread.
-    pub fn add_subscribers(&self, channel: &ChannelKey, uids: &[String], reset: bool) -> hongyan_store::Result<()> {
+    /// conversation whose cursor is the channel's last seq (history before joining is
+    /// not unread) and a command cursor at the command channel's last seq. Callers go
+    /// through [`Core::change_members`], which keeps the channel cache right.
+    pub(crate) fn add_subscribers(
+        &self,
+        channel: &ChannelKey,
+        uids: &[String],
+        reset: bool,
+    ) -> hongyan_store::Result<()> {
         let store = self.store();
+        let removed: Vec<String> = if reset {
+            let keep: std::collections::HashSet<&String> = uids.iter().collect();
+            store
+                .members(MemberList::Subscribers, &channel.channel_id, channel.channel_type)?
+                .into_iter()
+                .filter(|u| !keep.contains(u))
+                .collect()
+        } else {
+            Vec::new()
+        };
         store.add_members(MemberList::Subscribers, &channel.channel_id, channel.channel_type, uids, reset)?;
+        let commands = command_channel(channel);
+        if !removed.is_empty() {
+            store.remove_conversations(&removed, &commands)?;
+        }
         let last_seq = self.log().last_seq(channel)?;
+        let last_command = self.log().last_seq(&commands)?;
         for uid in uids {
+            let _guard = self.lock_conversations(uid);
             if store.conversation(uid, channel)?.is_none() {
                 let start = Conversation { read_to: last_seq, deleted_at: 0 };
                 store.put_conversation(uid, channel, start)?;
             }
+            if store.conversation(uid, &commands)?.is_none() {
+                store.put_conversation(uid, &commands, Conversation { read_to: last_command, deleted_at: 0 })?;
+            }
         }
         Ok(())
+    }
+
+    /// Removes subscribers; they stop getting the channel's commands, including those
+    /// not consumed yet. Their chat conversation stays (the history they saw).
+    pub(crate) fn remove_subscribers(&self, channel: &ChannelKey, uids: &[String]) -> hongyan_store::Result<()> {
+        let store = self.store();
+        store.remove_members(MemberList::Subscribers, &channel.channel_id, channel.channel_type, uids)?;
+        store.remove_conversations(uids, &command_channel(channel))
     }
 }

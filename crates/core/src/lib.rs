@@ -17,11 +17,16 @@
 //! 5. **Retry**: each stored RECV waits in the [`retry::RetryQueue`] until the
 //!    connection's RECVACK, and is re-sent byte for byte if it does not come in time.
 //!
-//! Not yet here: conversations, system accounts, sync.
+//! Admission and fan-out read channels through the [`channels`] cache, so a SEND to a
+//! known channel is admitted on the connection's own task without touching storage.
+//! SyncOnce messages take the same path into the channel's command channel
+//! ([`commands`]).
 
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod channels;
+pub mod commands;
 pub mod conversation;
 pub mod ids;
 pub mod retry;
@@ -31,6 +36,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_uid};
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
+use hongyan_store::ChannelInfo;
 use hongyan_store::{
     Appended, ChannelKey, Conversation, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store, StoreError,
     Write,
@@ -38,9 +44,13 @@ use hongyan_store::{
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::channel::{CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, person_channel_id, person_channel_members};
+use crate::channel::{
+    CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, base_channel, command_channel, is_command, person_channel_id,
+    person_channel_members,
+};
+use crate::channels::{ChannelCache, ChannelState, ListChange};
 use crate::ids::Snowflake;
-use crate::retry::{RetryQueue, RetrySettings};
+use crate::retry::{Acked, CommandPosition, RetryQueue, RetrySettings};
 
 /// Fan-out shards: each delivers its channels' messages in order; together they spread
 /// the per-recipient encryption over the runtime's workers.
@@ -80,6 +90,8 @@ pub struct AppSend {
     pub expire: u32,
     /// The payload (plaintext; encrypted per connection on delivery).
     pub payload: Bytes,
+    /// Send to just these uids (requires SyncOnce) instead of `channel_id`.
+    pub subscribers: Vec<String>,
 }
 
 /// What [`Core::send_as_app`] stored.
@@ -108,6 +120,8 @@ struct Delivery {
     seq: u64,
     /// The sending connection, which does not get its own message back.
     origin: u64,
+    /// The recipients, when not the channel's (an online-only send to a list).
+    only_to: Option<Vec<String>>,
 }
 
 /// The messaging core. Shared by the gateway (as its [`SessionHandler`]) and the APIs.
@@ -122,6 +136,12 @@ pub struct Core {
     retry: RetryQueue,
     /// System accounts, written through to storage: the send path reads only this.
     system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Channel attributes and member lists, written through to storage.
+    channels: ChannelCache,
+    /// Serialises read-modify-write of one user's conversation rows (striped by uid).
+    conversation_locks: Vec<std::sync::Mutex<()>>,
+    /// What each user's last `/message/sync` returned, for its `/message/syncack`.
+    command_syncs: commands::SyncedCommands,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -162,6 +182,9 @@ impl Core {
             shards,
             retry,
             system_accounts,
+            channels: ChannelCache::default(),
+            conversation_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
+            command_syncs: commands::SyncedCommands::default(),
         });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
@@ -257,7 +280,7 @@ impl Core {
                 Err(ReasonCode::AuthFail)
             };
         }
-        if self.store.channel_info(&connect.uid, PERSON).map_err(storage)?.is_some_and(|i| i.ban) {
+        if self.is_user_banned(&connect.uid).map_err(storage)? {
             return Err(ReasonCode::Ban);
         }
         if !s.token_auth {
@@ -271,12 +294,25 @@ impl Core {
         }
     }
 
-    /// Checks a SEND in WuKongIM's order and returns the stored channel and the
-    /// plaintext payload, or the SENDACK reason code. Blocking (storage reads).
-    fn admit(&self, conn: &Conn, send: &Send) -> Result<(ChannelKey, Bytes, Vec<Write>), ReasonCode> {
-        let store = &self.store;
+    /// The channels whose state admission reads: the sender's own person channel (ban,
+    /// mute) and the target: a group, or the peer's person channel (its blacklist).
+    fn admission_keys(sender: &str, send: &Send) -> (ChannelKey, Option<ChannelKey>) {
+        let valid = send.channel_type != 0 && send.channel_type <= MAX_TYPE && is_valid_uid(&send.channel_id);
+        (ChannelKey::new(sender, PERSON), valid.then(|| ChannelKey::new(send.channel_id.clone(), send.channel_type)))
+    }
+
+    /// Checks a SEND in WuKongIM's order against the channels' states and returns the
+    /// stored channel (the command channel for SyncOnce), the plaintext payload and the
+    /// rows the channel's first message must bring, or the SENDACK reason code.
+    fn admit(
+        &self,
+        conn: &Conn,
+        send: &Send,
+        sender_state: &ChannelState,
+        target: Option<&ChannelState>,
+    ) -> Result<(ChannelKey, Bytes, Vec<Write>), ReasonCode> {
         let sender = &*conn.uid;
-        if store.channel_info(sender, PERSON).map_err(storage)?.is_some_and(|i| i.send_ban) {
+        if sender_state.info.send_ban {
             return Err(ReasonCode::SendBan);
         }
         let plain = match &conn.cipher {
@@ -287,9 +323,10 @@ impl Core {
         if channel_type == 0 || channel_type > MAX_TYPE {
             return Err(ReasonCode::NotSupportChannelType);
         }
-        if !is_valid_uid(&send.channel_id) {
+        let Some(target) = target.filter(|_| is_valid_uid(&send.channel_id)) else {
             return Err(ReasonCode::ChannelIdError);
-        }
+        };
+        let sync_once = send.flags.sync_once;
         if channel_type == PERSON {
             let peer = &send.channel_id;
             if *peer == self.settings.system_uid {
@@ -297,50 +334,72 @@ impl Core {
             }
             // Anyone may message a system account; a system account may message anyone.
             let privileged = self.is_system_account(peer) || self.is_system_account(sender);
-            if !privileged && store.is_member(MemberList::Blacklist, peer, PERSON, sender).map_err(storage)? {
+            if !privileged && target.blacklist.contains(sender) {
                 return Err(ReasonCode::InBlacklist);
             }
-            let key = ChannelKey::new(person_channel_id(sender, peer), PERSON);
-            let rows = self.missing_person_conversations(&key, &[sender, peer]).map_err(storage)?;
+            let key = self.stored_channel(ChannelKey::new(person_channel_id(sender, peer), PERSON), sync_once);
+            let rows = self.person_rows(&key, [sender, peer]);
             return Ok((key, plain, rows));
         }
         let id = &send.channel_id;
-        let info = store.channel_info(id, channel_type).map_err(storage)?.unwrap_or_default();
+        Self::check_open(target.info)?;
+        let key = self.stored_channel(ChannelKey::new(id.clone(), channel_type), sync_once);
+        if matches!(channel_type, CUSTOMER_SERVICE | INFO) || self.is_system_account(sender) {
+            return Ok((key, plain, Vec::new()));
+        }
+        if target.blacklist.contains(sender) {
+            return Err(ReasonCode::InBlacklist);
+        }
+        if !target.subscribers.contains(sender) {
+            return Err(ReasonCode::SubscriberNotExist);
+        }
+        if !target.whitelist.is_empty() && !target.whitelist.contains(sender) {
+            return Err(ReasonCode::NotInWhitelist);
+        }
+        Ok((key, plain, Vec::new()))
+    }
+
+    /// A banned or disbanded channel takes no messages, from anyone.
+    fn check_open(info: ChannelInfo) -> Result<(), ReasonCode> {
         if info.ban {
             return Err(ReasonCode::Ban);
         }
         if info.disband {
             return Err(ReasonCode::Disband);
         }
-        let key = ChannelKey::new(id.clone(), channel_type);
-        if matches!(channel_type, CUSTOMER_SERVICE | INFO) || self.is_system_account(sender) {
-            return Ok((key, plain, Vec::new()));
-        }
-        if store.is_member(MemberList::Blacklist, id, channel_type, sender).map_err(storage)? {
-            return Err(ReasonCode::InBlacklist);
-        }
-        if !store.is_member(MemberList::Subscribers, id, channel_type, sender).map_err(storage)? {
-            return Err(ReasonCode::SubscriberNotExist);
-        }
-        if store.has_members(MemberList::Whitelist, id, channel_type).map_err(storage)?
-            && !store.is_member(MemberList::Whitelist, id, channel_type, sender).map_err(storage)?
-        {
-            return Err(ReasonCode::NotInWhitelist);
-        }
-        Ok((key, plain, Vec::new()))
+        Ok(())
     }
 
-    /// Conversation rows a person message must bring with it: one for each side that
-    /// has none yet (cursor 0; own messages never count as unread anyway). They go in
-    /// the message's batch, so an acknowledged message always has its conversations.
-    fn missing_person_conversations(&self, channel: &ChannelKey, uids: &[&str]) -> Result<Vec<Write>, StoreError> {
-        let mut rows = Vec::new();
-        for uid in uids {
-            if *uid != self.settings.system_uid && self.store.conversation(uid, channel)?.is_none() {
+    /// Where a message to `channel` is stored: SyncOnce messages go to its command channel.
+    fn stored_channel(&self, channel: ChannelKey, sync_once: bool) -> ChannelKey {
+        if sync_once { command_channel(&channel) } else { channel }
+    }
+
+    /// The conversation rows of a person chat (cursor 0; own messages never count as
+    /// unread anyway). The log writes them with the channel's first message only, in
+    /// the same atomic batch, so an acknowledged message always has its conversations.
+    fn person_rows(&self, channel: &ChannelKey, uids: [&str; 2]) -> Vec<Write> {
+        let mut rows = Vec::with_capacity(2);
+        for (i, uid) in uids.iter().enumerate() {
+            if *uid != self.settings.system_uid && (i == 0 || uids[0] != uids[1]) {
                 rows.push(self.store.conversation_write(uid, channel, Conversation::default()));
             }
         }
-        Ok(rows)
+        rows
+    }
+
+    /// The states of `keys` from the cache, loading the missing ones off the async
+    /// workers.
+    async fn channel_states(self: &Arc<Self>, keys: Vec<ChannelKey>) -> Result<Vec<Arc<ChannelState>>, ReasonCode> {
+        let cached: Option<Vec<_>> = keys.iter().map(|k| self.channels.cached(k)).collect();
+        if let Some(states) = cached {
+            return Ok(states);
+        }
+        let core = self.clone();
+        tokio::task::spawn_blocking(move || keys.iter().map(|k| core.channel_state(k)).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(|_| ReasonCode::SystemError)?
+            .map_err(storage)
     }
 
     async fn on_send(self: &Arc<Self>, conn: &Arc<Conn>, send: Send) {
@@ -355,9 +414,14 @@ impl Core {
             };
             let _ = conn.send(&Packet::Sendack(ack));
         };
-        let admitted = {
-            let (core, conn, send) = (self.clone(), conn.clone(), send.clone());
-            tokio::task::spawn_blocking(move || core.admit(&conn, &send)).await.unwrap_or(Err(ReasonCode::SystemError))
+        let (sender_key, target_key) = Self::admission_keys(&conn.uid, &send);
+        let has_target = target_key.is_some();
+        let admitted = match self.channel_states([sender_key].into_iter().chain(target_key).collect()).await {
+            Ok(states) => {
+                let target = if has_target { states.get(1).map(|s| &**s) } else { None };
+                self.admit(conn, &send, &states[0], target)
+            }
+            Err(reason) => Err(reason),
         };
         let (channel, payload, rows) = match admitted {
             Ok(ok) => ok,
@@ -418,7 +482,7 @@ impl Core {
         if HeaderFlags::from_bits(message.header).no_persist {
             // Online only: not stored, no seq, delivered at once.
             metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
-            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin });
+            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin, only_to: None });
             return Ok(Submitted::OnlineOnly);
         }
         let on_commit: OnCommit = {
@@ -427,7 +491,7 @@ impl Core {
             Box::new(move |appended| {
                 let label = match appended {
                     Appended::New { seq, .. } => {
-                        let _ = shard.send(Delivery { channel, message, seq, origin });
+                        let _ = shard.send(Delivery { channel, message, seq, origin, only_to: None });
                         "stored"
                     }
                     Appended::Duplicate { .. } => "duplicate",
@@ -435,49 +499,68 @@ impl Core {
                 metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
             })
         };
-        let pending = self.log.enqueue_with(channel, message, rows, Some(on_commit)).map_err(storage)?;
+        let pending = self.log.enqueue_with_first(channel, message, rows, Some(on_commit)).map_err(storage)?;
         Ok(Submitted::Stored(pending))
     }
 
     /// Sends a message on the app server's behalf (HTTP `/message/send`): no sender
     /// checks (it speaks for the system), but a banned or disbanded channel refuses it.
     /// An empty `from_uid` is the system uid; an empty `client_msg_no` gets one made up.
-    /// Returns once the message is durable (a resend returns the original).
+    /// With `subscribers` (and SyncOnce), the message goes to just those uids through a
+    /// new temporary channel. Returns once the message is durable (a resend returns the
+    /// original).
     pub async fn send_as_app(self: &Arc<Self>, request: AppSend) -> Result<AppSent, ReasonCode> {
         let from_uid = if request.from_uid.is_empty() { self.settings.system_uid.clone() } else { request.from_uid };
-        let channel_type = request.channel_type;
-        if channel_type == 0 || channel_type > MAX_TYPE {
-            return Err(ReasonCode::NotSupportChannelType);
-        }
-        if !is_valid_uid(&request.channel_id) || !is_valid_uid(&from_uid) {
+        if !is_valid_uid(&from_uid) {
             return Err(ReasonCode::ChannelIdError);
         }
-        let (channel, rows) = if channel_type == PERSON {
-            let key = ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON);
-            let (core, k, uids) = (self.clone(), key.clone(), [from_uid.clone(), request.channel_id.clone()]);
-            let rows = tokio::task::spawn_blocking(move || {
-                core.missing_person_conversations(&k, &[uids[0].as_str(), uids[1].as_str()])
-            })
-            .await
-            .map_err(|_| ReasonCode::SystemError)?
-            .map_err(storage)?;
-            (key, rows)
+        let message_id = self.ids.next_id();
+        let sync_once = request.header.sync_once;
+        let mut only_to = None;
+        let (channel, rows) = if request.subscribers.is_empty() {
+            let channel_type = request.channel_type;
+            if channel_type == 0 || channel_type > MAX_TYPE {
+                return Err(ReasonCode::NotSupportChannelType);
+            }
+            if !is_valid_uid(&request.channel_id) {
+                return Err(ReasonCode::ChannelIdError);
+            }
+            if channel_type == PERSON {
+                let key = ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON);
+                let key = self.stored_channel(key, sync_once);
+                let rows = self.person_rows(&key, [&from_uid, &request.channel_id]);
+                (key, rows)
+            } else {
+                let key = ChannelKey::new(request.channel_id, channel_type);
+                let state = self.channel_states(vec![key.clone()]).await?;
+                Self::check_open(state[0].info)?;
+                (self.stored_channel(key, sync_once), Vec::new())
+            }
         } else {
-            let (core, id) = (self.clone(), request.channel_id.clone());
-            let info = tokio::task::spawn_blocking(move || core.store.channel_info(&id, channel_type))
+            if !sync_once {
+                return Err(ReasonCode::NotSupportHeader);
+            }
+            let mut uids = request.subscribers;
+            if uids.iter().any(|u| !is_valid_uid(u)) {
+                return Err(ReasonCode::ChannelIdError);
+            }
+            uids.sort_unstable();
+            uids.dedup();
+            let temp = ChannelKey::new(format!("tmp{message_id:x}"), crate::channel::TEMP);
+            if request.header.no_persist {
+                // Online only: nothing is stored, not even the temporary channel.
+                only_to = Some(uids);
+            } else {
+                let (core, k) = (self.clone(), temp.clone());
+                tokio::task::spawn_blocking(move || {
+                    core.change_members(MemberList::Subscribers, &k, &uids, ListChange::Add)
+                })
                 .await
                 .map_err(|_| ReasonCode::SystemError)?
-                .map_err(storage)?
-                .unwrap_or_default();
-            if info.ban {
-                return Err(ReasonCode::Ban);
+                .map_err(storage)?;
             }
-            if info.disband {
-                return Err(ReasonCode::Disband);
-            }
-            (ChannelKey::new(request.channel_id, channel_type), Vec::new())
+            (self.stored_channel(temp, true), Vec::new())
         };
-        let message_id = self.ids.next_id();
         let client_msg_no =
             if request.client_msg_no.is_empty() { format!("{message_id:x}0") } else { request.client_msg_no };
         let message = NewMessage {
@@ -491,6 +574,11 @@ impl Core {
             topic: None,
             payload: request.payload,
         };
+        if let Some(uids) = only_to {
+            let delivery = Delivery { channel, message, seq: 0, origin: 0, only_to: Some(uids) };
+            let _ = self.shard(&delivery.channel).send(delivery);
+            return Ok(AppSent { message_id, seq: 0, client_msg_no });
+        }
         let (message_id, seq) = match self.submit(channel, message, 0, rows)? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(storage)?,
@@ -498,96 +586,98 @@ impl Core {
         Ok(AppSent { message_id, seq, client_msg_no })
     }
 
+    /// The online connections a message goes to: both members of a person chat, or
+    /// the subscribers of the channel (of its base channel, for a command channel). The
+    /// cost follows whichever is smaller, the member list or the users online.
+    async fn recipients(self: &Arc<Self>, d: &Delivery) -> Vec<Arc<Conn>> {
+        if let Some(uids) = &d.only_to {
+            return uids.iter().flat_map(|u| self.registry.connections(u)).collect();
+        }
+        let base = base_channel(&d.channel);
+        if base.channel_type == PERSON {
+            return match person_channel_members(&base.channel_id) {
+                Some((a, b)) if a == b => self.registry.connections(a),
+                Some((a, b)) => self.registry.connections(a).into_iter().chain(self.registry.connections(b)).collect(),
+                None => Vec::new(),
+            };
+        }
+        let Ok(states) = self.channel_states(vec![base]).await else { return Vec::new() };
+        let subscribers = &states[0].subscribers;
+        if subscribers.len() > self.registry.user_count() {
+            self.registry.connections_where(|uid| subscribers.contains(uid))
+        } else {
+            subscribers.iter().flat_map(|u| self.registry.connections(u)).collect()
+        }
+    }
+
     /// Sends one message to every online connection of its recipients.
     async fn deliver(self: &Arc<Self>, d: Delivery) {
         let from = d.message.from_uid.as_str();
-        let recipients: Vec<String> = if d.channel.channel_type == PERSON {
-            match person_channel_members(&d.channel.channel_id) {
-                Some((a, b)) if a == b => vec![a.to_owned()],
-                Some((a, b)) => vec![a.to_owned(), b.to_owned()],
-                None => return,
-            }
-        } else {
-            let (core, channel) = (self.clone(), d.channel.clone());
-            let members = tokio::task::spawn_blocking(move || {
-                core.store.members(MemberList::Subscribers, &channel.channel_id, channel.channel_type)
-            })
-            .await;
-            match members {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => {
-                    storage(e);
-                    return;
-                }
-                Err(_) => return,
-            }
-        };
+        let base = base_channel(&d.channel);
+        let command =
+            (is_command(&d.channel) && d.seq > 0).then(|| CommandPosition { channel: d.channel.clone(), seq: d.seq });
         let header = HeaderFlags::from_bits(d.message.header);
         // Stream fields are never produced; their bits would change the RECV layout.
         let mut setting = Setting(d.message.setting).with(Setting::STREAM, false).with(Setting::STREAM_LEGACY, false);
         setting = setting.with(Setting::TOPIC, d.message.topic.is_some());
         let mut delivered = 0u64;
-        for uid in recipients {
-            if uid == self.settings.system_uid {
+        for conn in self.recipients(&d).await {
+            if conn.id == d.origin || *conn.uid == self.settings.system_uid {
                 continue;
             }
-            for conn in self.registry.connections(&uid) {
-                if conn.id == d.origin {
+            let own = *conn.uid == *from;
+            let channel_id = match (base.channel_type, own) {
+                (PERSON, false) => from.to_owned(),
+                (PERSON, true) => person_channel_members(&base.channel_id)
+                    .map(|(a, b)| if a == from { b } else { a })
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => base.channel_id.clone(),
+            };
+            let mut recv = Recv {
+                flags: HeaderFlags { red_dot: header.red_dot && !own, dup: false, ..header },
+                setting,
+                msg_key: String::new(),
+                from_uid: if from == self.settings.system_uid { String::new() } else { from.to_owned() },
+                channel_id,
+                channel_type: base.channel_type,
+                expire: d.message.expire,
+                client_msg_no: d.message.client_msg_no.clone(),
+                stream: None,
+                message_id: d.message.message_id,
+                message_seq: d.seq as u32,
+                timestamp: (d.message.timestamp_ms / 1000) as i32,
+                topic: d.message.topic.clone(),
+                payload: Bytes::new(),
+            };
+            match &conn.cipher {
+                Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
+                None => recv.payload = d.message.payload.clone(),
+            }
+            let frame = match conn.codec().encode_to_bytes(&Packet::Recv(recv)) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    warn!(conn = conn.id, error = %e, "RECV does not encode");
                     continue;
                 }
-                let own = *conn.uid == *from;
-                let channel_id = match (d.channel.channel_type, own) {
-                    (PERSON, false) => from.to_owned(),
-                    (PERSON, true) => person_channel_members(&d.channel.channel_id)
-                        .map(|(a, b)| if a == from { b } else { a })
-                        .unwrap_or_default()
-                        .to_owned(),
-                    _ => d.channel.channel_id.clone(),
-                };
-                let mut recv = Recv {
-                    flags: HeaderFlags { red_dot: header.red_dot && !own, dup: false, ..header },
-                    setting,
-                    msg_key: String::new(),
-                    from_uid: if from == self.settings.system_uid { String::new() } else { from.to_owned() },
-                    channel_id,
-                    channel_type: d.channel.channel_type,
-                    expire: d.message.expire,
-                    client_msg_no: d.message.client_msg_no.clone(),
-                    stream: None,
-                    message_id: d.message.message_id,
-                    message_seq: d.seq as u32,
-                    timestamp: (d.message.timestamp_ms / 1000) as i32,
-                    topic: d.message.topic.clone(),
-                    payload: Bytes::new(),
-                };
-                match &conn.cipher {
-                    Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
-                    None => recv.payload = d.message.payload.clone(),
-                }
-                let frame = match conn.codec().encode_to_bytes(&Packet::Recv(recv)) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        warn!(conn = conn.id, error = %e, "RECV does not encode");
-                        continue;
+            };
+            match conn.send_frame(frame.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    // Stored messages wait for their RECVACK; online-only ones do not.
+                    if d.seq > 0 {
+                        self.retry.track(&conn, d.message.message_id, frame, command.clone());
                     }
-                };
-                match conn.send_frame(frame.clone()) {
-                    Ok(()) => {
-                        delivered += 1;
-                        // Stored messages wait for their RECVACK; online-only ones do not.
-                        if d.seq > 0 {
-                            self.retry.track(&conn, d.message.message_id, frame);
-                        }
-                    }
-                    Err(e) => warn!(conn = conn.id, error = %e, "RECV not queued"),
                 }
+                Err(e) => warn!(conn = conn.id, error = %e, "RECV not queued"),
             }
         }
         metrics::counter!("hongyan_core_deliveries_total").increment(delivered);
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -630,7 +720,17 @@ impl SessionHandler for Sessions {
                 }
                 // The JS SDK copies NoPersist from the RECV: nothing was queued for those.
                 Packet::Recvack(ack) if !ack.flags.no_persist => {
-                    self.0.retry.ack(conn.id, ack.message_id);
+                    // A master device that took a command consumes it for the user.
+                    if let Acked::Recv(Some(position)) = self.0.retry.ack(conn.id, ack.message_id)
+                        && conn.level == DeviceLevel::Master
+                    {
+                        let (core, uid) = (self.0.clone(), conn.uid.clone());
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = core.advance_command_cursor(&uid, &position.channel, position.seq, false) {
+                                storage(e);
+                            }
+                        });
+                    }
                 }
                 _ => {}
             }

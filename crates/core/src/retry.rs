@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hongyan_gateway::Conn;
+use hongyan_store::ChannelKey;
 use tokio::time::Instant;
 
 /// How unacknowledged RECVs are retried.
@@ -33,11 +34,31 @@ impl Default for RetrySettings {
     }
 }
 
+/// Where a command (SyncOnce) message sits in its command channel: a master device's
+/// RECVACK moves the user's command cursor there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandPosition {
+    /// The command channel.
+    pub channel: ChannelKey,
+    /// The message's seq in it.
+    pub seq: u64,
+}
+
+/// What a RECVACK matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acked {
+    /// Nothing was waiting (already acknowledged, given up, or never sent).
+    Unknown,
+    /// A waiting RECV; for a command message, where it sits.
+    Recv(Option<CommandPosition>),
+}
+
 #[derive(Debug)]
 struct Pending {
     frame: Bytes,
     retries: u32,
     due: Instant,
+    command: Option<CommandPosition>,
 }
 
 #[derive(Debug)]
@@ -74,7 +95,7 @@ impl RetryQueue {
     }
 
     /// Remembers that `frame` (a RECV of `message_id`) was written to `conn`.
-    pub fn track(&self, conn: &Arc<Conn>, message_id: i64, frame: Bytes) {
+    pub fn track(&self, conn: &Arc<Conn>, message_id: i64, frame: Bytes, command: Option<CommandPosition>) {
         let mut conns = self.lock();
         let entry = conns
             .entry(conn.id)
@@ -83,18 +104,19 @@ impl RetryQueue {
             entry.pending.pop_first();
             metrics::counter!("hongyan_core_retry_dropped_total", "why" => "connection_full").increment(1);
         }
-        entry.pending.insert(message_id, Pending { frame, retries: 0, due: Instant::now() + self.settings.interval });
+        let due = Instant::now() + self.settings.interval;
+        entry.pending.insert(message_id, Pending { frame, retries: 0, due, command });
     }
 
     /// `conn` acknowledged `message_id`.
-    pub fn ack(&self, conn_id: u64, message_id: i64) -> bool {
+    pub fn ack(&self, conn_id: u64, message_id: i64) -> Acked {
         let mut conns = self.lock();
-        let Some(entry) = conns.get_mut(&conn_id) else { return false };
-        let removed = entry.pending.remove(&message_id).is_some();
+        let Some(entry) = conns.get_mut(&conn_id) else { return Acked::Unknown };
+        let removed = entry.pending.remove(&message_id);
         if entry.pending.is_empty() {
             conns.remove(&conn_id);
         }
-        removed
+        removed.map_or(Acked::Unknown, |p| Acked::Recv(p.command))
     }
 
     /// `conn` is gone: forget its entries.
@@ -181,7 +203,7 @@ mod tests {
     async fn unacked_frames_are_resent_byte_for_byte_until_out_of_retries() {
         let q = RetryQueue::new(settings(2, 16));
         let c = conn(1);
-        q.track(&c, 7, Bytes::from_static(b"recv-7"));
+        q.track(&c, 7, Bytes::from_static(b"recv-7"), None);
         assert_eq!(q.scan(Instant::now()), ScanOutcome::default(), "not due yet");
         let mut now = Instant::now();
         for _ in 0..2 {
@@ -198,12 +220,15 @@ mod tests {
     async fn acks_and_departures_clear_entries() {
         let q = RetryQueue::new(settings(5, 16));
         let (a, b) = (conn(1), conn(2));
-        q.track(&a, 1, Bytes::from_static(b"1"));
-        q.track(&a, 2, Bytes::from_static(b"2"));
-        q.track(&b, 1, Bytes::from_static(b"x"));
-        assert!(q.ack(1, 1));
-        assert!(!q.ack(1, 1), "acked once");
-        assert!(!q.ack(2, 99));
+        let position = CommandPosition { channel: ChannelKey::new("g", 2 | crate::channel::COMMAND), seq: 4 };
+        q.track(&a, 1, Bytes::from_static(b"1"), Some(position.clone()));
+        q.track(&a, 2, Bytes::from_static(b"2"), None);
+        q.track(&a, 3, Bytes::from_static(b"3"), None);
+        q.track(&b, 1, Bytes::from_static(b"x"), None);
+        assert_eq!(q.ack(1, 1), Acked::Recv(Some(position)));
+        assert_eq!(q.ack(1, 1), Acked::Unknown, "acked once");
+        assert_eq!(q.ack(2, 99), Acked::Unknown);
+        assert_eq!(q.ack(1, 2), Acked::Recv(None));
         assert_eq!((q.pending_for(1), q.pending_for(2)), (1, 1));
         q.forget(2);
         assert_eq!(q.len(), 1);
@@ -218,9 +243,9 @@ mod tests {
         let q = RetryQueue::new(settings(5, 3));
         let c = conn(1);
         for id in 1..=10 {
-            q.track(&c, id, Bytes::from_static(b"f"));
+            q.track(&c, id, Bytes::from_static(b"f"), None);
         }
         assert_eq!(q.pending_for(1), 3);
-        assert!(q.ack(1, 10) && q.ack(1, 9) && q.ack(1, 8), "the newest are kept");
+        assert!([10, 9, 8].iter().all(|id| q.ack(1, *id) != Acked::Unknown), "the newest are kept");
     }
 }

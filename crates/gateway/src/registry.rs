@@ -39,6 +39,8 @@ pub struct Registry {
     hasher: RandomState,
     next_id: AtomicU64,
     len: AtomicUsize,
+    /// Distinct uids online.
+    users: AtomicUsize,
 }
 
 impl Default for Registry {
@@ -55,6 +57,7 @@ impl Registry {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             len: AtomicUsize::new(0),
+            users: AtomicUsize::new(0),
         }
     }
 
@@ -71,6 +74,9 @@ impl Registry {
     /// Registers `conn` and returns the connections it displaces, already removed.
     pub fn register(&self, conn: Arc<Conn>) -> Vec<(Arc<Conn>, Displacement)> {
         let mut shard = self.shard(&conn.uid);
+        if !shard.contains_key(&conn.uid) {
+            self.users.fetch_add(1, Ordering::Relaxed);
+        }
         let list = shard.entry(conn.uid.clone()).or_default();
         let mut displaced = Vec::new();
         list.retain(|other| {
@@ -107,6 +113,7 @@ impl Registry {
         let removed = list.len() < before;
         if list.is_empty() {
             shard.remove(&conn.uid);
+            self.users.fetch_sub(1, Ordering::Relaxed);
         }
         if removed {
             self.len.fetch_sub(1, Ordering::Relaxed);
@@ -124,6 +131,7 @@ impl Registry {
         *list = kept;
         if list.is_empty() {
             shard.remove(uid);
+            self.users.fetch_sub(1, Ordering::Relaxed);
         }
         drop(shard);
         self.len.fetch_sub(taken.len(), Ordering::Relaxed);
@@ -143,6 +151,27 @@ impl Registry {
             out.extend(shard.values().flatten().cloned());
         }
         out
+    }
+
+    /// The connections of every online uid for which `wanted` holds. Visits each
+    /// online uid once (each shard's lock in turn): for fan-out to a group with more
+    /// members than there are users online.
+    pub fn connections_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<Arc<Conn>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (uid, conns) in shard.iter() {
+                if wanted(uid) {
+                    out.extend(conns.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// How many distinct uids are online.
+    pub fn user_count(&self) -> usize {
+        self.users.load(Ordering::Relaxed)
     }
 
     /// How many connections are registered.
@@ -218,12 +247,19 @@ mod tests {
         for x in [&a, &b, &c] {
             reg.register(x.clone());
         }
+        assert_eq!(reg.user_count(), 2);
+        let mut of_u: Vec<u64> = reg.connections_where(|uid| uid == "u").iter().map(|c| c.id).collect();
+        of_u.sort_unstable();
+        assert_eq!(of_u, [a.id, b.id]);
         assert!(reg.remove(&a));
         assert!(!reg.remove(&a));
         assert_eq!(reg.take("u", Some(0)).len(), 0);
         assert_eq!(reg.take("u", None).iter().map(|c| c.id).collect::<Vec<_>>(), [b.id]);
         assert_eq!(reg.len(), 1);
+        assert_eq!(reg.user_count(), 1);
         assert_eq!(reg.all().len(), 1);
         assert!(reg.connections("u").is_empty());
+        assert!(reg.remove(&c));
+        assert_eq!(reg.user_count(), 0);
     }
 }

@@ -149,8 +149,9 @@ pub type OnCommit = Box<dyn FnOnce(Appended) + Send>;
 struct Job {
     channel: ChannelKey,
     message: NewMessage,
-    /// Written in the same atomic batch as the message, only if it is new.
-    with: Vec<Write>,
+    /// Written in the same atomic batch as the message, only if it is the channel's
+    /// first (seq 1).
+    with_first: Vec<Write>,
     on_commit: Option<OnCommit>,
     reply: oneshot::Sender<Result<Appended>>,
 }
@@ -266,16 +267,18 @@ impl MessageLog {
         message: NewMessage,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
-        self.enqueue_with(channel, message, Vec::new(), on_commit)
+        self.enqueue_with_first(channel, message, Vec::new(), on_commit)
     }
 
-    /// Like [`Self::enqueue`], also writing `with` in the same atomic batch when the
-    /// message is new (not a resend): records that must exist whenever the message does.
-    pub fn enqueue_with(
+    /// Like [`Self::enqueue`], also writing `with_first` in the same atomic batch when
+    /// the message is the channel's first (seq 1): records that must exist once the
+    /// channel has messages, e.g. a person chat's conversations. Callers pass them with
+    /// every append, without reading storage to see whether they are needed.
+    pub fn enqueue_with_first(
         &self,
         channel: ChannelKey,
         message: NewMessage,
-        with: Vec<Write>,
+        with_first: Vec<Write>,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
         // Strings are stored with 2-byte lengths; refuse here, not in the writer thread.
@@ -292,7 +295,7 @@ impl MessageLog {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
         sender
-            .send(Job { channel, message, with, on_commit, reply })
+            .send(Job { channel, message, with_first, on_commit, reply })
             .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
         Ok(PendingAppend(answer))
     }
@@ -489,7 +492,9 @@ impl Writer {
             }
             let seq = self.take_seq(&job.channel)?;
             writes.push(Write::Put(Table::ChanSeqMessage, job.channel.message_key(seq), encode(m)));
-            writes.extend(job.with.iter().cloned());
+            if seq == 1 {
+                writes.extend(job.with_first.iter().cloned());
+            }
             if let Some(key) = dedupe_key {
                 let mut ids = Vec::with_capacity(17);
                 ids.push(FORMAT_V1);
@@ -614,16 +619,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn side_writes_land_with_new_messages_only() {
+    async fn first_message_writes_land_with_seq_1_only() {
         let kv = Arc::new(MemoryBackend::new());
         let log = MessageLog::open(kv.clone(), Durability::Fsync).unwrap();
         let g = ChannelKey::new("g", 2);
         let side = |v: u8| vec![Write::Put(Table::ChanWhitelist, b"side".to_vec(), vec![v])];
-        log.enqueue_with(g.clone(), msg(1, "s", "c1", "m"), side(1), None).unwrap().await.unwrap();
+        log.enqueue_with_first(g.clone(), msg(1, "s", "c1", "m"), side(1), None).unwrap().await.unwrap();
         assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
-        // A resend writes nothing, its side writes included.
-        let dup = log.enqueue_with(g, msg(2, "s", "c1", "m"), side(2), None).unwrap().await.unwrap();
+        // A resend of the first message writes nothing, its side writes included.
+        let dup = log.enqueue_with_first(g.clone(), msg(2, "s", "c1", "m"), side(2), None).unwrap().await.unwrap();
         assert!(matches!(dup, Appended::Duplicate { .. }));
+        // Nor does a later message.
+        let second = log.enqueue_with_first(g, msg(3, "s", "c3", "m"), side(3), None).unwrap().await.unwrap();
+        assert_eq!(second.ids(), (3, 2));
         assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
     }
 

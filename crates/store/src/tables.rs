@@ -227,6 +227,25 @@ impl Store {
         self.kv.write(vec![self.conversation_write(uid, channel, c)], true)
     }
 
+    /// Sets `uid`'s conversation with `channel`; with `durable` false it becomes durable
+    /// with the next synced write (for cursor moves that are cheap to repeat).
+    pub fn put_conversation_with(
+        &self,
+        uid: &str,
+        channel: &crate::ChannelKey,
+        c: Conversation,
+        durable: bool,
+    ) -> Result<()> {
+        self.kv.write(vec![self.conversation_write(uid, channel, c)], durable)
+    }
+
+    /// Removes the conversation rows of `uids` with `channel`, durably.
+    pub fn remove_conversations(&self, uids: &[String], channel: &crate::ChannelKey) -> Result<()> {
+        let writes =
+            uids.iter().map(|uid| Write::Delete(Table::UidChanConversation, conversation_key(uid, channel))).collect();
+        self.kv.write(writes, true)
+    }
+
     /// The write that sets a conversation, to batch with others (e.g. with a message).
     pub fn conversation_write(&self, uid: &str, channel: &crate::ChannelKey, c: Conversation) -> Write {
         Write::Put(Table::UidChanConversation, conversation_key(uid, channel), conversation_value(c))
@@ -403,7 +422,10 @@ mod tests {
         assert_eq!(store.conversation("a", &g).unwrap(), Some(Conversation { read_to: 3, deleted_at: 1 }));
         let mut all = store.conversations("a").unwrap();
         all.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(all, vec![(p, Conversation::default()), (g, Conversation { read_to: 3, deleted_at: 1 })]);
+        assert_eq!(all, vec![(p.clone(), Conversation::default()), (g, Conversation { read_to: 3, deleted_at: 1 })]);
+        store.remove_conversations(&["a".into()], &p).unwrap();
+        assert_eq!(store.conversation("a", &p).unwrap(), None);
+        assert_eq!(store.conversations("a").unwrap().len(), 1);
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Channel attributes and member lists, cached in memory and written through to storage.
+//!
+//! Every SEND needs a channel's attributes and lists (admission) and, for groups, its
+//! subscribers (fan-out). Reading them from storage per message cost a thread hand-off
+//! and a prefix scan each; with the cache, admission of a message to a known channel is
+//! a few hash lookups on the connection's own task.
+//!
+//! Consistency: every change goes through [`Core`] (storage first, then the entry is
+//! dropped), and a load that raced with a change is not kept: loads note the cache's
+//! epoch before reading storage and insert only if no change happened since. So the
+//! cache never holds a state older than the last completed change.
+//!
+//! Memory is bounded by the number of member entries held; beyond the budget, entries
+//! are evicted (arbitrary ones: a reload costs one storage scan).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hongyan_store::{ChannelInfo, ChannelKey, MemberList, Store, StoreError};
+
+use crate::Core;
+use crate::channel::PERSON;
+
+/// Most member entries (subscribers + blacklist + whitelist over all cached channels)
+/// held in memory: about 100 MB with typical uids.
+const MEMBER_BUDGET: usize = 2_000_000;
+
+/// What admission and fan-out need to know about one channel.
+#[derive(Debug, Default)]
+pub struct ChannelState {
+    /// Attributes (defaults when never set).
+    pub info: ChannelInfo,
+    /// Who receives the channel's messages.
+    pub subscribers: HashSet<String>,
+    /// Who may not send.
+    pub blacklist: HashSet<String>,
+    /// When non-empty, who alone may send.
+    pub whitelist: HashSet<String>,
+}
+
+impl ChannelState {
+    fn load(store: &Store, key: &ChannelKey) -> Result<Self, StoreError> {
+        let (id, ty) = (key.channel_id.as_str(), key.channel_type);
+        let list = |l| store.members(l, id, ty).map(|v| v.into_iter().collect::<HashSet<_>>());
+        Ok(Self {
+            info: store.channel_info(id, ty)?.unwrap_or_default(),
+            subscribers: list(MemberList::Subscribers)?,
+            blacklist: list(MemberList::Blacklist)?,
+            whitelist: list(MemberList::Whitelist)?,
+        })
+    }
+
+    fn weight(&self) -> usize {
+        1 + self.subscribers.len() + self.blacklist.len() + self.whitelist.len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<ChannelKey, Arc<ChannelState>>,
+    /// Member entries held.
+    weight: usize,
+    /// Bumped by every change; a load that saw another epoch is not kept.
+    epoch: u64,
+}
+
+/// The cache. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct ChannelCache {
+    entries: RwLock<Entries>,
+    /// Most member entries held.
+    budget: usize,
+}
+
+impl Default for ChannelCache {
+    fn default() -> Self {
+        Self { entries: RwLock::default(), budget: MEMBER_BUDGET }
+    }
+}
+
+impl ChannelCache {
+    /// The cached state, if any. Never blocks on storage.
+    pub(crate) fn cached(&self, key: &ChannelKey) -> Option<Arc<ChannelState>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).map.get(key).cloned()
+    }
+
+    /// The state, loading it from storage on a miss. Blocking.
+    pub(crate) fn get(&self, store: &Store, key: &ChannelKey) -> Result<Arc<ChannelState>, StoreError> {
+        self.get_with(key, || ChannelState::load(store, key))
+    }
+
+    fn get_with(
+        &self,
+        key: &ChannelKey,
+        load: impl FnOnce() -> Result<ChannelState, StoreError>,
+    ) -> Result<Arc<ChannelState>, StoreError> {
+        let epoch = {
+            let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(state) = entries.map.get(key) {
+                return Ok(state.clone());
+            }
+            entries.epoch
+        };
+        let state = Arc::new(load()?);
+        let weight = state.weight();
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.epoch == epoch && weight <= self.budget && !entries.map.contains_key(key) {
+            while entries.weight + weight > self.budget {
+                let Some(victim) = entries.map.keys().next().cloned() else { break };
+                if let Some(old) = entries.map.remove(&victim) {
+                    entries.weight -= old.weight();
+                }
+            }
+            entries.weight += weight;
+            entries.map.insert(key.clone(), state.clone());
+        }
+        Ok(state)
+    }
+
+    /// Forgets `key` after a change to it was stored.
+    pub(crate) fn changed(&self, key: &ChannelKey) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.epoch += 1;
+        if let Some(old) = entries.map.remove(key) {
+            entries.weight -= old.weight();
+        }
+    }
+}
+
+/// How a member list changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListChange {
+    /// Add the uids.
+    Add,
+    /// Replace the list with the uids.
+    Set,
+    /// Remove the uids.
+    Remove,
+}
+
+impl Core {
+    /// A channel's attributes and lists (cached). Blocking on a miss.
+    pub fn channel_state(&self, key: &ChannelKey) -> Result<Arc<ChannelState>, StoreError> {
+        self.channels.get(self.store(), key)
+    }
+
+    /// Sets a channel's attributes (on a person channel, the user's ban and mute). Blocking.
+    pub fn set_channel_info(&self, key: &ChannelKey, info: ChannelInfo) -> Result<(), StoreError> {
+        self.store().put_channel_info(&key.channel_id, key.channel_type, info)?;
+        self.channels.changed(key);
+        Ok(())
+    }
+
+    /// Changes a member list of a channel. New subscribers get conversations starting at
+    /// the channel's last seq (history before joining is not unread); removed ones stop
+    /// getting the channel's commands. Blocking.
+    pub fn change_members(
+        &self,
+        list: MemberList,
+        key: &ChannelKey,
+        uids: &[String],
+        change: ListChange,
+    ) -> Result<(), StoreError> {
+        let store = self.store();
+        let (id, ty) = (key.channel_id.as_str(), key.channel_type);
+        let result = match (list, change) {
+            (MemberList::Subscribers, ListChange::Add | ListChange::Set) => {
+                self.add_subscribers(key, uids, change == ListChange::Set)
+            }
+            (MemberList::Subscribers, ListChange::Remove) => self.remove_subscribers(key, uids),
+            (_, ListChange::Add | ListChange::Set) => store.add_members(list, id, ty, uids, change == ListChange::Set),
+            (_, ListChange::Remove) => store.remove_members(list, id, ty, uids),
+        };
+        // Forget the entry even after a failure: part of a change may have landed.
+        self.channels.changed(key);
+        result
+    }
+
+    /// Whether `uid` is banned from logging in (the ban of its person channel). Blocking.
+    pub fn is_user_banned(&self, uid: &str) -> Result<bool, StoreError> {
+        Ok(self.channel_state(&ChannelKey::new(uid, PERSON))?.info.ban)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hongyan_store::MemoryBackend;
+
+    fn store() -> Store {
+        Store::new(Arc::new(MemoryBackend::new()))
+    }
+
+    #[test]
+    fn a_change_is_seen_by_the_next_read() {
+        let (store, cache) = (store(), ChannelCache::default());
+        let g = ChannelKey::new("g", 2);
+        assert!(cache.get(&store, &g).unwrap().subscribers.is_empty());
+        assert!(cache.cached(&g).is_some());
+        store.add_members(MemberList::Subscribers, "g", 2, &["a".into()], false).unwrap();
+        cache.changed(&g);
+        assert!(cache.cached(&g).is_none());
+        assert!(cache.get(&store, &g).unwrap().subscribers.contains("a"));
+    }
+
+    #[test]
+    fn a_load_that_raced_with_a_change_is_not_kept() {
+        let cache = ChannelCache::default();
+        let g = ChannelKey::new("g", 2);
+        // A change lands while the load is reading storage: the loaded state may be from
+        // before it, so it serves this one caller but is not cached.
+        let state = cache
+            .get_with(&g, || {
+                cache.changed(&g);
+                Ok(ChannelState::default())
+            })
+            .unwrap();
+        assert!(state.subscribers.is_empty());
+        assert!(cache.cached(&g).is_none());
+        // An undisturbed load is kept.
+        cache.get_with(&g, || Ok(ChannelState::default())).unwrap();
+        assert!(cache.cached(&g).is_some());
+    }
+
+    #[test]
+    fn the_member_budget_evicts() {
+        let store = store();
+        let cache = ChannelCache { entries: RwLock::default(), budget: 10 };
+        let six: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+        store.add_members(MemberList::Subscribers, "big1", 2, &six, false).unwrap();
+        store.add_members(MemberList::Subscribers, "big2", 2, &six, false).unwrap();
+        let (a, b) = (ChannelKey::new("big1", 2), ChannelKey::new("big2", 2));
+        cache.get(&store, &a).unwrap();
+        assert!(cache.cached(&a).is_some());
+        cache.get(&store, &b).unwrap();
+        assert!(cache.cached(&a).is_none(), "the first was evicted to make room");
+        assert!(cache.cached(&b).is_some());
+        assert!(cache.entries.read().unwrap().weight <= 10);
+        // A channel over the whole budget is served but never cached.
+        let twelve: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
+        store.add_members(MemberList::Subscribers, "huge", 2, &twelve, false).unwrap();
+        let huge = ChannelKey::new("huge", 2);
+        assert_eq!(cache.get(&store, &huge).unwrap().subscribers.len(), 12);
+        assert!(cache.cached(&huge).is_none());
+    }
+}
