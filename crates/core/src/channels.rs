@@ -167,13 +167,15 @@ impl Core {
             (MemberList::Subscribers, ListChange::Add | ListChange::Set) => {
                 self.add_subscribers(key, uids, change == ListChange::Set)
             }
-            (MemberList::Subscribers, ListChange::Remove) => self.remove_subscribers(key, uids),
-            (_, ListChange::Add | ListChange::Set) => store.add_members(list, id, ty, uids, change == ListChange::Set),
-            (_, ListChange::Remove) => store.remove_members(list, id, ty, uids),
+            (MemberList::Subscribers, ListChange::Remove) => self.remove_subscribers(key, uids).map(|()| uids.to_vec()),
+            (_, ListChange::Add | ListChange::Set) => {
+                store.add_members(list, id, ty, uids, change == ListChange::Set).map(|()| Vec::new())
+            }
+            (_, ListChange::Remove) => store.remove_members(list, id, ty, uids).map(|()| Vec::new()),
         };
         // Forget the entry even after a failure: part of a change may have landed.
         self.channels.changed(key);
-        result
+        self.after_members_left(key, &result?)
     }
 
     /// Whether `uid` is banned from logging in (the ban of its person channel). Blocking.

@@ -74,7 +74,7 @@ impl Core {
         seq: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let _guard = self.lock_conversations(uid);
+        let _guard = self.lock_user(uid);
         let mut state = self.store().conversation(uid, channel)?.unwrap_or_default();
         if state.read_to >= seq {
             return Ok(());
@@ -117,8 +117,8 @@ impl Core {
         Ok(page.len())
     }
 
-    /// Holds the lock over `uid`'s conversation rows, for a read-modify-write.
-    pub(crate) fn lock_conversations(&self, uid: &str) -> std::sync::MutexGuard<'_, ()> {
+    /// Holds the lock over `uid`'s rows (conversations, profile), for a read-modify-write.
+    pub(crate) fn lock_user(&self, uid: &str) -> std::sync::MutexGuard<'_, ()> {
         let stripe = crc32fast::hash(uid.as_bytes()) as usize % self.conversation_locks.len();
         self.conversation_locks[stripe].lock().unwrap_or_else(PoisonError::into_inner)
     }

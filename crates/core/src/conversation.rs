@@ -144,7 +144,7 @@ impl Core {
         channel: &ChannelKey,
         change: impl FnOnce(&mut Conversation, u64),
     ) -> Result<(), ConversationError> {
-        let _guard = self.lock_conversations(uid);
+        let _guard = self.lock_user(uid);
         let mut state = self.store().conversation(uid, channel)?.ok_or(ConversationError::NotFound)?;
         let last_seq = self.log().last_seq(channel)?;
         change(&mut state, last_seq);
@@ -176,13 +176,14 @@ impl Core {
     /// Adds subscribers (replacing them all when `reset`) and gives each new one a
     /// conversation whose cursor is the channel's last seq (history before joining is
     /// not unread) and a command cursor at the command channel's last seq. Callers go
-    /// through [`Core::change_members`], which keeps the channel cache right.
+    /// through [`Core::change_members`], which keeps the channel cache right. Returns
+    /// who left (with `reset`, the members not in `uids`).
     pub(crate) fn add_subscribers(
         &self,
         channel: &ChannelKey,
         uids: &[String],
         reset: bool,
-    ) -> hongyan_store::Result<()> {
+    ) -> hongyan_store::Result<Vec<String>> {
         let store = self.store();
         let removed: Vec<String> = if reset {
             let keep: std::collections::HashSet<&String> = uids.iter().collect();
@@ -202,7 +203,7 @@ impl Core {
         let last_seq = self.log().last_seq(channel)?;
         let last_command = self.log().last_seq(&commands)?;
         for uid in uids {
-            let _guard = self.lock_conversations(uid);
+            let _guard = self.lock_user(uid);
             if store.conversation(uid, channel)?.is_none() {
                 let start = Conversation { read_to: last_seq, deleted_at: 0 };
                 store.put_conversation(uid, channel, start)?;
@@ -211,7 +212,7 @@ impl Core {
                 store.put_conversation(uid, &commands, Conversation { read_to: last_command, deleted_at: 0 })?;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Removes subscribers; they stop getting the channel's commands, including those

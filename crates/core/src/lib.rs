@@ -28,6 +28,7 @@ pub mod channel;
 pub mod channels;
 pub mod commands;
 pub mod conversation;
+pub mod directory;
 pub mod ids;
 pub mod retry;
 
@@ -113,6 +114,15 @@ enum Submitted {
     OnlineOnly,
 }
 
+/// Who gets the SENDACK of a message, and what it echoes.
+struct AckTo {
+    conn: Arc<Conn>,
+    flags: HeaderFlags,
+    client_seq: u32,
+    /// The id given at admission (a resend is answered with the original's).
+    message_id: i64,
+}
+
 /// A message on its way to recipients.
 struct Delivery {
     channel: ChannelKey,
@@ -138,7 +148,7 @@ pub struct Core {
     system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
     /// Channel attributes and member lists, written through to storage.
     channels: ChannelCache,
-    /// Serialises read-modify-write of one user's conversation rows (striped by uid).
+    /// Serialises read-modify-write of one user's rows (striped by uid).
     conversation_locks: Vec<std::sync::Mutex<()>>,
     /// What each user's last `/message/sync` returned, for its `/message/syncack`.
     command_syncs: commands::SyncedCommands,
@@ -442,43 +452,28 @@ impl Core {
             topic: send.topic.clone(),
             payload,
         };
-        let pending = match self.submit(channel, message, conn.id, rows) {
-            Ok(Submitted::Stored(pending)) => pending,
-            Ok(Submitted::OnlineOnly) => {
-                ack(message_id, 0, ReasonCode::Success);
-                return;
-            }
-            Err(reason) => {
-                ack(message_id, 0, reason);
-                return;
-            }
-        };
-        // Admission is done; the SENDACK waits for durability without holding up the
-        // connection's next packet.
-        let (conn, flags, client_seq) = (conn.clone(), send.flags, send.client_seq);
-        tokio::spawn(async move {
-            let (message_id, seq, reason) = match pending.await {
-                Ok(appended) => {
-                    let (id, seq) = appended.ids();
-                    (id, seq, ReasonCode::Success)
-                }
-                Err(_) => (message_id, 0, ReasonCode::SystemError),
-            };
-            let ack = Sendack { flags, message_id, client_seq, message_seq: seq as u32, reason_code: reason };
-            let _ = conn.send(&Packet::Sendack(ack));
-        });
+        // Admission is done. The SENDACK goes out from the log's commit callback, once
+        // the append is durable, without holding up the connection's next packet.
+        let ack_to = AckTo { conn: conn.clone(), flags: send.flags, client_seq: send.client_seq, message_id };
+        match self.submit(channel, message, Some(ack_to), rows) {
+            Ok(Submitted::Stored(_)) => {}
+            Ok(Submitted::OnlineOnly) => ack(message_id, 0, ReasonCode::Success),
+            Err(reason) => ack(message_id, 0, reason),
+        }
     }
 
-    /// Stores (unless NoPersist) and delivers an admitted message; `origin` is the
-    /// sending connection (0 for none). Enqueues synchronously, so calls are stored in
-    /// the order they are made.
+    /// Stores (unless NoPersist) and delivers an admitted message; `ack_to` is the
+    /// sending connection, which gets the SENDACK once the append is decided and not
+    /// its own message back. Enqueues synchronously, so calls are stored in the order
+    /// they are made.
     fn submit(
         &self,
         channel: ChannelKey,
         message: NewMessage,
-        origin: u64,
+        ack_to: Option<AckTo>,
         rows: Vec<Write>,
     ) -> Result<Submitted, ReasonCode> {
+        let origin = ack_to.as_ref().map_or(0, |a| a.conn.id);
         if HeaderFlags::from_bits(message.header).no_persist {
             // Online only: not stored, no seq, delivered at once.
             metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
@@ -490,13 +485,31 @@ impl Core {
             let (channel, message) = (channel.clone(), message.clone());
             Box::new(move |appended| {
                 let label = match appended {
-                    Appended::New { seq, .. } => {
+                    Some(Appended::New { seq, .. }) => {
                         let _ = shard.send(Delivery { channel, message, seq, origin, only_to: None });
                         "stored"
                     }
-                    Appended::Duplicate { .. } => "duplicate",
+                    Some(Appended::Duplicate { .. }) => "duplicate",
+                    None => "not_stored",
                 };
                 metrics::counter!("hongyan_core_sends_total", "result" => label).increment(1);
+                if let Some(to) = ack_to {
+                    let (message_id, seq, reason) = match appended {
+                        Some(appended) => {
+                            let (id, seq) = appended.ids();
+                            (id, seq, ReasonCode::Success)
+                        }
+                        None => (to.message_id, 0, ReasonCode::SystemError),
+                    };
+                    let ack = Sendack {
+                        flags: to.flags,
+                        message_id,
+                        client_seq: to.client_seq,
+                        message_seq: seq as u32,
+                        reason_code: reason,
+                    };
+                    let _ = to.conn.send(&Packet::Sendack(ack));
+                }
             })
         };
         let pending = self.log.enqueue_with_first(channel, message, rows, Some(on_commit)).map_err(storage)?;
@@ -579,7 +592,7 @@ impl Core {
             let _ = self.shard(&delivery.channel).send(delivery);
             return Ok(AppSent { message_id, seq: 0, client_msg_no });
         }
-        let (message_id, seq) = match self.submit(channel, message, 0, rows)? {
+        let (message_id, seq) = match self.submit(channel, message, None, rows)? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(storage)?,
         };
@@ -740,4 +753,20 @@ impl SessionHandler for Sessions {
     fn on_offline(&self, conn: &Arc<Conn>) {
         self.0.retry.forget(conn.id);
     }
+}
+
+/// A core over in-memory storage, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_core() -> Arc<Core> {
+    let kv: Arc<dyn hongyan_store::KvBackend> = Arc::new(hongyan_store::MemoryBackend::new());
+    let log = Arc::new(MessageLog::open(kv.clone(), hongyan_store::Durability::Fsync).expect("log opens"));
+    let settings = CoreSettings {
+        token_auth: true,
+        manager_uid: "____manager".into(),
+        manager_token: String::new(),
+        system_uid: "____system".into(),
+        node_id: 1,
+        retry: RetrySettings::default(),
+    };
+    Core::start(Store::new(kv), log, Arc::new(Registry::new()), settings).expect("core starts")
 }

@@ -29,11 +29,19 @@ pub enum Table {
     UidChanConversation,
     /// uid → (): system accounts.
     UidSystem,
+    /// uid → profile (name, avatar, gender, mobile, birth, email, ex).
+    UidProfile,
+    /// (channel, uid) → role, for members who are not ordinary (owner, admin).
+    ChanUidRole,
+    /// thread id → the thread's group, name, owner, parent message and creation time.
+    ThreadInfo,
+    /// (group id, thread id) → (): the threads of a group.
+    GroupThread,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 13] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -43,6 +51,10 @@ impl Table {
         Table::ChanWhitelist,
         Table::UidChanConversation,
         Table::UidSystem,
+        Table::UidProfile,
+        Table::ChanUidRole,
+        Table::ThreadInfo,
+        Table::GroupThread,
     ];
 
     /// The table's name on disk.
@@ -57,6 +69,10 @@ impl Table {
             Self::ChanWhitelist => "chanuid_whitelist",
             Self::UidChanConversation => "uidchan_conv",
             Self::UidSystem => "uid_system",
+            Self::UidProfile => "uid_profile",
+            Self::ChanUidRole => "chanuid_role",
+            Self::ThreadInfo => "thread_info",
+            Self::GroupThread => "groupthread_none",
         }
     }
 }

@@ -18,10 +18,12 @@
 
 mod backend;
 mod codec;
+mod directory;
 mod log;
 mod tables;
 
 pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
+pub use directory::{Role, Thread, UserProfile};
 pub use log::{Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, StoredMessage};
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 

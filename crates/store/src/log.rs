@@ -142,9 +142,10 @@ pub enum Durability {
     Interval(Duration),
 }
 
-/// Called by the writer thread right after a successful commit, in commit order, with
-/// what the append did. It must not block: hand work to another thread or task.
-pub type OnCommit = Box<dyn FnOnce(Appended) + Send>;
+/// Called by the writer thread once the append's batch is decided, in commit order:
+/// with what the append did, or `None` when it was not stored (a storage failure). It
+/// must not block: hand work to another thread or task.
+pub type OnCommit = Box<dyn FnOnce(Option<Appended>) + Send>;
 
 struct Job {
     channel: ChannelKey,
@@ -438,6 +439,9 @@ impl Writer {
     fn commit(&mut self, batch: Vec<Job>) {
         if self.failed.load(Ordering::Relaxed) {
             for job in batch {
+                if let Some(on_commit) = job.on_commit {
+                    on_commit(None);
+                }
                 let _ = job.reply.send(Err(StoreError::Engine("the message log stopped after a storage error".into())));
             }
             return;
@@ -449,7 +453,7 @@ impl Writer {
                     Ok(()) => {
                         for (job, result) in batch.into_iter().zip(results) {
                             if let Some(on_commit) = job.on_commit {
-                                on_commit(result);
+                                on_commit(Some(result));
                             }
                             let _ = job.reply.send(Ok(result));
                         }
@@ -467,6 +471,9 @@ impl Writer {
         // a stale counter (the log refuses appends from now on anyway).
         self.next_seq.clear();
         for job in batch {
+            if let Some(on_commit) = job.on_commit {
+                on_commit(None);
+            }
             let _ = job.reply.send(Err(StoreError::Engine(format!("message not stored: {e}"))));
         }
     }
@@ -652,7 +659,7 @@ mod tests {
         let mut pending = Vec::new();
         for id in 1..=100 {
             let seen = seen.clone();
-            let on_commit: OnCommit = Box::new(move |a| seen.lock().unwrap().push(a.ids()));
+            let on_commit: OnCommit = Box::new(move |a| seen.lock().unwrap().push(a.unwrap().ids()));
             pending.push(log.enqueue(ChannelKey::new("g", 2), msg(id, "s", "", "m"), Some(on_commit)).unwrap());
         }
         for p in pending {
@@ -742,7 +749,11 @@ mod tests {
         let log = MessageLog::open(kv, Durability::Fsync).unwrap();
         let g = ChannelKey::new("g", 2);
         assert!(log.append(g.clone(), msg(1, "s", "", "m")).await.is_ok());
-        assert!(log.append(g.clone(), msg(2, "s", "", "m")).await.is_err());
+        let outcome = Arc::new(Mutex::new(Vec::new()));
+        let seen = outcome.clone();
+        let on_commit: OnCommit = Box::new(move |a| seen.lock().unwrap().push(a));
+        assert!(log.enqueue(g.clone(), msg(2, "s", "", "m"), Some(on_commit)).unwrap().await.is_err());
+        assert_eq!(*outcome.lock().unwrap(), [None], "the callback hears of the failure too");
         assert!(log.has_failed());
         assert!(log.append(g.clone(), msg(3, "s", "", "m")).await.is_err(), "fail-stop");
         assert_eq!(log.last_seq(&g).unwrap(), 1);

@@ -9,7 +9,7 @@ use crate::codec::{ValueReader, push_str16};
 use crate::{Result, StoreError};
 
 /// Format byte of every value this version writes.
-const FORMAT_V1: u8 = 1;
+pub(crate) const FORMAT_V1: u8 = 1;
 
 /// The registration of one (uid, device_flag): the token a login must present.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ impl MemberList {
 }
 
 /// `[type][len][id]`: the prefix of a channel's entries in a member list.
-fn list_prefix(channel_id: &str, channel_type: u8) -> Vec<u8> {
+pub(crate) fn list_prefix(channel_id: &str, channel_type: u8) -> Vec<u8> {
     let mut key = Vec::with_capacity(3 + channel_id.len());
     key.push(channel_type);
     push_str16(&mut key, channel_id);
@@ -144,7 +144,7 @@ fn decode_conversation(value: &[u8]) -> Result<Conversation> {
     Ok(Conversation { read_to: r.u64().ok_or_else(bad)?, deleted_at: r.u64().ok_or_else(bad)? })
 }
 
-fn corrupt(table: Table, what: &'static str) -> StoreError {
+pub(crate) fn corrupt(table: Table, what: &'static str) -> StoreError {
     StoreError::Corrupt { table: table.name(), what }
 }
 
@@ -158,6 +158,10 @@ impl Store {
     /// Typed tables over `kv`.
     pub fn new(kv: Arc<dyn KvBackend>) -> Self {
         Self { kv }
+    }
+
+    pub(crate) fn kv(&self) -> &dyn KvBackend {
+        &*self.kv
     }
 
     /// The registration of (uid, device_flag), if any.
