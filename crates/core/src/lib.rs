@@ -253,6 +253,23 @@ impl Core {
         Ok(())
     }
 
+    /// Retention: for each (channel type, maximum age), removes older messages from
+    /// the type's channels and their command channels (each channel keeps its newest
+    /// message). Blocking.
+    pub fn sweep_retention(&self, rules: &[(u8, std::time::Duration)]) -> Result<hongyan_store::Pruned, StoreError> {
+        let mut total = hongyan_store::Pruned::default();
+        for (channel_type, age) in rules {
+            let cutoff = now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            for stored_type in [*channel_type, channel_type | crate::channel::COMMAND] {
+                let pruned = self.log.prune_older_than(stored_type, cutoff)?;
+                total.channels += pruned.channels;
+                total.messages += pruned.messages;
+            }
+        }
+        metrics::counter!("hongyan_core_retention_removed_total").increment(total.messages as u64);
+        Ok(total)
+    }
+
     /// The durable tables.
     pub fn store(&self) -> &Store {
         &self.store
@@ -769,4 +786,51 @@ pub(crate) fn test_core() -> Arc<Core> {
         retry: RetrySettings::default(),
     };
     Core::start(Store::new(kv), log, Arc::new(Registry::new()), settings).expect("core starts")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn old_message(id: i64, age: std::time::Duration) -> NewMessage {
+        NewMessage {
+            message_id: id,
+            timestamp_ms: now_ms() - age.as_millis() as i64,
+            from_uid: "a".into(),
+            client_msg_no: format!("c{id}"),
+            header: 0,
+            setting: 0,
+            expire: 0,
+            topic: None,
+            payload: Bytes::from_static(b"m"),
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_sweeps_a_type_and_its_commands_only() {
+        let core = test_core();
+        let day = std::time::Duration::from_secs(86_400);
+        let (g, g_cmd, p) =
+            (ChannelKey::new("g", 2), command_channel(&ChannelKey::new("g", 2)), ChannelKey::new("a@b", 1));
+        for (id, age) in [(1, 3 * day), (2, 2 * day), (3, day / 2)] {
+            core.log().append(g.clone(), old_message(id, age)).await.unwrap();
+            core.log().append(p.clone(), old_message(id, age)).await.unwrap();
+        }
+        core.log().append(g_cmd.clone(), old_message(9, 5 * day)).await.unwrap();
+        core.log().append(g_cmd.clone(), old_message(10, 4 * day)).await.unwrap();
+
+        let pruned = core.sweep_retention(&[(2, day)]).unwrap();
+        assert_eq!((pruned.channels, pruned.messages), (2, 3));
+        let seqs = |c: &ChannelKey| {
+            core.log()
+                .read(c, 1, 0, 10, hongyan_store::Order::Ascending)
+                .unwrap()
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&g), [3]);
+        assert_eq!(seqs(&g_cmd), [2], "the newest command stays, old as it is");
+        assert_eq!(seqs(&p), [1, 2, 3], "person chats have no retention here");
+    }
 }

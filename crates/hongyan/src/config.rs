@@ -117,6 +117,11 @@ pub struct StorageConfig {
     pub durability: DurabilityMode,
     /// How often `interval` mode fsyncs.
     pub sync_interval_ms: u64,
+    /// Retention by age: channel type ("1" person, "2" group, …) → days messages are
+    /// kept. Types not listed keep messages forever.
+    pub retention_days: std::collections::BTreeMap<String, u32>,
+    /// How often the retention sweep runs.
+    pub retention_sweep_interval_secs: u64,
 }
 
 /// `storage.durability`.
@@ -131,11 +136,27 @@ pub enum DurabilityMode {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { durability: DurabilityMode::Fsync, sync_interval_ms: 100 }
+        Self {
+            durability: DurabilityMode::Fsync,
+            sync_interval_ms: 100,
+            retention_days: std::collections::BTreeMap::new(),
+            retention_sweep_interval_secs: 3600,
+        }
     }
 }
 
 impl StorageConfig {
+    /// Retention as (channel type, maximum age), checked by [`Config::validate`].
+    pub fn retention(&self) -> Vec<(u8, std::time::Duration)> {
+        self.retention_days
+            .iter()
+            .filter_map(|(ty, days)| {
+                let ty = ty.parse::<u8>().ok()?;
+                Some((ty, std::time::Duration::from_secs(u64::from(*days) * 86_400)))
+            })
+            .collect()
+    }
+
     /// The message log's durability.
     pub fn durability(&self) -> hongyan_store::Durability {
         match self.durability {
@@ -307,6 +328,18 @@ impl Config {
         if self.storage.sync_interval_ms == 0 {
             return Err(invalid("storage.sync_interval_ms", "must be greater than 0"));
         }
+        for (ty, days) in &self.storage.retention_days {
+            let key = format!("storage.retention_days.{ty}");
+            if !ty.parse::<u8>().is_ok_and(|t| (1..=12).contains(&t)) {
+                return Err(invalid(&key, "channel types are 1 to 12"));
+            }
+            if *days == 0 {
+                return Err(invalid(&key, "must be at least 1 day (leave the type out to keep messages forever)"));
+            }
+        }
+        if self.storage.retention_sweep_interval_secs == 0 {
+            return Err(invalid("storage.retention_sweep_interval_secs", "must be greater than 0"));
+        }
         if self.delivery.retry_interval_ms == 0 {
             return Err(invalid("delivery.retry_interval_ms", "must be greater than 0"));
         }
@@ -438,6 +471,23 @@ mod tests {
                 }
             }
             out
+        }
+    }
+
+    #[test]
+    fn retention_is_per_channel_type() {
+        let c = Config::from_toml("[storage.retention_days]\n1 = 365\n2 = 30").unwrap();
+        c.validate().unwrap();
+        let day = 86_400;
+        assert_eq!(
+            c.storage.retention(),
+            [(1, std::time::Duration::from_secs(365 * day)), (2, std::time::Duration::from_secs(30 * day))]
+        );
+        for bad in
+            ["[storage.retention_days]\n13 = 1", "[storage.retention_days]\nx = 1", "[storage.retention_days]\n2 = 0"]
+        {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("storage.retention_days."), "{e}");
         }
     }
 

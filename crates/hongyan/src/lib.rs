@@ -113,6 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if !config.auth.token_auth {
         warn!("auth.token_auth is off: anyone can log in as anyone");
     }
+    spawn_retention(&core, &config, &shutdown);
     let gateway = Gateway::start(
         config.gateway.clone(),
         registry.clone(),
@@ -162,6 +163,40 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     }
     http.close();
     Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, log, core, shutdown, http })
+}
+
+/// Runs the retention sweep at start-up and then every interval, if any is configured.
+fn spawn_retention(core: &Arc<Core>, config: &Config, shutdown: &CancellationToken) {
+    let rules = config.storage.retention();
+    if rules.is_empty() {
+        return;
+    }
+    let every = Duration::from_secs(config.storage.retention_sweep_interval_secs);
+    let (core, stop) = (Arc::downgrade(core), shutdown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(core) = core.upgrade() else { break };
+            let rules = rules.clone();
+            match tokio::task::spawn_blocking(move || core.sweep_retention(&rules)).await {
+                Ok(Ok(pruned)) if pruned.messages > 0 => {
+                    info!(
+                        messages = pruned.messages,
+                        channels = pruned.channels,
+                        "retention sweep removed old messages"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "retention sweep failed; retrying at the next interval"),
+                Err(e) => warn!(error = %e, "retention sweep task failed"),
+            }
+        }
+    });
 }
 
 impl Server {

@@ -24,7 +24,9 @@ mod tables;
 
 pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
 pub use directory::{Role, Thread, UserProfile};
-pub use log::{Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, StoredMessage};
+pub use log::{
+    Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned, StoredMessage,
+};
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 
 /// A storage failure. The operation that got it did not happen (or not durably).

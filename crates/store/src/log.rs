@@ -223,6 +223,27 @@ fn decode(value: &[u8]) -> Result<NewMessage> {
     Ok(NewMessage { message_id, timestamp_ms, from_uid, client_msg_no, header, setting, expire, topic, payload })
 }
 
+/// What a retention sweep removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Channels that lost messages.
+    pub channels: usize,
+    /// Messages removed.
+    pub messages: usize,
+}
+
+/// The channel of a `[type][len][id][seq]` log key.
+fn channel_from_message_key(key: &[u8]) -> Result<ChannelKey> {
+    let bad = || StoreError::Corrupt { table: Table::ChanSeqMessage.name(), what: "key" };
+    let (&channel_type, rest) = key.split_first().ok_or_else(bad)?;
+    let mut r = ValueReader { rest };
+    let id = r.str16().ok_or_else(bad)?;
+    if r.rest.len() != 8 {
+        return Err(bad());
+    }
+    Ok(ChannelKey::new(id, channel_type))
+}
+
 fn seq_from_key(key: &[u8]) -> Result<u64> {
     key.len()
         .checked_sub(8)
@@ -347,6 +368,68 @@ impl MessageLog {
             return Ok(None);
         };
         Ok(self.read(channel, seq, seq + 1, 1, Order::Ascending)?.into_iter().next())
+    }
+
+    /// Retention: removes the messages of every channel of the stored type
+    /// `channel_type` stored before `cutoff_ms`, oldest first, except each channel's
+    /// newest message, which keeps the seq counter where it is. Their resend index
+    /// entries go with them. Appends may run meanwhile: they only add newer seqs.
+    /// Blocking; works in batches of at most 1,024 deletions.
+    pub fn prune_older_than(&self, channel_type: u8, cutoff_ms: i64) -> Result<Pruned> {
+        const PAGE: usize = 512;
+        let mut pruned = Pruned::default();
+        let mut from = vec![channel_type];
+        let end = vec![channel_type.saturating_add(1)];
+        loop {
+            let first = self.kv.scan_range(Table::ChanSeqMessage, &from, &end, 1, Order::Ascending)?;
+            let Some((key, _)) = first.into_iter().next() else { break };
+            let channel = channel_from_message_key(&key)?;
+            let last = last_seq(&*self.kv, &channel)?;
+            let mut next = seq_from_key(&key)?;
+            let mut removed_here = 0;
+            'channel: while next < last {
+                let page = self.kv.scan_range(
+                    Table::ChanSeqMessage,
+                    &channel.message_key(next),
+                    &channel.message_key(last),
+                    PAGE,
+                    Order::Ascending,
+                )?;
+                if page.is_empty() {
+                    break;
+                }
+                let mut writes = Vec::with_capacity(2 * page.len());
+                let mut stop = false;
+                for (key, value) in &page {
+                    let message = decode(value)?;
+                    if message.timestamp_ms >= cutoff_ms {
+                        stop = true;
+                        break;
+                    }
+                    writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
+                    if !message.client_msg_no.is_empty() {
+                        let index = channel.client_msg_no_key(&message.from_uid, &message.client_msg_no);
+                        writes.push(Write::Delete(Table::ChanClientMsgNo, index));
+                    }
+                    next = seq_from_key(key)? + 1;
+                }
+                let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
+                if count > 0 {
+                    self.kv.write(writes, true)?;
+                    removed_here += count;
+                }
+                if stop || page.len() < PAGE {
+                    break 'channel;
+                }
+            }
+            if removed_here > 0 {
+                pruned.channels += 1;
+                pruned.messages += removed_here;
+            }
+            from = channel.prefix();
+            from.extend_from_slice(&[0xff; 9]);
+        }
+        Ok(pruned)
     }
 
     /// Stops accepting appends, lets the writer finish what it has, and waits for it.
@@ -640,6 +723,41 @@ mod tests {
         let second = log.enqueue_with_first(g, msg(3, "s", "c3", "m"), side(3), None).unwrap().await.unwrap();
         assert_eq!(second.ids(), (3, 2));
         assert_eq!(kv.get(Table::ChanWhitelist, b"side").unwrap(), Some(vec![1]));
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_messages_but_keeps_the_newest_and_the_counter() {
+        let kv = Arc::new(MemoryBackend::new());
+        let log = MessageLog::open(kv.clone(), Durability::Fsync).unwrap();
+        let (g, cmd, h, p) =
+            (ChannelKey::new("g", 2), ChannelKey::new("g", 0x82), ChannelKey::new("h", 2), ChannelKey::new("a@b", 1));
+        // msg(id) is stamped 1_700_000_000_000 + id.
+        for id in 1..=5 {
+            log.append(g.clone(), msg(id, "s", &format!("c{id}"), "m")).await.unwrap();
+        }
+        log.append(h.clone(), msg(1, "s", "", "m")).await.unwrap();
+        log.append(h.clone(), msg(2, "s", "", "m")).await.unwrap();
+        log.append(cmd.clone(), msg(1, "s", "", "m")).await.unwrap();
+        log.append(p.clone(), msg(1, "s", "", "m")).await.unwrap();
+        log.append(p.clone(), msg(2, "s", "", "m")).await.unwrap();
+
+        let cutoff = 1_700_000_000_000 + 4; // ids 1..=3 are older
+        let pruned = log.prune_older_than(2, cutoff).unwrap();
+        assert_eq!(pruned, Pruned { channels: 2, messages: 4 });
+        let seqs = |c: &ChannelKey| {
+            log.read(c, 1, 0, 100, Order::Ascending).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&g), [4, 5]);
+        assert_eq!(seqs(&h), [2], "the newest stays though it is old");
+        assert_eq!(seqs(&cmd), [1], "command channels are their own channels");
+        assert_eq!(seqs(&p), [1, 2], "other types are untouched");
+        assert!(log.by_client_msg_no(&g, "s", "c1").unwrap().is_none(), "the resend index went too");
+        assert_eq!(log.by_client_msg_no(&g, "s", "c4").unwrap().map(|m| m.seq), Some(4));
+        drop(log);
+        // Seqs continue after a restart.
+        let log = MessageLog::open(kv, Durability::Fsync).unwrap();
+        assert_eq!(log.append(h.clone(), msg(9, "s", "", "m")).await.unwrap().ids(), (9, 3));
+        assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned { channels: 1, messages: 1 });
     }
 
     #[tokio::test]
