@@ -30,6 +30,17 @@ pub struct RouteAddrs {
     pub intranet_tcp_addr: String,
 }
 
+/// How `/user/onlinestatus` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnlineStatusFormat {
+    /// LiMaoIM: the array of uids online.
+    #[default]
+    Uids,
+    /// WuKongIM v2: one `{uid, device_flag, online}` per online connection.
+    Devices,
+}
+
 /// Settings the API needs from the server's configuration.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
@@ -45,6 +56,12 @@ pub struct ApiSettings {
     pub token_kick_close_delay: Duration,
     /// Delay between DISCONNECT and close for `device_quit` and bans.
     pub kick_close_delay: Duration,
+    /// How `/user/onlinestatus` answers.
+    pub online_status_format: OnlineStatusFormat,
+    /// This node's id (`/varz`, `/connz`).
+    pub node_id: u64,
+    /// When the server started, milliseconds since the epoch.
+    pub started_at_ms: i64,
 }
 
 /// What every handler can reach.

@@ -178,6 +178,19 @@ impl Core {
         self.after_members_left(key, &result?)
     }
 
+    /// Deletes a channel (not a person channel): disbanded, its member lists emptied,
+    /// its chat and command history deleted but for each one's newest message, which
+    /// keeps the seq counters. Blocking.
+    pub fn delete_channel(&self, key: &ChannelKey) -> Result<(), StoreError> {
+        self.set_channel_info(key, ChannelInfo { disband: true, ..ChannelInfo::default() })?;
+        for list in [MemberList::Subscribers, MemberList::Blacklist, MemberList::Whitelist] {
+            self.change_members(list, key, &[], ListChange::Set)?;
+        }
+        self.log().clear_channel(key)?;
+        self.log().clear_channel(&crate::channel::command_channel(key))?;
+        Ok(())
+    }
+
     /// Whether `uid` is banned from logging in (the ban of its person channel). Blocking.
     pub fn is_user_banned(&self, uid: &str) -> Result<bool, StoreError> {
         Ok(self.channel_state(&ChannelKey::new(uid, PERSON))?.info.ban)

@@ -52,6 +52,9 @@ pub struct ApiConfig {
     pub addr: String,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// `/user/onlinestatus` answers: `uids` (LiMaoIM: the uids online) or `devices`
+    /// (WuKongIM v2: one entry per online connection).
+    pub onlinestatus_format: hongyan_api::OnlineStatusFormat,
 }
 
 /// `[manager]`.
@@ -198,7 +201,11 @@ impl Default for Config {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { addr: String::new(), max_body_bytes: 1024 * 1024 }
+        Self {
+            addr: String::new(),
+            max_body_bytes: 1024 * 1024,
+            onlinestatus_format: hongyan_api::OnlineStatusFormat::Uids,
+        }
     }
 }
 

@@ -139,6 +139,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         max_body_bytes: config.api.max_body_bytes,
         token_kick_close_delay: Duration::from_secs(10),
         kick_close_delay: Duration::from_millis(config.gateway.kick_close_delay_ms),
+        online_status_format: config.api.onlinestatus_format,
+        node_id: config.node_id,
+        started_at_ms: hongyan_core::now_ms(),
     };
     let state = AppState { core: core.clone(), store, registry: registry.clone(), settings: Arc::new(settings) };
     let api = hongyan_api::wukong::router(state);

@@ -37,11 +37,13 @@ pub enum Table {
     ThreadInfo,
     /// (group id, thread id) → (): the threads of a group.
     GroupThread,
+    /// message_id → (channel, seq): where a message is.
+    MsgIdChanSeq,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -55,6 +57,7 @@ impl Table {
         Table::ChanUidRole,
         Table::ThreadInfo,
         Table::GroupThread,
+        Table::MsgIdChanSeq,
     ];
 
     /// The table's name on disk.
@@ -73,6 +76,7 @@ impl Table {
             Self::ChanUidRole => "chanuid_role",
             Self::ThreadInfo => "thread_info",
             Self::GroupThread => "groupthread_none",
+            Self::MsgIdChanSeq => "msgid_chanseq",
         }
     }
 }

@@ -60,10 +60,17 @@ impl ChannelKey {
         key
     }
 
+    /// `[channel][len][client_msg_no][from_uid]`: client_msg_no first, so one prefix
+    /// finds a client_msg_no whoever sent it.
     fn client_msg_no_key(&self, from_uid: &str, client_msg_no: &str) -> Vec<u8> {
+        let mut key = self.client_msg_no_prefix(client_msg_no);
+        key.extend_from_slice(from_uid.as_bytes());
+        key
+    }
+
+    fn client_msg_no_prefix(&self, client_msg_no: &str) -> Vec<u8> {
         let mut key = self.prefix();
-        push_str16(&mut key, from_uid);
-        key.extend_from_slice(client_msg_no.as_bytes());
+        push_str16(&mut key, client_msg_no);
         key
     }
 }
@@ -357,6 +364,35 @@ impl MessageLog {
             .collect()
     }
 
+    /// The message with `message_id` and its channel, if stored. Blocking.
+    pub fn by_message_id(&self, message_id: i64) -> Result<Option<(ChannelKey, StoredMessage)>> {
+        let Some(key) = self.kv.get(Table::MsgIdChanSeq, &message_id.to_be_bytes())? else { return Ok(None) };
+        let channel = channel_from_message_key(&key)?;
+        let seq = seq_from_key(&key)?;
+        Ok(self.read(&channel, seq, seq + 1, 1, Order::Ascending)?.into_iter().next().map(|m| (channel, m)))
+    }
+
+    /// The messages stored under `client_msg_no` in `channel`, by any sender, in seq
+    /// order. Blocking.
+    pub fn read_by_client_msg_no(&self, channel: &ChannelKey, client_msg_no: &str) -> Result<Vec<StoredMessage>> {
+        if client_msg_no.is_empty() || client_msg_no.len() > usize::from(u16::MAX) {
+            return Ok(Vec::new());
+        }
+        let prefix = channel.client_msg_no_prefix(client_msg_no);
+        let mut found = Vec::new();
+        for (_, value) in self.kv.scan_prefix(Table::ChanClientMsgNo, &prefix, 64)? {
+            let mut r = ValueReader { rest: &value };
+            let bad = || StoreError::Corrupt { table: Table::ChanClientMsgNo.name(), what: "ids" };
+            if r.u8() != Some(FORMAT_V1) {
+                return Err(bad());
+            }
+            let (_, seq) = (r.i64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?);
+            found.extend(self.read(channel, seq, seq + 1, 1, Order::Ascending)?);
+        }
+        found.sort_by_key(|m| m.seq);
+        Ok(found)
+    }
+
     /// The message a sender stored under `client_msg_no`, if any. Blocking.
     pub fn by_client_msg_no(
         &self,
@@ -376,7 +412,6 @@ impl MessageLog {
     /// entries go with them. Appends may run meanwhile: they only add newer seqs.
     /// Blocking; works in batches of at most 1,024 deletions.
     pub fn prune_older_than(&self, channel_type: u8, cutoff_ms: i64) -> Result<Pruned> {
-        const PAGE: usize = 512;
         let mut pruned = Pruned::default();
         let mut from = vec![channel_type];
         let end = vec![channel_type.saturating_add(1)];
@@ -384,44 +419,7 @@ impl MessageLog {
             let first = self.kv.scan_range(Table::ChanSeqMessage, &from, &end, 1, Order::Ascending)?;
             let Some((key, _)) = first.into_iter().next() else { break };
             let channel = channel_from_message_key(&key)?;
-            let last = last_seq(&*self.kv, &channel)?;
-            let mut next = seq_from_key(&key)?;
-            let mut removed_here = 0;
-            'channel: while next < last {
-                let page = self.kv.scan_range(
-                    Table::ChanSeqMessage,
-                    &channel.message_key(next),
-                    &channel.message_key(last),
-                    PAGE,
-                    Order::Ascending,
-                )?;
-                if page.is_empty() {
-                    break;
-                }
-                let mut writes = Vec::with_capacity(2 * page.len());
-                let mut stop = false;
-                for (key, value) in &page {
-                    let message = decode(value)?;
-                    if message.timestamp_ms >= cutoff_ms {
-                        stop = true;
-                        break;
-                    }
-                    writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
-                    if !message.client_msg_no.is_empty() {
-                        let index = channel.client_msg_no_key(&message.from_uid, &message.client_msg_no);
-                        writes.push(Write::Delete(Table::ChanClientMsgNo, index));
-                    }
-                    next = seq_from_key(key)? + 1;
-                }
-                let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
-                if count > 0 {
-                    self.kv.write(writes, true)?;
-                    removed_here += count;
-                }
-                if stop || page.len() < PAGE {
-                    break 'channel;
-                }
-            }
+            let removed_here = self.prune_channel(&channel, seq_from_key(&key)?, cutoff_ms)?;
             if removed_here > 0 {
                 pruned.channels += 1;
                 pruned.messages += removed_here;
@@ -430,6 +428,58 @@ impl MessageLog {
             from.extend_from_slice(&[0xff; 9]);
         }
         Ok(pruned)
+    }
+
+    /// Removes `channel`'s messages stored before `cutoff_ms` from seq `first` on, oldest
+    /// first, never its newest. Returns how many went. Blocking.
+    fn prune_channel(&self, channel: &ChannelKey, first: u64, cutoff_ms: i64) -> Result<usize> {
+        const PAGE: usize = 512;
+        let last = last_seq(&*self.kv, channel)?;
+        let mut next = first;
+        let mut removed_here = 0;
+        while next < last {
+            let page = self.kv.scan_range(
+                Table::ChanSeqMessage,
+                &channel.message_key(next),
+                &channel.message_key(last),
+                PAGE,
+                Order::Ascending,
+            )?;
+            if page.is_empty() {
+                break;
+            }
+            let mut writes = Vec::with_capacity(2 * page.len());
+            let mut stop = false;
+            for (key, value) in &page {
+                let message = decode(value)?;
+                if message.timestamp_ms >= cutoff_ms {
+                    stop = true;
+                    break;
+                }
+                writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
+                writes.push(Write::Delete(Table::MsgIdChanSeq, message.message_id.to_be_bytes().to_vec()));
+                if !message.client_msg_no.is_empty() {
+                    let index = channel.client_msg_no_key(&message.from_uid, &message.client_msg_no);
+                    writes.push(Write::Delete(Table::ChanClientMsgNo, index));
+                }
+                next = seq_from_key(key)? + 1;
+            }
+            let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
+            if count > 0 {
+                self.kv.write(writes, true)?;
+                removed_here += count;
+            }
+            if stop || page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(removed_here)
+    }
+
+    /// Deletes `channel`'s history but its newest message (which keeps the seq counter,
+    /// so a channel created again under the same id continues its seqs). Blocking.
+    pub fn clear_channel(&self, channel: &ChannelKey) -> Result<usize> {
+        self.prune_channel(channel, 1, i64::MAX)
     }
 
     /// Stops accepting appends, lets the writer finish what it has, and waits for it.
@@ -581,7 +631,9 @@ impl Writer {
                 }
             }
             let seq = self.take_seq(&job.channel)?;
-            writes.push(Write::Put(Table::ChanSeqMessage, job.channel.message_key(seq), encode(m)));
+            let key = job.channel.message_key(seq);
+            writes.push(Write::Put(Table::MsgIdChanSeq, m.message_id.to_be_bytes().to_vec(), key.clone()));
+            writes.push(Write::Put(Table::ChanSeqMessage, key, encode(m)));
             if seq == 1 {
                 writes.extend(job.with_first.iter().cloned());
             }
@@ -752,12 +804,19 @@ mod tests {
         assert_eq!(seqs(&cmd), [1], "command channels are their own channels");
         assert_eq!(seqs(&p), [1, 2], "other types are untouched");
         assert!(log.by_client_msg_no(&g, "s", "c1").unwrap().is_none(), "the resend index went too");
+        assert!(log.by_message_id(3).unwrap().is_none(), "and the id index");
+        assert_eq!(log.by_message_id(5).unwrap().map(|(c, m)| (c, m.seq)), Some((g.clone(), 5)));
         assert_eq!(log.by_client_msg_no(&g, "s", "c4").unwrap().map(|m| m.seq), Some(4));
+        assert_eq!(log.read_by_client_msg_no(&g, "c4").unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
+        assert!(log.read_by_client_msg_no(&g, "c").unwrap().is_empty(), "a prefix of a client_msg_no is not it");
         drop(log);
         // Seqs continue after a restart.
         let log = MessageLog::open(kv, Durability::Fsync).unwrap();
         assert_eq!(log.append(h.clone(), msg(9, "s", "", "m")).await.unwrap().ids(), (9, 3));
         assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned { channels: 1, messages: 1 });
+        // Clearing a channel keeps only its newest message.
+        assert_eq!(log.clear_channel(&g).unwrap(), 1);
+        assert_eq!(log.read(&g, 1, 0, 10, Order::Ascending).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [5]);
     }
 
     #[tokio::test]
@@ -805,6 +864,8 @@ mod tests {
         );
         let m = &log.read(&g, 3, 4, 1, Order::Ascending).unwrap()[0];
         assert_eq!(m.message, msg(3, "s", "", "m"), "every field round-trips");
+        assert_eq!(log.by_message_id(4).unwrap().map(|(c, m)| (c, m.seq)), Some((g.clone(), 4)));
+        assert!(log.by_message_id(99).unwrap().is_none());
     }
 
     #[tokio::test]

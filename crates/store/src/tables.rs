@@ -309,6 +309,25 @@ impl Store {
             .collect()
     }
 
+    /// Every uid on `list` of a channel with when it was (last) added, milliseconds
+    /// since the epoch, in uid order.
+    pub fn member_entries(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<Vec<(String, i64)>> {
+        let prefix = list_prefix(channel_id, channel_type);
+        self.kv
+            .scan_prefix(list.table(), &prefix, usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                let bad = || corrupt(list.table(), "member");
+                let uid = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad())?.to_owned();
+                let mut r = ValueReader { rest: &value };
+                if r.u8() != Some(FORMAT_V1) {
+                    return Err(bad());
+                }
+                Ok((uid, r.i64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Whether `uid` is on `list` of a channel.
     pub fn is_member(&self, list: MemberList, channel_id: &str, channel_type: u8, uid: &str) -> Result<bool> {
         let mut key = list_prefix(channel_id, channel_type);
@@ -337,10 +356,15 @@ impl Store {
                 writes.push(Write::Delete(list.table(), key));
             }
         }
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         for uid in uids {
             let mut key = prefix.clone();
             key.extend_from_slice(uid.as_bytes());
-            writes.push(Write::Put(list.table(), key, vec![FORMAT_V1]));
+            let mut value = Vec::with_capacity(9);
+            value.push(FORMAT_V1);
+            value.extend_from_slice(&now_ms.to_be_bytes());
+            writes.push(Write::Put(list.table(), key, value));
         }
         self.kv.write(writes, true)
     }
@@ -393,6 +417,9 @@ mod tests {
         store.add_members(MemberList::Blacklist, "g1", 2, &names(&["x"]), false).unwrap();
         assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["a", "b"]));
         assert_eq!(store.members(MemberList::Blacklist, "g1", 2).unwrap(), names(&["x"]));
+        let entries = store.member_entries(MemberList::Blacklist, "g1", 2).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].0 == "x" && entries[0].1 > 1_600_000_000_000, "{entries:?}");
         assert!(store.members(MemberList::Subscribers, "g1", 4).unwrap().is_empty());
         store.remove_members(MemberList::Subscribers, "g1", 2, &names(&["a"])).unwrap();
         assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["b"]));

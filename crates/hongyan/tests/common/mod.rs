@@ -69,6 +69,18 @@ impl TestServer {
         (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
     }
 
+    /// GETs `path` (with its query) and returns the status and the JSON answer.
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let mut req = self.http.get(self.api(path));
+        if !self.config.manager_token.is_empty() {
+            req = req.header("token", &self.config.manager_token);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    }
+
     /// Registers `token` for (uid, device_flag) at `level` (0 slave, 1 master).
     pub(crate) async fn register(&self, uid: &str, token: &str, device_flag: u8, level: u8) {
         let body = serde_json::json!({"uid": uid, "token": token, "device_flag": device_flag, "device_level": level});

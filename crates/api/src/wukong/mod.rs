@@ -24,13 +24,16 @@ use serde_json::{Value, json};
 
 use crate::{ApiError, AppState};
 
+mod admin;
+mod lookup;
+
 /// Channel type of person (one-to-one) channels.
 const PERSON: u8 = 1;
 /// Highest channel type WuKongIM defines (AgentGroup).
 const MAX_CHANNEL_TYPE: u8 = 12;
 
 /// The list endpoints: path, list and change.
-const LIST_ROUTES: [(&str, MemberList, Change); 8] = [
+const LIST_ROUTES: [(&str, MemberList, Change); 11] = [
     ("/channel/subscriber_add", MemberList::Subscribers, Change::Add),
     ("/channel/subscriber_remove", MemberList::Subscribers, Change::Remove),
     ("/channel/blacklist_add", MemberList::Blacklist, Change::Add),
@@ -39,6 +42,9 @@ const LIST_ROUTES: [(&str, MemberList, Change); 8] = [
     ("/channel/whitelist_add", MemberList::Whitelist, Change::Add),
     ("/channel/whitelist_set", MemberList::Whitelist, Change::Set),
     ("/channel/whitelist_remove", MemberList::Whitelist, Change::Remove),
+    ("/channel/subscriber_remove_all", MemberList::Subscribers, Change::RemoveAll),
+    ("/channel/blacklist_remove_all", MemberList::Blacklist, Change::RemoveAll),
+    ("/channel/whitelist_remove_all", MemberList::Whitelist, Change::RemoveAll),
 ];
 
 /// The dialect's routes, with the manager-token check and the body limit applied.
@@ -70,6 +76,19 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations/clearUnread", post(clear_unread))
         .route("/conversations/delete", post(delete_conversation))
         .route("/channel/info", post(channel_info))
+        .route("/channel/delete", post(channel_delete))
+        .route("/channel/whitelist", get(whitelist))
+        .route("/channel/max_message_seq", get(lookup::max_message_seq))
+        .route("/channel/last_message", get(lookup::last_message))
+        .route("/messages", post(lookup::messages))
+        .route("/message", post(lookup::message))
+        .route("/message/byclientmsgno", get(lookup::by_client_msg_no))
+        .route("/message/sendbatch", post(send_batch))
+        .route("/conversation/channels", post(lookup::conversation_channels))
+        .route("/conversation/syncMessages", post(lookup::sync_messages))
+        .route("/user/onlinestatus", post(admin::online_status))
+        .route("/connz", get(admin::connz))
+        .route("/varz", get(admin::varz))
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -333,6 +352,8 @@ enum Change {
     Add,
     Set,
     Remove,
+    /// Empty the list; the body names only the channel.
+    RemoveAll,
 }
 
 /// The subscriber, blacklist and whitelist endpoints. Subscriber bodies name the uids
@@ -346,7 +367,10 @@ async fn members(
     let req: ChannelInfoReq = parse(&body)?;
     check_channel(&req.channel_id, req.channel_type)?;
     let field = if list == MemberList::Subscribers { "subscribers" } else { "uids" };
-    let uids = uid_list(&req.flags, field)?;
+    let uids = if matches!(change, Change::RemoveAll) { Vec::new() } else { uid_list(&req.flags, field)? };
+    if uids.len() > MAX_LIST_CHANGE {
+        return Err(ApiError::bad(format!("{field}: at most {MAX_LIST_CHANGE} uids per call")));
+    }
     if list == MemberList::Subscribers && req.channel_type == PERSON {
         return Err(ApiError::bad("channel_type: person channels have no subscribers"));
     }
@@ -356,12 +380,120 @@ async fn members(
     let reset = matches!(change, Change::Set) || (matches!(change, Change::Add) && flag(&req.flags, "reset")?);
     let change = match change {
         Change::Remove => ListChange::Remove,
+        Change::RemoveAll => ListChange::Set,
         _ if reset => ListChange::Set,
         _ => ListChange::Add,
     };
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| c.change_members(list, &key, &uids, change).map_err(ApiError::Storage)).await?;
+    with_core(&state, move |c| {
+        c.change_members(list, &key, &uids, change)?;
+        // As in WuKongIM: blacklisting removes the channel from the users' conversations.
+        if list == MemberList::Blacklist && change != ListChange::Remove && key.channel_type != PERSON {
+            c.store().remove_conversations(&uids, &key)?;
+        }
+        Ok(())
+    })
+    .await?;
     Ok(ok())
+}
+
+/// Most uids one list change may name.
+const MAX_LIST_CHANGE: usize = 100_000;
+
+/// `POST /channel/delete`: disbands the channel, empties its lists and deletes its
+/// history (but the newest message, which keeps the seq counter). Person channels
+/// cannot be deleted.
+async fn channel_delete(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ChannelInfoReq = parse(&body)?;
+    check_channel(&req.channel_id, req.channel_type)?;
+    if req.channel_type == PERSON {
+        return Err(ApiError::bad("channel_type: person channels cannot be deleted"));
+    }
+    let key = ChannelKey::new(req.channel_id, req.channel_type);
+    with_core(&state, move |c| c.delete_channel(&key).map_err(ApiError::Storage)).await?;
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    channel_id: String,
+    channel_type: u8,
+}
+
+/// `GET /channel/whitelist`: `[{id, uid, created_at, updated_at}]` (times in seconds;
+/// `id` numbers the entries).
+async fn whitelist(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+    check_channel(&q.channel_id, q.channel_type)?;
+    let entries = with_core(&state, move |c| {
+        c.store().member_entries(MemberList::Whitelist, &q.channel_id, q.channel_type).map_err(ApiError::Storage)
+    })
+    .await?;
+    let list: Vec<Value> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (uid, at_ms))| json!({"id": i + 1, "uid": uid, "created_at": at_ms / 1000, "updated_at": at_ms / 1000}))
+        .collect();
+    Ok(Json(Value::Array(list)))
+}
+
+#[derive(Deserialize)]
+struct SendBatchReq {
+    #[serde(default)]
+    header: HeaderReq,
+    from_uid: String,
+    subscribers: Vec<String>,
+    payload: String,
+}
+
+/// `POST /message/sendbatch`: the same payload as a person message from `from_uid` to
+/// each subscriber, sent concurrently. `{"fail_uids": [...], "reason": [...]}` lists who
+/// did not get it and why (in the order asked).
+async fn send_batch(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: SendBatchReq = parse(&body)?;
+    check_uid("from_uid", &req.from_uid)?;
+    if req.subscribers.is_empty() {
+        return Err(ApiError::bad("subscribers: required"));
+    }
+    if req.subscribers.len() > MAX_SEND_SUBSCRIBERS {
+        return Err(ApiError::bad(format!("subscribers: at most {MAX_SEND_SUBSCRIBERS} uids")));
+    }
+    let payload = decode_base64("payload", &req.payload)?;
+    if payload.is_empty() {
+        return Err(ApiError::bad("payload: required"));
+    }
+    let header = hongyan_proto::HeaderFlags {
+        no_persist: req.header.no_persist == 1,
+        red_dot: req.header.red_dot == 1,
+        sync_once: req.header.sync_once == 1,
+        dup: false,
+    };
+    let mut sends = tokio::task::JoinSet::new();
+    let mut failed: Vec<(usize, String, String)> = Vec::new();
+    for (i, uid) in req.subscribers.into_iter().enumerate() {
+        if !is_valid_uid(&uid) {
+            failed.push((i, uid, ID_RULE.to_owned()));
+            continue;
+        }
+        let send = hongyan_core::AppSend {
+            from_uid: req.from_uid.clone(),
+            channel_id: uid.clone(),
+            channel_type: PERSON,
+            header,
+            payload: payload.clone(),
+            ..hongyan_core::AppSend::default()
+        };
+        let core = state.core.clone();
+        sends.spawn(async move { (i, uid, core.send_as_app(send).await) });
+    }
+    while let Some(done) = sends.join_next().await {
+        let (i, uid, result) = done.map_err(|e| ApiError::Internal(format!("send task failed: {e}")))?;
+        if let Err(reason) = result {
+            failed.push((i, uid, reason.name().to_owned()));
+        }
+    }
+    failed.sort_by_key(|f| f.0);
+    let (fail_uids, reason): (Vec<String>, Vec<String>) = failed.into_iter().map(|(_, u, r)| (u, r)).unzip();
+    Ok(Json(json!({"fail_uids": fail_uids, "reason": reason})))
 }
 
 #[derive(Deserialize, Default)]
