@@ -138,18 +138,6 @@ async fn lists_clear_and_channels_delete() {
 }
 
 #[tokio::test]
-async fn blacklisting_removes_the_conversation() {
-    let server = TestServer::start().await;
-    server.post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["a", "b"]})).await;
-    send(&server, json!({"from_uid": "a", "channel_id": "g", "channel_type": 2, "payload": b64("x")})).await;
-    let count = |v: &Value| v.as_array().unwrap().len();
-    assert_eq!(count(&server.post("/conversation/sync", json!({"uid": "b", "msg_count": 1})).await.1), 1);
-    server.post("/channel/blacklist_add", json!({"channel_id": "g", "channel_type": 2, "uids": ["b"]})).await;
-    assert_eq!(count(&server.post("/conversation/sync", json!({"uid": "b", "msg_count": 1})).await.1), 0);
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn message_lookups() {
     let server = TestServer::start().await;
     let (_, empty) = server.get("/channel/last_message?channel_id=nobody&channel_type=2").await;
@@ -259,11 +247,38 @@ async fn connz_and_varz_describe_the_node() {
     let (_, all) = server.get("/connz?limit=1&sort=uptime").await;
     assert_eq!(all["connections"].as_array().unwrap().len(), 1);
     assert_eq!(server.get("/connz?sort=bogus").await.0, 400);
+    // A malformed query string is a 400 in WuKongIM's JSON shape, like a bad body.
+    let (status, answer) = server.get("/channel/max_message_seq?channel_id=g&channel_type=two").await;
+    assert_eq!(status, 400);
+    assert!(answer["msg"].as_str().unwrap().starts_with("query:"), "{answer}");
 
     let (status, varz) = server.get("/varz").await;
     assert_eq!(status, 200);
     assert_eq!((varz["connections"].as_u64(), varz["users_online"].as_u64()), (Some(1), Some(1)));
     assert_eq!(varz["server_id"], server.config.node_id);
     assert!(varz["mem_rss_bytes"].as_u64().unwrap() > 1_000_000, "{varz}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_batches_are_refused() {
+    let server = TestServer::start().await;
+    // Over api.max_body_bytes (1 MiB): refused before it is parsed.
+    let huge = json!({"uid": "x".repeat(2 * 1024 * 1024)});
+    let (status, answer) = server.post("/user/token", huge).await;
+    assert_eq!((status, answer["status"].as_u64()), (413, Some(413)), "{answer}");
+    assert!(answer["msg"].as_str().unwrap().starts_with("body:"), "{answer}");
+    // Over a batch limit: a 400 naming the field and the limit.
+    let many: Vec<String> = (0..10_001).map(|i| format!("u{i}")).collect();
+    for (path, body, field) in [
+        ("/route/batch", json!(many), "uids"),
+        ("/user/onlinestatus", json!(many), "uids"),
+        ("/message/sendbatch", json!({"from_uid": "a", "subscribers": many, "payload": b64("x")}), "subscribers"),
+    ] {
+        let (status, answer) = server.post(path, body).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        let msg = answer["msg"].as_str().unwrap();
+        assert!(msg.starts_with(field) && msg.contains("10000"), "{path}: {msg}");
+    }
     server.stop().await;
 }

@@ -226,10 +226,6 @@ async fn run(seed: u64, operations: usize) {
                 assert_eq!(status, 200);
                 if adding {
                     list.insert(uid);
-                    // Blacklisting in a group removes the group from the user's conversations.
-                    if channel_type == 2 {
-                        oracle.cursors.remove(&(uid.to_owned(), channel_id.to_owned()));
-                    }
                 } else {
                     list.remove(uid);
                 }

@@ -2,11 +2,11 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{check_uid, parse};
+use super::{ApiQuery, check_uid, parse};
 use crate::{ApiError, AppState, OnlineStatusFormat};
 
 /// Most uids one `/user/onlinestatus` may ask about.
@@ -60,7 +60,10 @@ pub(super) struct ConnzQuery {
 }
 
 /// `GET /connz`: this node's connections, a page at a time.
-pub(super) async fn connz(State(state): State<AppState>, Query(q): Query<ConnzQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn connz(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ConnzQuery>,
+) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit {
         0 => 20,
         n if n > 1_000 => return Err(ApiError::bad("limit: at most 1000")),

@@ -3,12 +3,12 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use hongyan_store::{ChannelKey, Order, StoredMessage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{PERSON, SYNC_LIMIT_MAX, check_channel, check_uid, message_json, parse, with_core};
+use super::{ApiQuery, PERSON, SYNC_LIMIT_MAX, check_channel, check_uid, message_json, parse, with_core};
 use crate::{ApiError, AppState};
 
 /// The stored channel a request names: for person chats `channel_id` is the peer and
@@ -42,7 +42,7 @@ pub(super) struct ChannelQuery {
 /// `GET /channel/max_message_seq`: `{"message_seq": n}`, 0 for an empty channel.
 pub(super) async fn max_message_seq(
     State(state): State<AppState>,
-    Query(q): Query<ChannelQuery>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = stored_channel(&q.login_uid, &q.channel_id, q.channel_type)?;
     let seq = with_core(&state, move |c| c.log().last_seq(&channel).map_err(ApiError::Storage)).await?;
@@ -52,7 +52,7 @@ pub(super) async fn max_message_seq(
 /// `GET /channel/last_message`: the newest message, or `{"status":404}`.
 pub(super) async fn last_message(
     State(state): State<AppState>,
-    Query(q): Query<ChannelQuery>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = stored_channel(&q.login_uid, &q.channel_id, q.channel_type)?;
     let key = channel.clone();
@@ -161,7 +161,7 @@ pub(super) struct ByClientMsgNoQuery {
 /// stored id (`a@b`).
 pub(super) async fn by_client_msg_no(
     State(state): State<AppState>,
-    Query(q): Query<ByClientMsgNoQuery>,
+    ApiQuery(q): ApiQuery<ByClientMsgNoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if q.channel_type == PERSON {
         let valid = hongyan_core::channel::person_channel_members(&q.channel_id)

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
 use hongyan_gateway::{CloseReason, Conn, ID_RULE, is_valid_uid};
@@ -47,51 +47,137 @@ const LIST_ROUTES: [(&str, MemberList, Change); 11] = [
     ("/channel/whitelist_remove_all", MemberList::Whitelist, Change::RemoveAll),
 ];
 
+/// One endpoint: what it is for, and its handler.
+struct Endpoint {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    Endpoint { method, path, summary, handler }
+}
+
+/// Every endpoint of the dialect. The router and the OpenAPI document are both built
+/// from this list, so the document names exactly what is served.
+fn endpoints() -> Vec<Endpoint> {
+    let system_uids_add = || post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true));
+    let system_uids_remove = || post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false));
+    let mut all = vec![
+        endpoint("get", "/health", "Liveness", get(health)),
+        endpoint("get", "/openapi.json", "This document", get(openapi_json)),
+        endpoint("get", "/route", "Addresses a client connects to", get(route)),
+        endpoint("post", "/route/batch", "Addresses for many uids, grouped by node", post(route_batch)),
+        endpoint("post", "/user/token", "Register a login token for (uid, device flag)", post(user_token)),
+        endpoint("post", "/user/device_quit", "Forget a device's token and kick it", post(device_quit)),
+        endpoint("post", "/user/onlinestatus", "Which of these uids are online", post(admin::online_status)),
+        endpoint("get", "/user/systemuids", "The system accounts", get(system_uids)),
+        endpoint("post", "/user/systemuids_add", "Make uids system accounts", system_uids_add()),
+        endpoint("post", "/user/systemuids_remove", "Make system accounts ordinary", system_uids_remove()),
+        endpoint("post", "/systemuids_add", "LiMaoIM's path of /user/systemuids_add", system_uids_add()),
+        endpoint("post", "/systemuids_remove", "LiMaoIM's path of /user/systemuids_remove", system_uids_remove()),
+        endpoint("post", "/channel", "Create or update a channel and add subscribers", post(channel_create)),
+        endpoint("post", "/channel/info", "Set a channel's attributes", post(channel_info)),
+        endpoint("post", "/channel/delete", "Disband a channel and delete its history", post(channel_delete)),
+        endpoint("get", "/channel/whitelist", "A channel's whitelist", get(whitelist)),
+        endpoint("post", "/channel/messagesync", "A page of a channel's history", post(message_sync)),
+        endpoint("get", "/channel/max_message_seq", "A channel's last seq", get(lookup::max_message_seq)),
+        endpoint("get", "/channel/last_message", "A channel's newest message", get(lookup::last_message)),
+        endpoint("post", "/message/send", "Send a message", post(message_send)),
+        endpoint("post", "/message/sendbatch", "Send one message to many people", post(send_batch)),
+        endpoint("post", "/message/sync", "A user's unconsumed command messages", post(command_sync)),
+        endpoint("post", "/message/syncack", "Consume what the last /message/sync returned", post(command_sync_ack)),
+        endpoint("post", "/messages", "Messages of a channel by seq, id or client_msg_no", post(lookup::messages)),
+        endpoint("post", "/message", "One message by id or client_msg_no", post(lookup::message)),
+        endpoint("get", "/message/byclientmsgno", "One message by client_msg_no", get(lookup::by_client_msg_no)),
+        endpoint("post", "/conversation/sync", "A user's conversations with unread counts", post(conversation_sync)),
+        endpoint(
+            "post",
+            "/conversation/channels",
+            "A user's conversations as stored channels",
+            post(lookup::conversation_channels),
+        ),
+        endpoint("post", "/conversation/syncMessages", "Catch up on several channels", post(lookup::sync_messages)),
+        endpoint("post", "/conversations/setUnread", "Leave N messages unread", post(set_unread)),
+        endpoint("post", "/conversations/clearUnread", "Mark a conversation read", post(clear_unread)),
+        endpoint("post", "/conversations/delete", "Hide a conversation until news", post(delete_conversation)),
+        endpoint("get", "/connz", "This node's connections", get(admin::connz)),
+        endpoint("get", "/varz", "This node's statistics", get(admin::varz)),
+    ];
+    for (path, list, change) in LIST_ROUTES {
+        let handler = post(move |s: State<AppState>, b: Bytes| members(s, b, list, change));
+        let summary = match change {
+            Change::Add => "Add uids to a channel list",
+            Change::Set => "Replace a channel list",
+            Change::Remove => "Remove uids from a channel list",
+            Change::RemoveAll => "Empty a channel list",
+        };
+        all.push(endpoint("post", path, summary, handler));
+    }
+    all
+}
+
 /// The dialect's routes, with the manager-token check and the body limit applied.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    let mut router = Router::new();
-    for (path, list, change) in LIST_ROUTES {
-        router = router.route(path, post(move |s: State<AppState>, b: Bytes| members(s, b, list, change)));
-    }
-    router
-        .route("/health", get(health))
-        .route("/route", get(route))
-        .route("/route/batch", post(route_batch))
-        .route("/user/token", post(user_token))
-        .route("/user/device_quit", post(device_quit))
-        .route("/user/systemuids", get(system_uids))
-        .route("/user/systemuids_add", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true)))
-        .route("/user/systemuids_remove", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false)))
-        // LiMaoIM's paths for the same calls.
-        .route("/systemuids_add", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true)))
-        .route("/systemuids_remove", post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false)))
-        .route("/channel", post(channel_create))
-        .route("/message/send", post(message_send))
-        .route("/channel/messagesync", post(message_sync))
-        .route("/message/sync", post(command_sync))
-        .route("/message/syncack", post(command_sync_ack))
-        .route("/conversation/sync", post(conversation_sync))
-        .route("/conversations/setUnread", post(set_unread))
-        .route("/conversations/clearUnread", post(clear_unread))
-        .route("/conversations/delete", post(delete_conversation))
-        .route("/channel/info", post(channel_info))
-        .route("/channel/delete", post(channel_delete))
-        .route("/channel/whitelist", get(whitelist))
-        .route("/channel/max_message_seq", get(lookup::max_message_seq))
-        .route("/channel/last_message", get(lookup::last_message))
-        .route("/messages", post(lookup::messages))
-        .route("/message", post(lookup::message))
-        .route("/message/byclientmsgno", get(lookup::by_client_msg_no))
-        .route("/message/sendbatch", post(send_batch))
-        .route("/conversation/channels", post(lookup::conversation_channels))
-        .route("/conversation/syncMessages", post(lookup::sync_messages))
-        .route("/user/onlinestatus", post(admin::online_status))
-        .route("/connz", get(admin::connz))
-        .route("/varz", get(admin::varz))
+    endpoints()
+        .into_iter()
+        .fold(Router::new(), |router, e| router.route(e.path, e.handler))
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::map_response(move |r: Response| json_body_limit(r, limit)))
         .with_state(state)
+}
+
+/// A body over the limit is refused (413) before any handler runs; say so in
+/// WuKongIM's JSON error shape rather than axum's plain text.
+async fn json_body_limit(response: Response, limit: usize) -> Response {
+    if response.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let body = json!({"msg": format!("body: larger than {limit} bytes (api.max_body_bytes)"), "status": 413});
+    (axum::http::StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
+}
+
+/// The OpenAPI 3.1 document of the dialect.
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for e in endpoints() {
+        let mut operation = json!({
+            "summary": e.summary,
+            "responses": {
+                "200": {"description": "Success, in WuKongIM's shape (see docs/api.md)", "content": {"application/json": {}}},
+                "400": {"description": "Bad input: {\"msg\": \"<field>: <problem>\", \"status\": 400}"},
+                "401": {"description": "Missing or wrong `token` header (when a manager token is set)"}
+            }
+        });
+        if e.method == "post" {
+            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {}}}});
+        }
+        let item = paths.entry(e.path).or_insert_with(|| json!({}));
+        item[e.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Hongyan HTTP API (WuKongIM / LiMaoIM dialect)",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Request and answer bodies are described in docs/api.md."
+        },
+        "components": {"securitySchemes": {"managerToken": {"type": "apiKey", "in": "header", "name": "token"}}},
+        "security": [{"managerToken": []}],
+        "paths": paths,
+    })
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi())
 }
 
 /// With a manager token configured, every request must carry it in the `token` header.
@@ -119,6 +205,19 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             ApiError::bad(format!("{path}: {}", e.inner()))
         }
     })
+}
+
+/// A query string parsed like a body: a malformed one is a 400 in WuKongIM's shape.
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| Self(q))
+            .map_err(|e| ApiError::bad(format!("query: {}", e.body_text())))
+    }
 }
 
 fn ok() -> Json<Value> {
@@ -168,17 +267,20 @@ fn route_addrs(state: &AppState, q: &RouteQuery) -> Value {
 }
 
 /// `GET /route?uid=…&intranet=0|1`: where a client should connect.
-async fn route(State(state): State<AppState>, Query(q): Query<RouteQuery>) -> Json<Value> {
+async fn route(State(state): State<AppState>, ApiQuery(q): ApiQuery<RouteQuery>) -> Json<Value> {
     Json(route_addrs(&state, &q))
 }
 
 /// `POST /route/batch` with a JSON array of uids: one group, since one node serves all.
 async fn route_batch(
     State(state): State<AppState>,
-    Query(q): Query<RouteQuery>,
+    ApiQuery(q): ApiQuery<RouteQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let uids: Vec<String> = parse(&body)?;
+    if uids.len() > MAX_SEND_SUBSCRIBERS {
+        return Err(ApiError::bad(format!("uids: at most {MAX_SEND_SUBSCRIBERS} per call")));
+    }
     let mut group = route_addrs(&state, &q);
     group["uids"] = json!(uids);
     Ok(Json(json!([group])))
@@ -385,15 +487,7 @@ async fn members(
         _ => ListChange::Add,
     };
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| {
-        c.change_members(list, &key, &uids, change)?;
-        // As in WuKongIM: blacklisting removes the channel from the users' conversations.
-        if list == MemberList::Blacklist && change != ListChange::Remove && key.channel_type != PERSON {
-            c.store().remove_conversations(&uids, &key)?;
-        }
-        Ok(())
-    })
-    .await?;
+    with_core(&state, move |c| c.change_members(list, &key, &uids, change).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
@@ -422,7 +516,7 @@ struct ListQuery {
 
 /// `GET /channel/whitelist`: `[{id, uid, created_at, updated_at}]` (times in seconds;
 /// `id` numbers the entries).
-async fn whitelist(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn whitelist(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
     check_channel(&q.channel_id, q.channel_type)?;
     let entries = with_core(&state, move |c| {
         c.store().member_entries(MemberList::Whitelist, &q.channel_id, q.channel_type).map_err(ApiError::Storage)
