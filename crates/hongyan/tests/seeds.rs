@@ -146,6 +146,18 @@ async fn the_openapi_document_names_every_route_served_and_documented() {
     }
     assert!(listed.len() >= 45, "{} operations", listed.len());
 
+    // Every POST says what it takes, from the handlers' own request types.
+    for (method, path) in listed.iter().filter(|(m, _)| m == "post") {
+        let schema = &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+        assert!(schema["type"] == "object" || schema["type"] == "array", "{path}: {schema}");
+    }
+    let send = &doc["paths"]["/message/send"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(send["required"], json!(["payload"]), "{send}");
+    assert!(send["properties"]["header"].is_object() && send["properties"]["subscribers"]["type"] == "array");
+    let query = &doc["paths"]["/channel/max_message_seq"]["get"]["parameters"];
+    let names: BTreeSet<&str> = query.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["channel_id", "channel_type", "login_uid"]));
+
     // Everything listed is served: no 404 or 405 for its method (bad bodies get 400).
     for (method, path) in &listed {
         let status = if method == "get" { server.get(path).await.0 } else { server.post(path, json!({})).await.0 };
@@ -161,5 +173,30 @@ async fn the_openapi_document_names_every_route_served_and_documented() {
     assert!(missing.is_empty(), "described in docs/api.md but not in the OpenAPI document: {missing:?}");
     let undocumented: Vec<_> = listed.difference(&documented).collect();
     assert!(undocumented.is_empty(), "served but not described in docs/api.md: {undocumented:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_a_400_on_every_post_route() {
+    let server = TestServer::start().await;
+    let (_, doc) = server.get("/openapi.json").await;
+    let http = reqwest::Client::new();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if item.get("post").is_none() {
+            continue;
+        }
+        for body in ["{not json", "\"a string\"", "{\"channel_id\": 5, \"uid\": [], \"uids\": 7}"] {
+            let resp =
+                http.post(server.api(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let answer: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+            assert_eq!(status, 400, "{path} with {body}: {answer}");
+            assert_eq!(answer["status"], 400, "{path}: {answer}");
+            assert!(!answer["msg"].as_str().unwrap().is_empty(), "{path}: {answer}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 35, "{checked} POST routes");
     server.stop().await;
 }

@@ -46,7 +46,7 @@ pub(super) async fn online_status(State(state): State<AppState>, body: Bytes) ->
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ConnzQuery {
     #[serde(default)]
     offset: usize,

@@ -31,7 +31,7 @@ fn live(m: &StoredMessage) -> bool {
     !hongyan_core::commands::is_expired(&m.message, hongyan_core::now_ms())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ChannelQuery {
     channel_id: String,
     channel_type: u8,
@@ -64,7 +64,7 @@ pub(super) async fn last_message(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct MessagesReq {
     #[serde(default)]
     login_uid: String,
@@ -116,7 +116,7 @@ pub(super) async fn messages(State(state): State<AppState>, body: Bytes) -> Resu
     Ok(Json(json!({"start_message_seq": 0, "end_message_seq": 0, "more": 0, "messages": messages})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct MessageReq {
     #[serde(default)]
     login_uid: String,
@@ -150,7 +150,7 @@ pub(super) async fn message(State(state): State<AppState>, body: Bytes) -> Resul
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ByClientMsgNoQuery {
     channel_id: String,
     channel_type: u8,
@@ -184,7 +184,7 @@ pub(super) async fn by_client_msg_no(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UidReq {
     uid: String,
 }
@@ -203,7 +203,7 @@ pub(super) async fn conversation_channels(State(state): State<AppState>, body: B
     Ok(Json(Value::Array(channels)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ChannelSeq {
     channel_id: String,
     channel_type: u8,
@@ -211,7 +211,7 @@ struct ChannelSeq {
     last_msg_seq: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct SyncMessagesReq {
     uid: String,
     channels: Vec<ChannelSeq>,

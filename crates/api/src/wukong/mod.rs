@@ -47,12 +47,16 @@ const LIST_ROUTES: [(&str, MemberList, Change); 11] = [
     ("/channel/whitelist_remove_all", MemberList::Whitelist, Change::RemoveAll),
 ];
 
-/// One endpoint: what it is for, and its handler.
+/// One endpoint: what it is for, what it takes, and its handler.
 struct Endpoint {
     method: &'static str,
     path: &'static str,
     summary: &'static str,
     handler: MethodRouter<AppState>,
+    /// JSON schema of the request body.
+    body: Option<fn() -> Value>,
+    /// JSON schema (an object) of the query string.
+    query: Option<fn() -> Value>,
 }
 
 fn endpoint(
@@ -61,7 +65,70 @@ fn endpoint(
     summary: &'static str,
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
-    Endpoint { method, path, summary, handler }
+    Endpoint { method, path, summary, handler, body: None, query: None }
+}
+
+impl Endpoint {
+    fn body(mut self, schema: fn() -> Value) -> Self {
+        self.body = Some(schema);
+        self
+    }
+
+    fn query(mut self, schema: fn() -> Value) -> Self {
+        self.query = Some(schema);
+        self
+    }
+}
+
+/// The JSON schema of `T`, from its serde-facing derive.
+fn schema_of<T: utoipa::PartialSchema>() -> Value {
+    serde_json::to_value(T::schema()).unwrap_or(Value::Null)
+}
+
+/// Channel bodies of `/channel` and `/channel/info`, for the document (the handlers
+/// read the 0/1 attributes loosely).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ChannelBody {
+    channel_id: String,
+    channel_type: u8,
+    ban: Option<u8>,
+    disband: Option<u8>,
+    send_ban: Option<u8>,
+    large: Option<u8>,
+    allow_stranger: Option<u8>,
+    /// `/channel` only: replace the subscribers.
+    reset: Option<u8>,
+    /// `/channel` only.
+    subscribers: Option<Vec<String>>,
+}
+
+/// Bodies of the subscriber endpoints, for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct SubscribersBody {
+    channel_id: String,
+    channel_type: u8,
+    subscribers: Vec<String>,
+    /// `subscriber_add` only: replace the list.
+    reset: Option<u8>,
+}
+
+/// Bodies of the blacklist and whitelist endpoints, for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UidsBody {
+    channel_id: String,
+    channel_type: u8,
+    uids: Vec<String>,
+}
+
+/// Bodies that name only a channel, for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ChannelRefBody {
+    channel_id: String,
+    channel_type: u8,
 }
 
 /// Every endpoint of the dialect. The router and the OpenAPI document are both built
@@ -72,42 +139,69 @@ fn endpoints() -> Vec<Endpoint> {
     let mut all = vec![
         endpoint("get", "/health", "Liveness", get(health)),
         endpoint("get", "/openapi.json", "This document", get(openapi_json)),
-        endpoint("get", "/route", "Addresses a client connects to", get(route)),
-        endpoint("post", "/route/batch", "Addresses for many uids, grouped by node", post(route_batch)),
-        endpoint("post", "/user/token", "Register a login token for (uid, device flag)", post(user_token)),
-        endpoint("post", "/user/device_quit", "Forget a device's token and kick it", post(device_quit)),
-        endpoint("post", "/user/onlinestatus", "Which of these uids are online", post(admin::online_status)),
+        endpoint("get", "/route", "Addresses a client connects to", get(route)).query(schema_of::<RouteQuery>),
+        endpoint("post", "/route/batch", "Addresses for many uids, grouped by node", post(route_batch))
+            .body(schema_of::<Vec<String>>)
+            .query(schema_of::<RouteQuery>),
+        endpoint("post", "/user/token", "Register a login token for (uid, device flag)", post(user_token))
+            .body(schema_of::<UserTokenReq>),
+        endpoint("post", "/user/device_quit", "Forget a device's token and kick it", post(device_quit))
+            .body(schema_of::<DeviceQuitReq>),
+        endpoint("post", "/user/onlinestatus", "Which of these uids are online", post(admin::online_status))
+            .body(schema_of::<Vec<String>>),
         endpoint("get", "/user/systemuids", "The system accounts", get(system_uids)),
-        endpoint("post", "/user/systemuids_add", "Make uids system accounts", system_uids_add()),
-        endpoint("post", "/user/systemuids_remove", "Make system accounts ordinary", system_uids_remove()),
-        endpoint("post", "/systemuids_add", "LiMaoIM's path of /user/systemuids_add", system_uids_add()),
-        endpoint("post", "/systemuids_remove", "LiMaoIM's path of /user/systemuids_remove", system_uids_remove()),
-        endpoint("post", "/channel", "Create or update a channel and add subscribers", post(channel_create)),
-        endpoint("post", "/channel/info", "Set a channel's attributes", post(channel_info)),
-        endpoint("post", "/channel/delete", "Disband a channel and delete its history", post(channel_delete)),
-        endpoint("get", "/channel/whitelist", "A channel's whitelist", get(whitelist)),
-        endpoint("post", "/channel/messagesync", "A page of a channel's history", post(message_sync)),
-        endpoint("get", "/channel/max_message_seq", "A channel's last seq", get(lookup::max_message_seq)),
-        endpoint("get", "/channel/last_message", "A channel's newest message", get(lookup::last_message)),
-        endpoint("post", "/message/send", "Send a message", post(message_send)),
-        endpoint("post", "/message/sendbatch", "Send one message to many people", post(send_batch)),
-        endpoint("post", "/message/sync", "A user's unconsumed command messages", post(command_sync)),
-        endpoint("post", "/message/syncack", "Consume what the last /message/sync returned", post(command_sync_ack)),
-        endpoint("post", "/messages", "Messages of a channel by seq, id or client_msg_no", post(lookup::messages)),
-        endpoint("post", "/message", "One message by id or client_msg_no", post(lookup::message)),
-        endpoint("get", "/message/byclientmsgno", "One message by client_msg_no", get(lookup::by_client_msg_no)),
-        endpoint("post", "/conversation/sync", "A user's conversations with unread counts", post(conversation_sync)),
+        endpoint("post", "/user/systemuids_add", "Make uids system accounts", system_uids_add())
+            .body(schema_of::<UidsReq>),
+        endpoint("post", "/user/systemuids_remove", "Make system accounts ordinary", system_uids_remove())
+            .body(schema_of::<UidsReq>),
+        endpoint("post", "/systemuids_add", "LiMaoIM's path of /user/systemuids_add", system_uids_add())
+            .body(schema_of::<UidsReq>),
+        endpoint("post", "/systemuids_remove", "LiMaoIM's path of /user/systemuids_remove", system_uids_remove())
+            .body(schema_of::<UidsReq>),
+        endpoint("post", "/channel", "Create or update a channel and add subscribers", post(channel_create))
+            .body(schema_of::<ChannelBody>),
+        endpoint("post", "/channel/info", "Set a channel's attributes", post(channel_info))
+            .body(schema_of::<ChannelBody>),
+        endpoint("post", "/channel/delete", "Disband a channel and delete its history", post(channel_delete))
+            .body(schema_of::<ChannelRefBody>),
+        endpoint("get", "/channel/whitelist", "A channel's whitelist", get(whitelist)).query(schema_of::<ListQuery>),
+        endpoint("post", "/channel/messagesync", "A page of a channel's history", post(message_sync))
+            .body(schema_of::<MessageSyncReq>),
+        endpoint("get", "/channel/max_message_seq", "A channel's last seq", get(lookup::max_message_seq))
+            .query(schema_of::<lookup::ChannelQuery>),
+        endpoint("get", "/channel/last_message", "A channel's newest message", get(lookup::last_message))
+            .query(schema_of::<lookup::ChannelQuery>),
+        endpoint("post", "/message/send", "Send a message", post(message_send)).body(schema_of::<MessageSendReq>),
+        endpoint("post", "/message/sendbatch", "Send one message to many people", post(send_batch))
+            .body(schema_of::<SendBatchReq>),
+        endpoint("post", "/message/sync", "A user's unconsumed command messages", post(command_sync))
+            .body(schema_of::<CommandSyncReq>),
+        endpoint("post", "/message/syncack", "Consume what the last /message/sync returned", post(command_sync_ack))
+            .body(schema_of::<CommandSyncAckReq>),
+        endpoint("post", "/messages", "Messages of a channel by seq, id or client_msg_no", post(lookup::messages))
+            .body(schema_of::<lookup::MessagesReq>),
+        endpoint("post", "/message", "One message by id or client_msg_no", post(lookup::message))
+            .body(schema_of::<lookup::MessageReq>),
+        endpoint("get", "/message/byclientmsgno", "One message by client_msg_no", get(lookup::by_client_msg_no))
+            .query(schema_of::<lookup::ByClientMsgNoQuery>),
+        endpoint("post", "/conversation/sync", "A user's conversations with unread counts", post(conversation_sync))
+            .body(schema_of::<ConversationSyncReq>),
         endpoint(
             "post",
             "/conversation/channels",
             "A user's conversations as stored channels",
             post(lookup::conversation_channels),
-        ),
-        endpoint("post", "/conversation/syncMessages", "Catch up on several channels", post(lookup::sync_messages)),
-        endpoint("post", "/conversations/setUnread", "Leave N messages unread", post(set_unread)),
-        endpoint("post", "/conversations/clearUnread", "Mark a conversation read", post(clear_unread)),
-        endpoint("post", "/conversations/delete", "Hide a conversation until news", post(delete_conversation)),
-        endpoint("get", "/connz", "This node's connections", get(admin::connz)),
+        )
+        .body(schema_of::<lookup::UidReq>),
+        endpoint("post", "/conversation/syncMessages", "Catch up on several channels", post(lookup::sync_messages))
+            .body(schema_of::<lookup::SyncMessagesReq>),
+        endpoint("post", "/conversations/setUnread", "Leave N messages unread", post(set_unread))
+            .body(schema_of::<ConversationReq>),
+        endpoint("post", "/conversations/clearUnread", "Mark a conversation read", post(clear_unread))
+            .body(schema_of::<ConversationReq>),
+        endpoint("post", "/conversations/delete", "Hide a conversation until news", post(delete_conversation))
+            .body(schema_of::<ConversationReq>),
+        endpoint("get", "/connz", "This node's connections", get(admin::connz)).query(schema_of::<admin::ConnzQuery>),
         endpoint("get", "/varz", "This node's statistics", get(admin::varz)),
     ];
     for (path, list, change) in LIST_ROUTES {
@@ -118,7 +212,12 @@ fn endpoints() -> Vec<Endpoint> {
             Change::Remove => "Remove uids from a channel list",
             Change::RemoveAll => "Empty a channel list",
         };
-        all.push(endpoint("post", path, summary, handler));
+        let body: fn() -> Value = match (list, change) {
+            (_, Change::RemoveAll) => schema_of::<ChannelRefBody>,
+            (MemberList::Subscribers, _) => schema_of::<SubscribersBody>,
+            _ => schema_of::<UidsBody>,
+        };
+        all.push(endpoint("post", path, summary, handler).body(body));
     }
     all
 }
@@ -157,8 +256,26 @@ pub fn openapi() -> Value {
                 "401": {"description": "Missing or wrong `token` header (when a manager token is set)"}
             }
         });
-        if e.method == "post" {
-            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {}}}});
+        if let Some(body) = e.body {
+            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body()}}});
+        }
+        if let Some(query) = e.query {
+            let schema = query();
+            let required: Vec<&str> =
+                schema["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let parameters: Vec<Value> = schema["properties"]
+                .as_object()
+                .map(|props| {
+                    props
+                        .iter()
+                        .map(|(name, s)| {
+                            let required = required.contains(&name.as_str());
+                            json!({"name": name, "in": "query", "required": required, "schema": s})
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            operation["parameters"] = Value::Array(parameters);
         }
         let item = paths.entry(e.path).or_insert_with(|| json!({}));
         item[e.method] = operation;
@@ -251,7 +368,7 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RouteQuery {
     #[serde(default)]
     intranet: Option<String>,
@@ -286,7 +403,7 @@ async fn route_batch(
     Ok(Json(json!([group])))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UserTokenReq {
     uid: String,
     token: String,
@@ -329,7 +446,7 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<V
     Ok(ok())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DeviceQuitReq {
     uid: String,
     #[serde(default = "all_devices")]
@@ -508,7 +625,7 @@ async fn channel_delete(State(state): State<AppState>, body: Bytes) -> Result<Js
     Ok(ok())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ListQuery {
     channel_id: String,
     channel_type: u8,
@@ -530,7 +647,7 @@ async fn whitelist(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuer
     Ok(Json(Value::Array(list)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct SendBatchReq {
     #[serde(default)]
     header: HeaderReq,
@@ -590,7 +707,7 @@ async fn send_batch(State(state): State<AppState>, body: Bytes) -> Result<Json<V
     Ok(Json(json!({"fail_uids": fail_uids, "reason": reason})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 struct HeaderReq {
     no_persist: u8,
@@ -598,7 +715,7 @@ struct HeaderReq {
     sync_once: u8,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MessageSendReq {
     #[serde(default)]
     header: HeaderReq,
@@ -708,7 +825,7 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct MessageSyncReq {
     #[serde(default)]
     login_uid: String,
@@ -839,7 +956,7 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
     Ok(Json(json!({lo_key: lo, hi_key: hi, "more": u8::from(more), "messages": messages})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CommandSyncReq {
     uid: String,
     /// Ignored, as by WuKongIM v2 (the cursors are the server's).
@@ -873,7 +990,7 @@ async fn command_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
     Ok(Json(Value::Array(messages)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CommandSyncAckReq {
     uid: String,
     last_message_seq: u64,
@@ -912,7 +1029,7 @@ fn conversation_error(e: hongyan_core::conversation::ConversationError) -> ApiEr
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ConversationSyncReq {
     uid: String,
     #[serde(default)]
@@ -1002,7 +1119,7 @@ async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result
     Ok(Json(Value::Array(items)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ConversationReq {
     uid: String,
     channel_id: String,
@@ -1044,7 +1161,7 @@ async fn delete_conversation(State(state): State<AppState>, body: Bytes) -> Resu
     Ok(ok())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UidsReq {
     #[serde(default)]
     uids: Vec<String>,
