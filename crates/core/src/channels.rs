@@ -178,14 +178,45 @@ impl Core {
         self.after_members_left(key, &result?)
     }
 
-    /// Deletes a channel (not a person channel): disbanded, its member lists emptied,
-    /// its chat and command history deleted but for each one's newest message, which
-    /// keeps the seq counters. Blocking.
-    pub fn delete_channel(&self, key: &ChannelKey) -> Result<(), StoreError> {
-        self.set_channel_info(key, ChannelInfo { disband: true, ..ChannelInfo::default() })?;
-        for list in [MemberList::Subscribers, MemberList::Blacklist, MemberList::Whitelist] {
-            self.change_members(list, key, &[], ListChange::Set)?;
+    /// Creates or updates a channel: its attributes and, when `subscribers` is not empty
+    /// or `reset`, its subscribers (replaced when `reset`), in one atomic batch. Blocking.
+    pub fn put_channel(
+        &self,
+        key: &ChannelKey,
+        info: ChannelInfo,
+        subscribers: &[String],
+        reset: bool,
+    ) -> Result<(), StoreError> {
+        let mut writes = vec![self.store().channel_info_write(&key.channel_id, key.channel_type, info)];
+        let mut left = Vec::new();
+        if reset || !subscribers.is_empty() {
+            let (more, removed) = self.subscriber_writes(key, subscribers, reset)?;
+            writes.extend(more);
+            left = removed;
         }
+        let stored = self.store().apply(writes);
+        self.channels.changed(key);
+        stored?;
+        self.after_members_left(key, &left)
+    }
+
+    /// Deletes a channel (not a person channel): disbanded and its member lists emptied
+    /// in one atomic batch, then its chat and command history deleted but for each
+    /// one's newest message, which keeps the seq counters. Blocking.
+    pub fn delete_channel(&self, key: &ChannelKey) -> Result<(), StoreError> {
+        let store = self.store();
+        let (id, ty) = (key.channel_id.as_str(), key.channel_type);
+        let mut writes =
+            vec![store.channel_info_write(id, ty, ChannelInfo { disband: true, ..ChannelInfo::default() })];
+        let (subscriber_writes, left) = self.subscriber_writes(key, &[], true)?;
+        writes.extend(subscriber_writes);
+        for list in [MemberList::Blacklist, MemberList::Whitelist] {
+            writes.extend(store.add_member_writes(list, id, ty, &[], true)?);
+        }
+        let stored = store.apply(writes);
+        self.channels.changed(key);
+        stored?;
+        self.after_members_left(key, &left)?;
         self.log().clear_channel(key)?;
         self.log().clear_channel(&crate::channel::command_channel(key))?;
         Ok(())

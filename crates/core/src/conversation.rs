@@ -16,7 +16,7 @@
 //!
 //! All functions here block (storage reads): call them off the async workers.
 
-use hongyan_store::{ChannelKey, Conversation, MemberList, Order, StoredMessage};
+use hongyan_store::{ChannelKey, Conversation, MemberList, Order, StoredMessage, Write};
 
 use crate::Core;
 use crate::channel::{PERSON, command_channel, is_command};
@@ -173,53 +173,82 @@ impl Core {
         })
     }
 
-    /// Adds subscribers (replacing them all when `reset`) and gives each new one a
-    /// conversation whose cursor is the channel's last seq (history before joining is
-    /// not unread) and a command cursor at the command channel's last seq. Callers go
-    /// through [`Core::change_members`], which keeps the channel cache right. Returns
-    /// who left (with `reset`, the members not in `uids`).
+    /// The writes that add subscribers (replacing them all when `reset`): each new one
+    /// gets a conversation whose cursor is the channel's last seq (history before
+    /// joining is not unread) and a command cursor at the command channel's last seq;
+    /// those who leave lose their command cursor and group role. Also returns who left
+    /// (with `reset`, the members not in `uids`).
+    pub(crate) fn subscriber_writes(
+        &self,
+        channel: &ChannelKey,
+        uids: &[String],
+        reset: bool,
+    ) -> hongyan_store::Result<(Vec<Write>, Vec<String>)> {
+        let store = self.store();
+        let (id, ty) = (channel.channel_id.as_str(), channel.channel_type);
+        let removed: Vec<String> = if reset {
+            let keep: std::collections::HashSet<&String> = uids.iter().collect();
+            store.members(MemberList::Subscribers, id, ty)?.into_iter().filter(|u| !keep.contains(u)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut writes = store.add_member_writes(MemberList::Subscribers, id, ty, uids, reset)?;
+        let commands = command_channel(channel);
+        writes.extend(self.leaving_writes(channel, &removed));
+        let last_seq = self.log().last_seq(channel)?;
+        let last_command = self.log().last_seq(&commands)?;
+        for uid in uids {
+            if store.conversation(uid, channel)?.is_none() {
+                let start = Conversation { read_to: last_seq, deleted_at: 0 };
+                writes.push(store.conversation_write(uid, channel, start));
+            }
+            if store.conversation(uid, &commands)?.is_none() {
+                let start = Conversation { read_to: last_command, deleted_at: 0 };
+                writes.push(store.conversation_write(uid, &commands, start));
+            }
+        }
+        Ok((writes, removed))
+    }
+
+    /// What leaving a channel takes with it: the command cursor and (in a group) the
+    /// role. The chat conversation stays (the history the member saw).
+    fn leaving_writes(&self, channel: &ChannelKey, left: &[String]) -> Vec<Write> {
+        let store = self.store();
+        let mut writes = store.remove_conversation_writes(left, &command_channel(channel));
+        if channel.channel_type == crate::channel::GROUP {
+            for uid in left {
+                writes.push(store.role_write(
+                    &channel.channel_id,
+                    channel.channel_type,
+                    uid,
+                    hongyan_store::Role::Member,
+                ));
+            }
+        }
+        writes
+    }
+
+    /// Adds subscribers in one atomic batch; see [`Core::subscriber_writes`]. Callers
+    /// go through [`Core::change_members`], which keeps the channel cache right.
+    /// Returns who left.
     pub(crate) fn add_subscribers(
         &self,
         channel: &ChannelKey,
         uids: &[String],
         reset: bool,
     ) -> hongyan_store::Result<Vec<String>> {
-        let store = self.store();
-        let removed: Vec<String> = if reset {
-            let keep: std::collections::HashSet<&String> = uids.iter().collect();
-            store
-                .members(MemberList::Subscribers, &channel.channel_id, channel.channel_type)?
-                .into_iter()
-                .filter(|u| !keep.contains(u))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        store.add_members(MemberList::Subscribers, &channel.channel_id, channel.channel_type, uids, reset)?;
-        let commands = command_channel(channel);
-        if !removed.is_empty() {
-            store.remove_conversations(&removed, &commands)?;
-        }
-        let last_seq = self.log().last_seq(channel)?;
-        let last_command = self.log().last_seq(&commands)?;
-        for uid in uids {
-            let _guard = self.lock_user(uid);
-            if store.conversation(uid, channel)?.is_none() {
-                let start = Conversation { read_to: last_seq, deleted_at: 0 };
-                store.put_conversation(uid, channel, start)?;
-            }
-            if store.conversation(uid, &commands)?.is_none() {
-                store.put_conversation(uid, &commands, Conversation { read_to: last_command, deleted_at: 0 })?;
-            }
-        }
+        let (writes, removed) = self.subscriber_writes(channel, uids, reset)?;
+        self.store().apply(writes)?;
         Ok(removed)
     }
 
-    /// Removes subscribers; they stop getting the channel's commands, including those
-    /// not consumed yet. Their chat conversation stays (the history they saw).
+    /// Removes subscribers in one atomic batch; they stop getting the channel's
+    /// commands, including those not consumed yet.
     pub(crate) fn remove_subscribers(&self, channel: &ChannelKey, uids: &[String]) -> hongyan_store::Result<()> {
         let store = self.store();
-        store.remove_members(MemberList::Subscribers, &channel.channel_id, channel.channel_type, uids)?;
-        store.remove_conversations(uids, &command_channel(channel))
+        let (id, ty) = (channel.channel_id.as_str(), channel.channel_type);
+        let mut writes = store.remove_member_writes(MemberList::Subscribers, id, ty, uids);
+        writes.extend(self.leaving_writes(channel, uids));
+        store.apply(writes)
     }
 }

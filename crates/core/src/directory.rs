@@ -125,16 +125,13 @@ impl Core {
         Ok(())
     }
 
-    /// What membership changes of a group take with them: the roles and thread
-    /// memberships of those who left. Called after the group's subscribers changed.
+    /// What leaving a group takes with it beyond the group's own rows: the threads'
+    /// memberships. Called after the group's subscribers changed.
     pub(crate) fn after_members_left(&self, group: &ChannelKey, left: &[String]) -> Result<(), StoreError> {
         if group.channel_type != GROUP || left.is_empty() {
             return Ok(());
         }
-        let store = self.store();
-        let writes = left.iter().map(|uid| store.role_write(&group.channel_id, GROUP, uid, Role::Member)).collect();
-        store.apply(writes)?;
-        for thread in store.group_threads(&group.channel_id)? {
+        for thread in self.store().group_threads(&group.channel_id)? {
             self.change_members(MemberList::Subscribers, &group_key(&thread), left, ListChange::Remove)?;
         }
         Ok(())

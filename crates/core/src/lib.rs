@@ -775,7 +775,12 @@ impl SessionHandler for Sessions {
 /// A core over in-memory storage, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_core() -> Arc<Core> {
-    let kv: Arc<dyn hongyan_store::KvBackend> = Arc::new(hongyan_store::MemoryBackend::new());
+    test_core_over(Arc::new(hongyan_store::MemoryBackend::new()))
+}
+
+/// A core over `kv`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_core_over(kv: Arc<dyn hongyan_store::KvBackend>) -> Arc<Core> {
     let log = Arc::new(MessageLog::open(kv.clone(), hongyan_store::Durability::Fsync).expect("log opens"));
     let settings = CoreSettings {
         token_auth: true,
@@ -804,6 +809,79 @@ mod tests {
             topic: None,
             payload: Bytes::from_static(b"m"),
         }
+    }
+
+    /// Memory storage whose writes fail while `failing` is set.
+    #[derive(Debug, Default)]
+    struct Flaky {
+        inner: hongyan_store::MemoryBackend,
+        failing: std::sync::atomic::AtomicBool,
+        /// Write batches attempted.
+        batches: std::sync::atomic::AtomicUsize,
+    }
+
+    impl hongyan_store::KvBackend for Flaky {
+        fn get(&self, table: hongyan_store::Table, key: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
+            self.inner.get(table, key)
+        }
+        fn scan_prefix(
+            &self,
+            table: hongyan_store::Table,
+            prefix: &[u8],
+            limit: usize,
+        ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_prefix(table, prefix, limit)
+        }
+        fn scan_range(
+            &self,
+            table: hongyan_store::Table,
+            start: &[u8],
+            end: &[u8],
+            limit: usize,
+            order: hongyan_store::Order,
+        ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_range(table, start, end, limit, order)
+        }
+        fn write(&self, writes: Vec<Write>, durable: bool) -> hongyan_store::Result<()> {
+            self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Engine("disk on fire".into()));
+            }
+            self.inner.write(writes, durable)
+        }
+        fn sync(&self) -> hongyan_store::Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_channel_write_leaves_nothing_half_done() {
+        let kv = Arc::new(Flaky::default());
+        let core = test_core_over(kv.clone());
+        let g = ChannelKey::new("g", 2);
+        let members = vec!["a".to_owned(), "b".to_owned()];
+        core.put_channel(&g, ChannelInfo::default(), &members, false).unwrap();
+        core.set_role("g", "a", hongyan_store::Role::Owner).unwrap();
+
+        kv.failing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let batches = || kv.batches.load(std::sync::atomic::Ordering::Relaxed);
+        let banned = ChannelInfo { ban: true, ..ChannelInfo::default() };
+        let before = batches();
+        assert!(core.put_channel(&g, banned, &["c".to_owned()], true).is_err());
+        assert!(core.delete_channel(&g).is_err());
+        assert_eq!(batches() - before, 2, "each change is a single batch");
+        kv.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+
+        // Neither the attributes, the members, the new member's rows nor the owner's
+        // role changed: each call was one batch, and it failed whole.
+        let state = core.channel_state(&g).unwrap();
+        assert!(!state.info.ban && !state.info.disband);
+        let mut now: Vec<&String> = state.subscribers.iter().collect();
+        now.sort();
+        assert_eq!(now, ["a", "b"]);
+        assert_eq!(core.store().conversation("c", &g).unwrap(), None);
+        assert!(core.store().conversation("a", &command_channel(&g)).unwrap().is_some());
+        assert_eq!(core.roles("g").unwrap(), [("a".to_owned(), hongyan_store::Role::Owner)]);
     }
 
     #[tokio::test]

@@ -212,8 +212,12 @@ impl Store {
 
     /// Sets the attributes of a channel, durably.
     pub fn put_channel_info(&self, channel_id: &str, channel_type: u8, info: ChannelInfo) -> Result<()> {
-        let key = channel_key(channel_id, channel_type);
-        self.kv.write(vec![Write::Put(Table::ChannelInfo, key, vec![FORMAT_V1, info.bits()])], true)
+        self.kv.write(vec![self.channel_info_write(channel_id, channel_type, info)], true)
+    }
+
+    /// The write of [`Store::put_channel_info`], to batch with others.
+    pub fn channel_info_write(&self, channel_id: &str, channel_type: u8, info: ChannelInfo) -> Write {
+        Write::Put(Table::ChannelInfo, channel_key(channel_id, channel_type), vec![FORMAT_V1, info.bits()])
     }
 }
 
@@ -245,9 +249,12 @@ impl Store {
 
     /// Removes the conversation rows of `uids` with `channel`, durably.
     pub fn remove_conversations(&self, uids: &[String], channel: &crate::ChannelKey) -> Result<()> {
-        let writes =
-            uids.iter().map(|uid| Write::Delete(Table::UidChanConversation, conversation_key(uid, channel))).collect();
-        self.kv.write(writes, true)
+        self.kv.write(self.remove_conversation_writes(uids, channel), true)
+    }
+
+    /// The writes of [`Store::remove_conversations`], to batch with others.
+    pub fn remove_conversation_writes(&self, uids: &[String], channel: &crate::ChannelKey) -> Vec<Write> {
+        uids.iter().map(|uid| Write::Delete(Table::UidChanConversation, conversation_key(uid, channel))).collect()
     }
 
     /// The write that sets a conversation, to batch with others (e.g. with a message).
@@ -349,6 +356,18 @@ impl Store {
         uids: &[String],
         reset: bool,
     ) -> Result<()> {
+        self.kv.write(self.add_member_writes(list, channel_id, channel_type, uids, reset)?, true)
+    }
+
+    /// The writes of [`Store::add_members`], to batch with others.
+    pub fn add_member_writes(
+        &self,
+        list: MemberList,
+        channel_id: &str,
+        channel_type: u8,
+        uids: &[String],
+        reset: bool,
+    ) -> Result<Vec<Write>> {
         let prefix = list_prefix(channel_id, channel_type);
         let mut writes = Vec::new();
         if reset {
@@ -366,21 +385,30 @@ impl Store {
             value.extend_from_slice(&now_ms.to_be_bytes());
             writes.push(Write::Put(list.table(), key, value));
         }
-        self.kv.write(writes, true)
+        Ok(writes)
     }
 
     /// Removes `uids` from `list`, durably.
     pub fn remove_members(&self, list: MemberList, channel_id: &str, channel_type: u8, uids: &[String]) -> Result<()> {
+        self.kv.write(self.remove_member_writes(list, channel_id, channel_type, uids), true)
+    }
+
+    /// The writes of [`Store::remove_members`], to batch with others.
+    pub fn remove_member_writes(
+        &self,
+        list: MemberList,
+        channel_id: &str,
+        channel_type: u8,
+        uids: &[String],
+    ) -> Vec<Write> {
         let prefix = list_prefix(channel_id, channel_type);
-        let writes = uids
-            .iter()
+        uids.iter()
             .map(|uid| {
                 let mut key = prefix.clone();
                 key.extend_from_slice(uid.as_bytes());
                 Write::Delete(list.table(), key)
             })
-            .collect();
-        self.kv.write(writes, true)
+            .collect()
     }
 }
 

@@ -553,15 +553,7 @@ async fn channel_create(State(state): State<AppState>, body: Bytes) -> Result<Js
         return Err(ApiError::bad("subscribers: person channels have no subscribers"));
     }
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| {
-        c.set_channel_info(&key, info)?;
-        if reset || !subscribers.is_empty() {
-            let change = if reset { ListChange::Set } else { ListChange::Add };
-            c.change_members(MemberList::Subscribers, &key, &subscribers, change)?;
-        }
-        Ok(())
-    })
-    .await?;
+    with_core(&state, move |c| c.put_channel(&key, info, &subscribers, reset).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
