@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, b64, text_of};
 use hongyan_proto::{Packet, ReasonCode, device_flag};
 use hongyan_testkit::{Client, Target};
 use serde_json::{Value, json};
@@ -16,17 +16,6 @@ async fn online(target: &Target, uid: &str) -> Client {
     let (client, connack) = Client::connect(target, uid, "t", device_flag::APP, "phone", 5).await.unwrap();
     assert_eq!(connack.reason_code, ReasonCode::Success, "{uid} login");
     client
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-fn text_of(message: &Value) -> String {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(message["payload"].as_str().unwrap()).unwrap();
-    String::from_utf8(raw).unwrap()
 }
 
 async fn send(server: &TestServer, body: Value) -> Value {

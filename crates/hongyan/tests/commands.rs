@@ -7,45 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, b64, nothing_more, receive, text_of};
 use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Recv, Recvack, device_flag};
-use hongyan_testkit::{Client, ClientError, Target};
+use hongyan_testkit::{Client, Target};
 use serde_json::{Value, json};
-
-const QUIET: Duration = Duration::from_millis(400);
 
 async fn online(target: &Target, uid: &str, flag: u8, device: &str) -> Client {
     let (client, connack) = Client::connect(target, uid, "t", flag, device, 5).await.unwrap();
     assert_eq!(connack.reason_code, ReasonCode::Success, "{uid} login");
     client
-}
-
-async fn receive(client: &mut Client) -> (Recv, String) {
-    match client.recv().await.unwrap() {
-        Packet::Recv(recv) => {
-            let plain = client.cipher.as_ref().unwrap().open_recv(&recv).expect("msgKey and payload verify");
-            (recv, String::from_utf8(plain).unwrap())
-        }
-        other => panic!("expected RECV, got {other:?}"),
-    }
-}
-
-async fn nothing_more(client: &mut Client) {
-    match client.recv_within(QUIET).await {
-        Err(ClientError::Timeout) => {}
-        other => panic!("expected silence, got {other:?}"),
-    }
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-fn text_of(message: &Value) -> String {
-    use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(message["payload"].as_str().unwrap()).unwrap();
-    String::from_utf8(raw).unwrap()
 }
 
 /// The texts `/message/sync` returns for `uid`.

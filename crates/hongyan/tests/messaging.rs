@@ -8,13 +8,11 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestServer;
-use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, device_flag};
+use common::{TestServer, b64, nothing_more, receive};
+use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Send, Sendack, device_flag};
 use hongyan_store::{ChannelKey, Order};
-use hongyan_testkit::{Client, ClientError, Target};
+use hongyan_testkit::{Client, Target};
 use serde_json::json;
-
-const QUIET: Duration = Duration::from_millis(400);
 
 async fn online(target: &Target, uid: &str, device: &str, version: u8) -> Client {
     let (client, connack) = Client::connect(target, uid, "t", device_flag::APP, device, version).await.unwrap();
@@ -26,24 +24,6 @@ async fn online(target: &Target, uid: &str, device: &str, version: u8) -> Client
 async fn send(client: &mut Client, to: &str, channel_type: u8, seq: u32, cmn: &str, text: &str) -> Sendack {
     let red_dot = HeaderFlags { red_dot: true, ..HeaderFlags::default() };
     common::send_text(client, (to, channel_type), seq, cmn, text, red_dot).await
-}
-
-/// The next RECV, verified and decrypted as the SDKs do.
-async fn receive(client: &mut Client) -> (Recv, String) {
-    match client.recv().await.unwrap() {
-        Packet::Recv(recv) => {
-            let plain = client.cipher.as_ref().unwrap().open_recv(&recv).expect("msgKey and payload verify");
-            (recv, String::from_utf8(plain).unwrap())
-        }
-        other => panic!("expected RECV, got {other:?}"),
-    }
-}
-
-async fn nothing_more(client: &mut Client) {
-    match client.recv_within(QUIET).await {
-        Err(ClientError::Timeout) => {}
-        other => panic!("expected silence, got {other:?}"),
-    }
 }
 
 async fn users(server: &TestServer, uids: &[&str]) {
@@ -271,11 +251,6 @@ async fn unacknowledged_recvs_are_resent_until_acknowledged() {
     nothing_more(&mut kay).await;
     assert!(server.server.core.retry_queue().is_empty());
     server.stop().await;
-}
-
-fn b64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test]

@@ -9,18 +9,14 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::TestServer;
+use common::{TestServer, b64};
 use serde_json::{Value, json};
-
-fn b64(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
 
 #[tokio::test]
 async fn the_seed_examples_succeed_as_written() {
     let server = TestServer::start().await;
     let ok = json!({"status": 200});
+    assert_eq!(server.get("/health").await, (200, json!({"status": "ok"})));
 
     // Seed 000.
     let (status, batch) = server.post("/route/batch?intranet=0", json!(["user1", "user2", "user3"])).await;

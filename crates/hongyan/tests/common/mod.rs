@@ -59,19 +59,15 @@ impl TestServer {
 
     /// POSTs `body` and returns the status and the JSON answer (Null when empty).
     pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let mut req = self.http.post(self.api(path)).json(&body);
-        if !self.config.manager_token.is_empty() {
-            req = req.header("token", &self.config.manager_token);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+        self.call(self.http.post(self.api(path)).json(&body)).await
     }
 
     /// GETs `path` (with its query) and returns the status and the JSON answer.
     pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
-        let mut req = self.http.get(self.api(path));
+        self.call(self.http.get(self.api(path))).await
+    }
+
+    async fn call(&self, mut req: reqwest::RequestBuilder) -> (u16, Value) {
         if !self.config.manager_token.is_empty() {
             req = req.header("token", &self.config.manager_token);
         }
@@ -140,4 +136,39 @@ pub(crate) async fn send_text(
             other => panic!("expected SENDACK, got {other:?}"),
         }
     }
+}
+
+/// How long a test waits to be sure nothing more arrives.
+pub(crate) const QUIET: Duration = Duration::from_millis(400);
+
+/// The next RECV, verified and decrypted as the SDKs do, with its text.
+pub(crate) async fn receive(client: &mut Client) -> (hongyan_proto::Recv, String) {
+    match client.recv().await.unwrap() {
+        Packet::Recv(recv) => {
+            let plain = client.cipher.as_ref().unwrap().open_recv(&recv).expect("msgKey and payload verify");
+            (recv, String::from_utf8(plain).unwrap())
+        }
+        other => panic!("expected RECV, got {other:?}"),
+    }
+}
+
+/// Asserts that nothing arrives for [`QUIET`].
+pub(crate) async fn nothing_more(client: &mut Client) {
+    match client.recv_within(QUIET).await {
+        Err(hongyan_testkit::ClientError::Timeout) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+}
+
+/// `text` in base64, as HTTP payloads travel.
+pub(crate) fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The text of a message object from the HTTP API.
+pub(crate) fn text_of(message: &Value) -> String {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(message["payload"].as_str().unwrap()).unwrap();
+    String::from_utf8(raw).unwrap()
 }
