@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod openim;
 pub mod wukong;
 
 use std::sync::Arc;
@@ -62,6 +63,23 @@ pub struct ApiSettings {
     pub node_id: u64,
     /// When the server started, milliseconds since the epoch.
     pub started_at_ms: i64,
+    /// The OpenIM dialect's settings; `None` when it is off.
+    pub openim: Option<openim::OpenImSettings>,
+}
+
+/// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.
+pub(crate) fn kick(
+    conns: Vec<Arc<hongyan_gateway::Conn>>,
+    reason: hongyan_proto::ReasonCode,
+    text: &str,
+    delay: Duration,
+) {
+    use hongyan_proto::{Disconnect, Packet};
+    for conn in conns {
+        let packet = Packet::Disconnect(Disconnect { reason_code: reason, reason: text.to_owned() });
+        let frame = conn.codec().encode_to_bytes(&packet).ok();
+        conn.outbox.close_after(frame, delay, hongyan_gateway::CloseReason::Kicked);
+    }
 }
 
 /// What every handler can reach.

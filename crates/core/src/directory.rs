@@ -54,7 +54,7 @@ pub struct ProfileUpdate {
     /// Phone number.
     pub mobile: Option<String>,
     /// Birthday.
-    pub birth: Option<i64>,
+    pub birth: Option<String>,
     /// E-mail.
     pub email: Option<String>,
     /// Extension data.
@@ -88,6 +88,25 @@ impl Core {
         p.ex = ex.unwrap_or(p.ex);
         self.store().put_profile(uid, &p)?;
         Ok(p)
+    }
+
+    /// Whether `uid` is registered: it has a login token or a profile.
+    pub fn is_registered(&self, uid: &str) -> Result<bool, StoreError> {
+        Ok(self.store().user_exists(uid)? || self.store().profile(uid)?.is_some())
+    }
+
+    /// Unregisters `uid`: its tokens and profile are deleted (its messages and
+    /// memberships stay). Returns whether it was registered. The caller kicks its
+    /// connections.
+    pub fn unregister(&self, uid: &str) -> Result<bool, StoreError> {
+        if !self.is_registered(uid)? {
+            return Ok(false);
+        }
+        for flag in [hongyan_proto::device_flag::APP, hongyan_proto::device_flag::WEB, hongyan_proto::device_flag::PC] {
+            self.store().remove_device(uid, flag)?;
+        }
+        self.store().remove_profile(uid)?;
+        Ok(true)
     }
 
     /// The role of `uid` in `group` (`None`: not a member).

@@ -270,6 +270,11 @@ impl Core {
         Ok(total)
     }
 
+    /// A fresh snowflake id (for ids the server makes up, e.g. group ids).
+    pub fn next_id(&self) -> i64 {
+        self.ids.next_id()
+    }
+
     /// The durable tables.
     pub fn store(&self) -> &Store {
         &self.store

@@ -39,8 +39,39 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// How stored messages are made durable.
     pub storage: StorageConfig,
+    /// The OpenIM v2 admin dialect.
+    pub openim: OpenImConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[openim]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenImConfig {
+    /// Serve the dialect (under `/openim` on the API port, and on `addr`).
+    pub enabled: bool,
+    /// The dialect's own listener, at the seed's paths. Empty: none.
+    pub addr: String,
+    /// What `auth/user_token` must be given, and the token signing key. Required when
+    /// enabled; there is no default that works.
+    pub secret: String,
+    /// The uids that may get an admin token.
+    pub admin_user_ids: Vec<String>,
+    /// How long an admin token is valid.
+    pub token_expire_days: u32,
+}
+
+impl Default for OpenImConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            addr: "0.0.0.0:10000".into(),
+            secret: String::new(),
+            admin_user_ids: Vec::new(),
+            token_expire_days: 7,
+        }
+    }
 }
 
 /// `[api]`.
@@ -194,6 +225,7 @@ impl Default for Config {
             external: ExternalConfig::default(),
             delivery: DeliveryConfig::default(),
             storage: StorageConfig::default(),
+            openim: OpenImConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -344,6 +376,26 @@ impl Config {
                 return Err(invalid(&key, "must be at least 1 day (leave the type out to keep messages forever)"));
             }
         }
+        if self.openim.enabled {
+            if self.openim.secret.is_empty() {
+                return Err(invalid("openim.secret", "must be set when openim.enabled is true"));
+            }
+            if self.openim.admin_user_ids.is_empty() {
+                return Err(invalid(
+                    "openim.admin_user_ids",
+                    "must name at least one admin when openim.enabled is true",
+                ));
+            }
+            if let Some(bad) = self.openim.admin_user_ids.iter().find(|u| !hongyan_gateway::is_valid_uid(u)) {
+                return Err(invalid("openim.admin_user_ids", &format!("`{bad}`: {}", hongyan_gateway::ID_RULE)));
+            }
+            if self.openim.token_expire_days == 0 {
+                return Err(invalid("openim.token_expire_days", "must be at least 1"));
+            }
+            if !self.openim.addr.is_empty() {
+                self.openim.addr.parse::<SocketAddr>().map_err(|_| invalid("openim.addr", "not an ip:port"))?;
+            }
+        }
         if self.storage.retention_sweep_interval_secs == 0 {
             return Err(invalid("storage.retention_sweep_interval_secs", "must be greater than 0"));
         }
@@ -479,6 +531,17 @@ mod tests {
             }
             out
         }
+    }
+
+    #[test]
+    fn openim_needs_a_secret_and_an_admin() {
+        let e = Config::from_toml("[openim]\nenabled = true").unwrap_err().to_string();
+        assert!(e.contains("openim.secret"), "{e}");
+        let e = Config::from_toml("[openim]\nenabled = true\nsecret = \"s\"").unwrap_err().to_string();
+        assert!(e.contains("openim.admin_user_ids"), "{e}");
+        let c = Config::from_toml("[openim]\nenabled = true\nsecret = \"s\"\nadmin_user_ids = [\"boss\"]").unwrap();
+        assert_eq!(c.openim.addr, "0.0.0.0:10000");
+        Config::from_toml("[openim]\nsecret = \"\"").unwrap();
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Server {
     pub api_addr: SocketAddr,
     /// The manager's bound address (`/metrics`).
     pub manager_addr: SocketAddr,
+    /// The OpenIM dialect's own listener, when enabled with an address.
+    pub openim_addr: Option<SocketAddr>,
     /// The client gateway and its bound addresses.
     pub gateway: Gateway,
     /// Who is online.
@@ -142,16 +144,33 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         online_status_format: config.api.onlinestatus_format,
         node_id: config.node_id,
         started_at_ms: hongyan_core::now_ms(),
+        openim: config.openim.enabled.then(|| hongyan_api::openim::OpenImSettings {
+            secret: config.openim.secret.clone(),
+            admin_user_ids: config.openim.admin_user_ids.clone(),
+            token_ttl: Duration::from_secs(u64::from(config.openim.token_expire_days) * 86_400),
+        }),
     };
     let state = AppState { core: core.clone(), store, registry: registry.clone(), settings: Arc::new(settings) };
-    let api = hongyan_api::wukong::router(state);
+    let mut api = hongyan_api::wukong::router(state.clone());
+    let mut openim = None;
+    if config.openim.enabled {
+        api = api.nest("/openim", hongyan_api::openim::router(state.clone()));
+        if !config.openim.addr.is_empty() {
+            let addr: SocketAddr = config.openim.addr.parse().context("openim.addr")?;
+            openim = Some((addr, hongyan_api::openim::router(state)));
+        }
+    }
     let manager = axum::Router::new()
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
         .route("/health", axum::routing::get(|| std::future::ready("ok")));
 
     let http = TaskTracker::new();
     let mut bound = Vec::new();
-    for (key, addr, router) in [("api.addr", api_addr, api), ("manager.addr", manager_addr, manager)] {
+    let mut listeners = vec![("api.addr", api_addr, api), ("manager.addr", manager_addr, manager)];
+    if let Some((addr, router)) = openim {
+        listeners.push(("openim.addr", addr, router));
+    }
+    for (key, addr, router) in listeners {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
         let local = listener.local_addr()?;
         info!(%local, "{key} listening");
@@ -165,7 +184,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         });
     }
     http.close();
-    Ok(Server { api_addr: bound[0], manager_addr: bound[1], gateway, registry, log, core, shutdown, http })
+    let openim_addr = bound.get(2).copied();
+    Ok(Server { api_addr: bound[0], manager_addr: bound[1], openim_addr, gateway, registry, log, core, shutdown, http })
 }
 
 /// Runs the retention sweep at start-up and then every interval, if any is configured.

@@ -39,11 +39,13 @@ pub enum Table {
     GroupThread,
     /// message_id → (channel, seq): where a message is.
     MsgIdChanSeq,
+    /// group id → group profile (name, notification, introduction, avatar, ex, creator).
+    GroupProfile,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -58,6 +60,7 @@ impl Table {
         Table::ThreadInfo,
         Table::GroupThread,
         Table::MsgIdChanSeq,
+        Table::GroupProfile,
     ];
 
     /// The table's name on disk.
@@ -77,6 +80,7 @@ impl Table {
             Self::ThreadInfo => "thread_info",
             Self::GroupThread => "groupthread_none",
             Self::MsgIdChanSeq => "msgid_chanseq",
+            Self::GroupProfile => "group_profile",
         }
     }
 }

@@ -21,12 +21,31 @@ pub struct UserProfile {
     pub gender: i32,
     /// Phone number.
     pub mobile: String,
-    /// Birthday, as the app encodes it (OpenIM v2: seconds or yyyymmdd).
-    pub birth: i64,
+    /// Birthday, as the app writes it (OpenIM v2 sends a string).
+    pub birth: String,
     /// E-mail address.
     pub email: String,
     /// Free-form extension data of the app.
     pub ex: String,
+}
+
+/// What a group is called and who made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupProfile {
+    /// Display name.
+    pub name: String,
+    /// Pinned notice.
+    pub notification: String,
+    /// Description.
+    pub introduction: String,
+    /// Avatar URL.
+    pub face_url: String,
+    /// Free-form extension data of the app.
+    pub ex: String,
+    /// Who created it (an admin's uid for admin-created groups).
+    pub creator: String,
+    /// When it was created, milliseconds since the epoch.
+    pub created_ms: i64,
 }
 
 /// A member's role in a group.
@@ -89,8 +108,8 @@ fn encode_profile(p: &UserProfile) -> Result<Vec<u8>> {
     let mut v = Vec::with_capacity(32 + p.name.len() + p.avatar.len() + p.ex.len());
     v.push(FORMAT_V1);
     v.extend_from_slice(&p.gender.to_be_bytes());
-    v.extend_from_slice(&p.birth.to_be_bytes());
     for (s, what) in [
+        (&p.birth, "profile birth"),
         (&p.name, "profile name"),
         (&p.avatar, "profile avatar"),
         (&p.mobile, "profile mobile"),
@@ -109,9 +128,46 @@ fn decode_profile(value: &[u8]) -> Result<UserProfile> {
         return Err(bad());
     }
     let gender = r.u32().ok_or_else(bad)? as i32;
-    let birth = r.i64().ok_or_else(bad)?;
     let mut text = || r.str16().map(str::to_owned).ok_or_else(bad);
+    // The order encode_profile writes them in.
+    let birth = text()?;
     Ok(UserProfile { gender, birth, name: text()?, avatar: text()?, mobile: text()?, email: text()?, ex: text()? })
+}
+
+fn encode_group(g: &GroupProfile) -> Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(32 + g.name.len() + g.notification.len() + g.introduction.len() + g.ex.len());
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&g.created_ms.to_be_bytes());
+    for (s, what) in [
+        (&g.name, "group name"),
+        (&g.notification, "group notification"),
+        (&g.introduction, "group introduction"),
+        (&g.face_url, "group face_url"),
+        (&g.ex, "group ex"),
+        (&g.creator, "group creator"),
+    ] {
+        str16_checked(&mut v, s, what)?;
+    }
+    Ok(v)
+}
+
+fn decode_group(value: &[u8]) -> Result<GroupProfile> {
+    let bad = || corrupt(Table::GroupProfile, "group");
+    let mut r = ValueReader { rest: value };
+    if r.u8() != Some(FORMAT_V1) {
+        return Err(bad());
+    }
+    let created_ms = r.i64().ok_or_else(bad)?;
+    let mut text = || r.str16().map(str::to_owned).ok_or_else(bad);
+    Ok(GroupProfile {
+        created_ms,
+        name: text()?,
+        notification: text()?,
+        introduction: text()?,
+        face_url: text()?,
+        ex: text()?,
+        creator: text()?,
+    })
 }
 
 fn encode_thread(t: &Thread) -> Result<Vec<u8>> {
@@ -167,6 +223,32 @@ impl Store {
             .into_iter()
             .map(|(key, _)| String::from_utf8(key).map_err(|_| corrupt(Table::UidProfile, "uid")))
             .collect()
+    }
+
+    /// The profile of group `id`, if one was set.
+    pub fn group_profile(&self, id: &str) -> Result<Option<GroupProfile>> {
+        self.kv().get(Table::GroupProfile, id.as_bytes())?.map(|v| decode_group(&v)).transpose()
+    }
+
+    /// The write that sets group `id`'s profile, to batch with others.
+    pub fn group_profile_write(&self, id: &str, group: &GroupProfile) -> Result<Write> {
+        Ok(Write::Put(Table::GroupProfile, id.as_bytes().to_vec(), encode_group(group)?))
+    }
+
+    /// Every uid with a device token or a profile (a registered user), sorted, at most
+    /// `limit`.
+    pub fn registered_uids(&self, limit: usize) -> Result<Vec<String>> {
+        let mut uids = std::collections::BTreeSet::new();
+        for (key, _) in self.kv().scan_prefix(Table::UidProfile, b"", limit)? {
+            uids.insert(String::from_utf8(key).map_err(|_| corrupt(Table::UidProfile, "uid"))?);
+        }
+        // Device keys are [len][uid][flag].
+        for (key, _) in self.kv().scan_prefix(Table::UidDevice, b"", usize::MAX)? {
+            let mut r = ValueReader { rest: &key };
+            let uid = r.str16().ok_or_else(|| corrupt(Table::UidDevice, "key"))?;
+            uids.insert(uid.to_owned());
+        }
+        Ok(uids.into_iter().take(limit).collect())
     }
 
     /// Forgets everything the directory keeps about `uid` (profile), durably.
@@ -256,7 +338,7 @@ mod tests {
             avatar: "https://a/1.png".into(),
             gender: 2,
             mobile: "+86 1".into(),
-            birth: 19_990_101,
+            birth: "1999-01-01".into(),
             email: "ann@example.com".into(),
             ex: "{\"vip\":true}".into(),
         };
@@ -272,6 +354,17 @@ mod tests {
         store.remove_profile("u").unwrap();
         assert_eq!(store.profile("u").unwrap(), None);
         assert_eq!(store.profile_uids("", 10).unwrap(), ["u1", "w"]);
+        store
+            .put_device("dev", 1, &crate::Device { token: "t".into(), level: hongyan_proto::DeviceLevel::Slave })
+            .unwrap();
+        assert_eq!(store.registered_uids(10).unwrap(), ["dev", "u1", "w"]);
+        assert_eq!(store.registered_uids(2).unwrap(), ["dev", "u1"]);
+
+        let group =
+            GroupProfile { name: "Team".into(), creator: "admin".into(), created_ms: 5, ..GroupProfile::default() };
+        store.apply(vec![store.group_profile_write("g", &group).unwrap()]).unwrap();
+        assert_eq!(store.group_profile("g").unwrap(), Some(group));
+        assert_eq!(store.group_profile("h").unwrap(), None);
 
         store
             .apply(vec![

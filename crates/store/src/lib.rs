@@ -23,7 +23,7 @@ mod log;
 mod tables;
 
 pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
-pub use directory::{Role, Thread, UserProfile};
+pub use directory::{GroupProfile, Role, Thread, UserProfile};
 pub use log::{
     Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned, StoredMessage,
 };

@@ -5,7 +5,6 @@
 //! attributes, subscribers, blacklists and whitelists, health.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
@@ -15,14 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
-use hongyan_gateway::{CloseReason, Conn, ID_RULE, is_valid_uid};
-use hongyan_proto::{DeviceLevel, Disconnect, Packet, ReasonCode};
+use hongyan_gateway::{ID_RULE, is_valid_uid};
+use hongyan_proto::{DeviceLevel, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, kick};
 
 mod admin;
 mod lookup;
@@ -355,15 +354,6 @@ fn check_channel(channel_id: &str, channel_type: u8) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.
-fn kick(conns: Vec<Arc<Conn>>, reason: ReasonCode, text: &str, delay: std::time::Duration) {
-    for conn in conns {
-        let packet = Packet::Disconnect(Disconnect { reason_code: reason, reason: text.to_owned() });
-        let frame = conn.codec().encode_to_bytes(&packet).ok();
-        conn.outbox.close_after(frame, delay, CloseReason::Kicked);
-    }
-}
-
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -660,16 +650,8 @@ async fn send_batch(State(state): State<AppState>, body: Bytes) -> Result<Json<V
     if req.subscribers.len() > MAX_SEND_SUBSCRIBERS {
         return Err(ApiError::bad(format!("subscribers: at most {MAX_SEND_SUBSCRIBERS} uids")));
     }
-    let payload = decode_base64("payload", &req.payload)?;
-    if payload.is_empty() {
-        return Err(ApiError::bad("payload: required"));
-    }
-    let header = hongyan_proto::HeaderFlags {
-        no_persist: req.header.no_persist == 1,
-        red_dot: req.header.red_dot == 1,
-        sync_once: req.header.sync_once == 1,
-        dup: false,
-    };
+    let payload = required_payload(&req.payload)?;
+    let header = req.header.flags();
     let mut sends = tokio::task::JoinSet::new();
     let mut failed: Vec<(usize, String, String)> = Vec::new();
     for (i, uid) in req.subscribers.into_iter().enumerate() {
@@ -724,6 +706,27 @@ struct MessageSendReq {
     #[serde(default)]
     subscribers: Vec<String>,
     payload: String,
+}
+
+impl HeaderReq {
+    /// The header flags a request asks for (1 = on).
+    fn flags(&self) -> hongyan_proto::HeaderFlags {
+        hongyan_proto::HeaderFlags {
+            no_persist: self.no_persist == 1,
+            red_dot: self.red_dot == 1,
+            sync_once: self.sync_once == 1,
+            dup: false,
+        }
+    }
+}
+
+/// A send's `payload`: base64, not empty.
+fn required_payload(text: &str) -> Result<Bytes, ApiError> {
+    let payload = decode_base64("payload", text)?;
+    if payload.is_empty() {
+        return Err(ApiError::bad("payload: required"));
+    }
+    Ok(payload)
 }
 
 fn decode_base64(field: &str, text: &str) -> Result<Bytes, ApiError> {
@@ -781,16 +784,8 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
     if !to_list {
         check_channel(&req.channel_id, req.channel_type)?;
     }
-    let payload = decode_base64("payload", &req.payload)?;
-    if payload.is_empty() {
-        return Err(ApiError::bad("payload: required"));
-    }
-    let header = hongyan_proto::HeaderFlags {
-        no_persist: req.header.no_persist == 1,
-        red_dot: req.header.red_dot == 1,
-        sync_once: req.header.sync_once == 1,
-        dup: false,
-    };
+    let payload = required_payload(&req.payload)?;
+    let header = req.header.flags();
     let send = hongyan_core::AppSend {
         from_uid: req.from_uid,
         channel_id: req.channel_id,
