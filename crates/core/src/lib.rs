@@ -62,6 +62,8 @@ const FANOUT_SHARDS: usize = 4;
 pub struct CoreSettings {
     /// Check CONNECT tokens (off only for demos).
     pub token_auth: bool,
+    /// Person chats follow the receiver's whitelist when it is not empty.
+    pub person_whitelist: bool,
     /// The uid that logs in with the manager token.
     pub manager_uid: String,
     /// The manager token; empty disables manager logins.
@@ -368,6 +370,10 @@ impl Core {
             let privileged = self.is_system_account(peer) || self.is_system_account(sender);
             if !privileged && target.blacklist.contains(sender) {
                 return Err(ReasonCode::InBlacklist);
+            }
+            let whitelisted = target.whitelist.is_empty() || target.whitelist.contains(sender);
+            if self.settings.person_whitelist && !privileged && !whitelisted {
+                return Err(ReasonCode::NotInWhitelist);
             }
             let key = self.stored_channel(ChannelKey::new(person_channel_id(sender, peer), PERSON), sync_once);
             let rows = self.person_rows(&key, [sender, peer]);
@@ -789,6 +795,7 @@ pub(crate) fn test_core_over(kv: Arc<dyn hongyan_store::KvBackend>) -> Arc<Core>
     let log = Arc::new(MessageLog::open(kv.clone(), hongyan_store::Durability::Fsync).expect("log opens"));
     let settings = CoreSettings {
         token_auth: true,
+        person_whitelist: false,
         manager_uid: "____manager".into(),
         manager_token: String::new(),
         system_uid: "____system".into(),

@@ -104,6 +104,10 @@ pub struct AuthConfig {
     /// Check CONNECT tokens against `/user/token` registrations. Turn off only for
     /// local demos: anyone can then log in as anyone.
     pub token_auth: bool,
+    /// Person chats follow the receiver's whitelist: when it is not empty, only the
+    /// uids on it (e.g. OpenIM friends) may message them (SENDACK 13). WuKongIM's
+    /// `whitelistOffOfPerson: false`; off by default, as there.
+    pub person_whitelist: bool,
 }
 
 /// `[external]`: addresses as clients reach them (behind NAT or a proxy they differ
@@ -243,7 +247,7 @@ impl Default for ApiConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { token_auth: true }
+        Self { token_auth: true, person_whitelist: false }
     }
 }
 

@@ -100,6 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         registry.clone(),
         CoreSettings {
             token_auth: config.auth.token_auth,
+            person_whitelist: config.auth.person_whitelist,
             manager_uid: config.manager_uid.clone(),
             manager_token: config.manager_token.clone(),
             system_uid: config.system_uid.clone(),

@@ -15,6 +15,7 @@ const ADMIN: &str = "imAdmin";
 
 async fn server() -> TestServer {
     TestServer::start_with(|c| {
+        c.auth.person_whitelist = true;
         c.openim.enabled = true;
         c.openim.addr = "127.0.0.1:0".into();
         c.openim.secret = SECRET.into();
@@ -255,12 +256,19 @@ async fn friends_and_blacklists() {
     assert_eq!(uids(server.get(&whitelist("amy")).await.1), ["ben"], "mutual");
     assert_eq!(uids(server.get(&whitelist("ben")).await.1), ["amy"]);
 
-    let blocked =
-        call(&server, "/friend/add_blacklist", t, json!({"fromUserID": "amy", "ToUserID": "ben", "operationID": "x"}))
-            .await;
-    assert_eq!(blocked, json!({"errCode": 0, "errMsg": ""}));
+    // With auth.person_whitelist on, friends may chat and strangers may not.
     let mut ben = online(&server, "ben").await;
-    let ack = common::send_text(&mut ben, ("amy", 1), 1, "c1", "hi amy", Default::default()).await;
-    assert_eq!(ack.reason_code, ReasonCode::InBlacklist);
+    let ack = common::send_text(&mut ben, ("amy", 1), 1, "c0", "hi amy", Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success, "friends may chat");
+    let mut cal = online(&server, "cal").await;
+    let ack = common::send_text(&mut cal, ("amy", 1), 1, "c1", "hi amy", Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::NotInWhitelist, "a stranger may not");
+    let ack = common::send_text(&mut cal, ("dee", 1), 2, "c2", "hi dee", Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success, "nobody on dee's whitelist: open to all");
+
+    let block = json!({"fromUserID": "amy", "ToUserID": "ben", "operationID": "x"});
+    assert_eq!(call(&server, "/friend/add_blacklist", t, block).await, json!({"errCode": 0, "errMsg": ""}));
+    let ack = common::send_text(&mut ben, ("amy", 1), 2, "c3", "hi again", Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::InBlacklist, "the blacklist wins over friendship");
     server.stop().await;
 }
