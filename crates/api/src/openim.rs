@@ -647,14 +647,15 @@ async fn online_status(State(state): State<AppState>, body: Bytes) -> Answer {
             let mut platforms: Vec<&str> = conns.iter().map(|c| platform_class(c.device_flag)).collect();
             platforms.sort_unstable();
             platforms.dedup();
-            json!({
-                "userID": uid,
-                "status": if conns.is_empty() { "offline" } else { "online" },
-                "detailPlatformStatus": platforms.iter().map(|p| json!({"platform": p, "status": "online"})).collect::<Vec<_>>(),
-            })
+            if conns.is_empty() {
+                // As the seed shows: offline users carry no platform list.
+                return json!({"userID": uid, "status": "offline"});
+            }
+            let detail: Vec<Value> = platforms.iter().map(|p| json!({"platform": p, "status": "online"})).collect();
+            json!({"userID": uid, "status": "online", "detailPlatformStatus": detail})
         })
         .collect();
-    Ok(success(json!({"data": data})))
+    Ok(success(json!({"successResult": data})))
 }
 
 /// `manager/get_all_users_uid`: every registered uid.
@@ -676,7 +677,7 @@ async fn account_check(State(state): State<AppState>, body: Bytes) -> Answer {
         Ok(out)
     })
     .await?;
-    Ok(success(json!({"data": data})))
+    Ok(success(json!({"result": data})))
 }
 
 #[derive(Deserialize)]

@@ -119,17 +119,17 @@ async fn users_profiles_status_and_deletion() {
         call(&server, "/manager/get_users_online_status", t, json!({"operationID": "x", "userIDList": ["bob", "ann"]}))
             .await;
     assert_eq!(
-        status["data"][0],
+        status["successResult"][0],
         json!({"userID": "bob", "status": "online", "detailPlatformStatus": [{"platform": "Mobile", "status": "online"}]})
     );
-    assert_eq!(status["data"][1]["status"], "offline");
+    assert_eq!(status["successResult"][1], json!({"userID": "ann", "status": "offline"}));
     let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
     assert_eq!(call(&server, "/manager/get_users_online_status", t, json!({"userIDList": many})).await["errCode"], 803);
 
     let check =
         call(&server, "/manager/account_check", t, json!({"operationID": "x", "userIDList": ["ann", "zed"]})).await;
     assert_eq!(
-        check["data"],
+        check["result"],
         json!([{"userID": "ann", "accountStatus": "registered"}, {"userID": "zed", "accountStatus": "unregistered"}])
     );
     let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
@@ -146,7 +146,7 @@ async fn users_profiles_status_and_deletion() {
     let (_, connack) = Client::connect(&server.tcp(), "bob", "t", device_flag::APP, "phone", 5).await.unwrap();
     assert_eq!(connack.reason_code, ReasonCode::AuthFail);
     let check = call(&server, "/manager/account_check", t, json!({"userIDList": ["bob"]})).await;
-    assert_eq!(check["data"][0]["accountStatus"], "unregistered");
+    assert_eq!(check["result"][0]["accountStatus"], "unregistered");
     server.stop().await;
 }
 
@@ -270,5 +270,117 @@ async fn friends_and_blacklists() {
     assert_eq!(call(&server, "/friend/add_blacklist", t, block).await, json!({"errCode": 0, "errMsg": ""}));
     let ack = common::send_text(&mut ben, ("amy", 1), 2, "c3", "hi again", Default::default()).await;
     assert_eq!(ack.reason_code, ReasonCode::InBlacklist, "the blacklist wins over friendship");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_seed_examples_succeed_as_written() {
+    let server = server().await;
+    // The seed asks for its token with platform 1; the admin's uid is ours.
+    let token = call(
+        &server,
+        "/auth/user_token",
+        None,
+        json!({"secret": SECRET, "platform": 1, "userID": ADMIN, "operationID": "asdfasdfsadf"}),
+    )
+    .await;
+    assert_eq!(token["errCode"], 0, "{token}");
+    let token = token["data"]["token"].as_str().unwrap().to_owned();
+    let t = Some(token.as_str());
+    let ok = |answer: &Value| assert_eq!(answer["errCode"], 0, "{answer}");
+
+    let created = call(
+        &server,
+        "/group/create_group",
+        t,
+        json!({
+            "ownerUserID": "19828950910", "groupType": 0, "groupName": "test group name", "notification": "",
+            "introduction": "", "faceURL": "", "ex": "", "operationID": "sdadfsdfssdfasdafvcdxsdafdsfsdfaa",
+            "memberList": [{"userID": "18666662412", "roleLevel": 1}]
+        }),
+    )
+    .await;
+    ok(&created);
+    let group = created["data"]["groupID"].as_str().unwrap().to_owned();
+    let invited = call(&server, "/group/invite_user_to_group", t, json!({"groupID": group, "operationID": "341323253454352", "invitedUserIDList": ["18349115126"], "reason": "hello"})).await;
+    assert_eq!(invited["data"], json!([{"userID": "18349115126", "result": 0}]));
+    let kicked = call(&server, "/group/kick_group", t, json!({"groupID": group, "operationID": "dasdavdsadsfasdf", "reason": "kkk", "kickedUserIDList": ["18666662412"]})).await;
+    assert_eq!(kicked["data"], json!([{"userID": "18666662412", "result": 0}]));
+    let friends = call(&server, "/friend/import_friend", t, json!({"friendUserIDList": ["21979710c3fe454d", "3434344"], "operationID": "1111111222", "fromUserID": "f732156059eeb5d0"})).await;
+    assert_eq!(
+        friends["data"],
+        json!([{"userID": "21979710c3fe454d", "result": 0}, {"userID": "3434344", "result": 0}])
+    );
+    ok(&call(
+        &server,
+        "/friend/add_blacklist",
+        t,
+        json!({"ToUserID": "21979710c3fe454d", "operationID": "1111111222", "fromUserID": "f732156059eeb5d0"}),
+    )
+    .await);
+    ok(&call(
+        &server,
+        "/user/update_user_info",
+        t,
+        json!({"uid": "21979710c3fe454d", "operationID": "1111111222", "name": "sssssssssskkkkk"}),
+    )
+    .await);
+    let deleted = call(
+        &server,
+        "/manager/delete_user",
+        t,
+        json!({"operationID": "1111111222", "deleteUidList": ["123", "343", "456"]}),
+    )
+    .await;
+    assert_eq!(deleted["failedUidList"], json!(["123", "343", "456"]), "none of them registered");
+    let info = call(
+        &server,
+        "/user/get_user_info",
+        t,
+        json!({"operationID": "1111111222", "uidList": ["123", "21979710c3fe454d"]}),
+    )
+    .await;
+    assert_eq!(info["data"][0]["name"], "sssssssssskkkkk", "{info}");
+    let status = call(
+        &server,
+        "/manager/get_users_online_status",
+        t,
+        json!({"operationID": "545454", "userIDList": ["18349115126", "45", "17396220460", "sadsdf"]}),
+    )
+    .await;
+    assert_eq!(status["successResult"].as_array().unwrap().len(), 4, "{status}");
+    let all = call(&server, "/manager/get_all_users_uid", t, json!({"operationID": "1111111222"})).await;
+    assert_eq!(all["uidList"], json!(["21979710c3fe454d"]));
+    let check = call(
+        &server,
+        "/manager/account_check",
+        t,
+        json!({"operationID": "1111", "userIDList": ["18349115126", "111", "222", "17396220460"]}),
+    )
+    .await;
+    assert_eq!(check["result"].as_array().unwrap().len(), 4, "{check}");
+    let sent = call(
+        &server,
+        "/manager/send_msg",
+        t,
+        json!({
+            "operationID": "1111111222", "sendID": "1111111222", "recvID": "1111111222", "senderNickName": "张三",
+            "senderFaceURL": "http://www.head.com", "forceList": ["122", "223"], "content": {"text": "nihao"},
+            "contentType": 101, "sessionType": 1
+        }),
+    )
+    .await;
+    ok(&sent);
+    let custom = call(
+        &server,
+        "/manager/send_msg",
+        t,
+        json!({
+            "sendID": "1111111222", "recvID": "1111111223", "content": {"data": "", "description": "", "extension": ""},
+            "contentType": 110, "sessionType": 1
+        }),
+    )
+    .await;
+    ok(&custom);
     server.stop().await;
 }
