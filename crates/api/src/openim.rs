@@ -626,12 +626,14 @@ async fn delete_user(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"failedUidList": failed})))
 }
 
-/// OpenIM's platform class of a WuKongIM device flag.
-fn platform_class(device_flag: u8) -> &'static str {
+/// The OpenIM platform name reported for a WuKongIM device flag. A WuKongIM login
+/// names only the device class, so each class reports its lowest-numbered platform:
+/// app → `IOS` (1), web → `Web` (5), pc → `Windows` (3).
+fn platform_of_flag(device_flag: u8) -> &'static str {
     match device_flag {
-        hongyan_proto::device_flag::APP => "Mobile",
+        hongyan_proto::device_flag::APP => "IOS",
         hongyan_proto::device_flag::WEB => "Web",
-        _ => "PC",
+        _ => "Windows",
     }
 }
 
@@ -644,7 +646,7 @@ async fn online_status(State(state): State<AppState>, body: Bytes) -> Answer {
         .iter()
         .map(|uid| {
             let conns = if is_valid_uid(uid) { state.registry.connections(uid) } else { Vec::new() };
-            let mut platforms: Vec<&str> = conns.iter().map(|c| platform_class(c.device_flag)).collect();
+            let mut platforms: Vec<&str> = conns.iter().map(|c| platform_of_flag(c.device_flag)).collect();
             platforms.sort_unstable();
             platforms.dedup();
             if conns.is_empty() {

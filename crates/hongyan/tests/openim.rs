@@ -120,7 +120,7 @@ async fn users_profiles_status_and_deletion() {
             .await;
     assert_eq!(
         status["successResult"][0],
-        json!({"userID": "bob", "status": "online", "detailPlatformStatus": [{"platform": "Mobile", "status": "online"}]})
+        json!({"userID": "bob", "status": "online", "detailPlatformStatus": [{"platform": "IOS", "status": "online"}]})
     );
     assert_eq!(status["successResult"][1], json!({"userID": "ann", "status": "offline"}));
     let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
