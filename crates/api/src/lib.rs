@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod easemob;
 mod error;
 pub mod openim;
 pub mod wukong;
@@ -65,6 +66,8 @@ pub struct ApiSettings {
     pub started_at_ms: i64,
     /// The OpenIM dialect's settings; `None` when it is off.
     pub openim: Option<openim::OpenImSettings>,
+    /// The Easemob dialect (its apps and rate-limit counters); `None` when it is off.
+    pub easemob: Option<Arc<easemob::Easemob>>,
 }
 
 /// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.

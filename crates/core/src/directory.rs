@@ -182,6 +182,37 @@ impl Core {
         Ok(())
     }
 
+    /// Renames thread `id`.
+    pub fn rename_thread(&self, id: &str, name: &str) -> Result<Thread, DirectoryError> {
+        let mut thread = self.existing_thread(id)?;
+        thread.name = name.to_owned();
+        self.store().apply(self.store().thread_writes(&thread)?)?;
+        Ok(thread)
+    }
+
+    /// Every thread, in id order.
+    pub fn all_threads(&self) -> Result<Vec<Thread>, StoreError> {
+        self.store().all_threads()
+    }
+
+    /// The threads `uid` is a member of, with when it joined (ms), in id order.
+    pub fn threads_of(&self, uid: &str, group_id: Option<&str>) -> Result<Vec<(Thread, i64)>, StoreError> {
+        let threads = match group_id {
+            Some(group) => self.group_threads(group)?,
+            None => self.all_threads()?,
+        };
+        let mut joined = Vec::new();
+        for thread in threads {
+            if !self.channel_state(&group_key(&thread.id))?.subscribers.contains(uid) {
+                continue;
+            }
+            let entries = self.store().member_entries(MemberList::Subscribers, &thread.id, GROUP)?;
+            let at = entries.iter().find(|(u, _)| u == uid).map_or(thread.created_ms, |(_, at)| *at);
+            joined.push((thread, at));
+        }
+        Ok(joined)
+    }
+
     /// The thread `id`.
     pub fn thread(&self, id: &str) -> Result<Option<Thread>, StoreError> {
         self.store().thread(id)
@@ -201,7 +232,8 @@ impl Core {
         Ok(members)
     }
 
-    fn existing_thread(&self, id: &str) -> Result<Thread, DirectoryError> {
+    /// The thread `id`, or [`DirectoryError::NotFound`].
+    pub fn existing_thread(&self, id: &str) -> Result<Thread, DirectoryError> {
         self.store().thread(id)?.ok_or_else(|| DirectoryError::NotFound(format!("thread {id}")))
     }
 
@@ -299,6 +331,11 @@ mod tests {
         assert!(matches!(core.create_thread(thread("t", "g", "a")), Err(DirectoryError::AlreadyExists(_))));
         assert_eq!(core.thread_members("t").unwrap(), ["a"]);
         assert_eq!(core.group_threads("g").unwrap(), [thread("t", "g", "a")]);
+        assert_eq!(core.rename_thread("t", "renamed").unwrap().name, "renamed");
+        assert_eq!(core.thread("t").unwrap().unwrap().name, "renamed");
+        assert_eq!(core.threads_of("a", None).unwrap().len(), 1);
+        assert!(core.threads_of("b", Some("g")).unwrap().is_empty());
+        core.rename_thread("t", "t talk").unwrap();
 
         // Members come from the group only, all or none.
         let err = core.add_thread_members("t", &names(&["b", "zed"])).unwrap_err();

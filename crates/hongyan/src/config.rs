@@ -41,8 +41,52 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The OpenIM v2 admin dialect.
     pub openim: OpenImConfig,
+    /// The Easemob / Agora Chat thread dialect.
+    pub easemob: EasemobConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[easemob]`: on when at least one app is configured.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EasemobConfig {
+    /// Its own listener at Easemob's paths (`/{org}/{app}/…`). Empty: none.
+    pub addr: String,
+    /// The apps, each with its client credentials.
+    pub apps: Vec<EasemobAppConfig>,
+    /// Calls per second per app and API (429 beyond).
+    pub calls_per_sec: u32,
+    /// Calls per second per app to the token endpoint.
+    pub token_calls_per_sec: u32,
+    /// Lifetime of a token when the request gives no `ttl`.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for EasemobConfig {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            apps: Vec::new(),
+            calls_per_sec: 100,
+            token_calls_per_sec: 300,
+            token_ttl_secs: 604_800,
+        }
+    }
+}
+
+/// One `[[easemob.apps]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EasemobAppConfig {
+    /// Organisation name in paths.
+    pub org: String,
+    /// App name in paths.
+    pub app: String,
+    /// Client id of the token endpoint.
+    pub client_id: String,
+    /// Client secret of the token endpoint; also signs the app's tokens.
+    pub client_secret: String,
 }
 
 /// `[openim]`.
@@ -230,6 +274,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             storage: StorageConfig::default(),
             openim: OpenImConfig::default(),
+            easemob: EasemobConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -399,6 +444,27 @@ impl Config {
             if !self.openim.addr.is_empty() {
                 self.openim.addr.parse::<SocketAddr>().map_err(|_| invalid("openim.addr", "not an ip:port"))?;
             }
+        }
+        let mut apps = std::collections::HashSet::new();
+        for (i, a) in self.easemob.apps.iter().enumerate() {
+            let key = format!("easemob.apps[{i}]");
+            let path_safe =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !path_safe(&a.org) || !path_safe(&a.app) {
+                return Err(invalid(&key, "org and app must be non-empty letters, digits, '-', '_' or '.'"));
+            }
+            if a.client_id.is_empty() || a.client_secret.is_empty() {
+                return Err(invalid(&key, "client_id and client_secret must be set"));
+            }
+            if !apps.insert((&a.org, &a.app)) {
+                return Err(invalid(&key, "the same org and app twice"));
+            }
+        }
+        if self.easemob.calls_per_sec == 0 || self.easemob.token_calls_per_sec == 0 {
+            return Err(invalid("easemob.calls_per_sec", "rate limits must be greater than 0"));
+        }
+        if !self.easemob.addr.is_empty() {
+            self.easemob.addr.parse::<SocketAddr>().map_err(|_| invalid("easemob.addr", "not an ip:port"))?;
         }
         if self.storage.retention_sweep_interval_secs == 0 {
             return Err(invalid("storage.retention_sweep_interval_secs", "must be greater than 0"));

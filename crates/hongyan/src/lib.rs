@@ -47,6 +47,8 @@ pub struct Server {
     pub manager_addr: SocketAddr,
     /// The OpenIM dialect's own listener, when enabled with an address.
     pub openim_addr: Option<SocketAddr>,
+    /// The Easemob dialect's own listener, when configured.
+    pub easemob_addr: Option<SocketAddr>,
     /// The client gateway and its bound addresses.
     pub gateway: Gateway,
     /// Who is online.
@@ -145,6 +147,25 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         online_status_format: config.api.onlinestatus_format,
         node_id: config.node_id,
         started_at_ms: hongyan_core::now_ms(),
+        easemob: (!config.easemob.apps.is_empty()).then(|| {
+            let apps = config
+                .easemob
+                .apps
+                .iter()
+                .map(|a| hongyan_api::easemob::EasemobApp {
+                    org: a.org.clone(),
+                    app: a.app.clone(),
+                    client_id: a.client_id.clone(),
+                    client_secret: a.client_secret.clone(),
+                })
+                .collect();
+            Arc::new(hongyan_api::easemob::Easemob::new(
+                apps,
+                config.easemob.calls_per_sec,
+                config.easemob.token_calls_per_sec,
+                Duration::from_secs(config.easemob.token_ttl_secs),
+            ))
+        }),
         openim: config.openim.enabled.then(|| hongyan_api::openim::OpenImSettings {
             secret: config.openim.secret.clone(),
             admin_user_ids: config.openim.admin_user_ids.clone(),
@@ -153,6 +174,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     };
     let state = AppState { core: core.clone(), store, registry: registry.clone(), settings: Arc::new(settings) };
     let mut api = hongyan_api::wukong::router(state.clone());
+    let mut easemob = None;
+    if !config.easemob.apps.is_empty() {
+        api = api.nest("/easemob", hongyan_api::easemob::router(state.clone()));
+        if !config.easemob.addr.is_empty() {
+            let addr: SocketAddr = config.easemob.addr.parse().context("easemob.addr")?;
+            easemob = Some((addr, hongyan_api::easemob::router(state.clone())));
+        }
+    }
     let mut openim = None;
     if config.openim.enabled {
         api = api.nest("/openim", hongyan_api::openim::router(state.clone()));
@@ -167,15 +196,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let http = TaskTracker::new();
     let mut bound = Vec::new();
+    let mut listeners_bound = Vec::new();
     let mut listeners = vec![("api.addr", api_addr, api), ("manager.addr", manager_addr, manager)];
     if let Some((addr, router)) = openim {
         listeners.push(("openim.addr", addr, router));
+    }
+    if let Some((addr, router)) = easemob {
+        listeners.push(("easemob.addr", addr, router));
     }
     for (key, addr, router) in listeners {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
         let local = listener.local_addr()?;
         info!(%local, "{key} listening");
         bound.push(local);
+        listeners_bound.push((key, local));
         let stop = shutdown.clone();
         http.spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
@@ -185,8 +219,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         });
     }
     http.close();
-    let openim_addr = bound.get(2).copied();
-    Ok(Server { api_addr: bound[0], manager_addr: bound[1], openim_addr, gateway, registry, log, core, shutdown, http })
+    let addr_of = |key: &str| listeners_bound.iter().find(|(k, _)| *k == key).map(|(_, a)| *a);
+    let (openim_addr, easemob_addr) = (addr_of("openim.addr"), addr_of("easemob.addr"));
+    Ok(Server {
+        api_addr: bound[0],
+        manager_addr: bound[1],
+        openim_addr,
+        easemob_addr,
+        gateway,
+        registry,
+        log,
+        core,
+        shutdown,
+        http,
+    })
 }
 
 /// Runs the retention sweep at start-up and then every interval, if any is configured.

@@ -310,6 +310,18 @@ impl Store {
         vec![Write::Delete(Table::ThreadInfo, thread.id.as_bytes().to_vec()), Write::Delete(Table::GroupThread, index)]
     }
 
+    /// Every thread, in id order.
+    pub fn all_threads(&self) -> Result<Vec<Thread>> {
+        self.kv()
+            .scan_prefix(Table::ThreadInfo, b"", usize::MAX)?
+            .into_iter()
+            .map(|(key, value)| {
+                let id = std::str::from_utf8(&key).map_err(|_| corrupt(Table::ThreadInfo, "thread id"))?;
+                decode_thread(id, &value)
+            })
+            .collect()
+    }
+
     /// The ids of a group's threads, in id order.
     pub fn group_threads(&self, group_id: &str) -> Result<Vec<String>> {
         let prefix = group_thread_prefix(group_id);
@@ -390,6 +402,7 @@ mod tests {
         store.apply(store.thread_writes(&t2).unwrap()).unwrap();
         assert_eq!(store.thread("t1").unwrap(), Some(t.clone()));
         assert_eq!(store.group_threads("g").unwrap(), ["t1", "t2"]);
+        assert_eq!(store.all_threads().unwrap().iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
         assert!(store.group_threads("g2").unwrap().is_empty());
         store.apply(store.thread_removal(&t)).unwrap();
         assert_eq!(store.thread("t1").unwrap(), None);

@@ -1,0 +1,668 @@
+//! The Easemob / Agora Chat thread dialect (seed 002): app tokens, threads and thread
+//! members, in Easemob's envelope, errors and rate limits, over the core's threads
+//! (sub-channels of a group whose members stay a subset of the group's).
+//!
+//! * Apps are configured (`[[easemob.apps]]`); `POST /{org}/{app}/token` trades the
+//!   client credentials for an app token: an HS256 JWT signed with the client secret,
+//!   so tokens survive restarts. Every other call needs `Authorization: Bearer …`.
+//! * Success is HTTP 200 with `action`, `application`, `applicationName`,
+//!   `organization`, `uri`, `path`, `timestamp`, `duration` and the call's
+//!   `data`/`entities`/`properties`; failures carry the real HTTP status and
+//!   `{error, exception, timestamp, duration, error_description}`.
+//! * Each app has per-API call budgets per second (429 beyond them).
+//! * One namespace: threads, groups and users are the core's, whichever app names them.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use hongyan_gateway::is_valid_uid;
+use hongyan_store::Thread;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use md5::Digest as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+/// One configured app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EasemobApp {
+    /// The organisation name in paths.
+    pub org: String,
+    /// The app name in paths.
+    pub app: String,
+    /// The client id the token endpoint checks.
+    pub client_id: String,
+    /// The client secret it checks; also signs the app's tokens.
+    pub client_secret: String,
+}
+
+/// The dialect's settings and its rate-limit counters.
+#[derive(Debug)]
+pub struct Easemob {
+    apps: Vec<EasemobApp>,
+    /// Calls per second per app and API.
+    calls_per_sec: u32,
+    /// Calls per second per app to the token endpoint.
+    token_calls_per_sec: u32,
+    /// Token lifetime when the request gives no `ttl`.
+    default_ttl: Duration,
+    windows: Mutex<HashMap<(usize, &'static str), Window>>,
+}
+
+/// Calls of one API by one app in the current second: when the second began, how many.
+type Window = (Instant, u32);
+
+impl Easemob {
+    /// The dialect over `apps`.
+    pub fn new(apps: Vec<EasemobApp>, calls_per_sec: u32, token_calls_per_sec: u32, default_ttl: Duration) -> Self {
+        Self { apps, calls_per_sec, token_calls_per_sec, default_ttl, windows: Mutex::new(HashMap::new()) }
+    }
+
+    fn app(&self, org: &str, app: &str) -> Option<(usize, &EasemobApp)> {
+        self.apps.iter().enumerate().find(|(_, a)| a.org == org && a.app == app)
+    }
+
+    /// Counts a call of `api` by app `index`; false once the second's budget is spent.
+    fn admit(&self, index: usize, api: &'static str) -> bool {
+        let budget = if api == "token" { self.token_calls_per_sec } else { self.calls_per_sec };
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let window = windows.entry((index, api)).or_insert((now, 0));
+        if now.duration_since(window.0) >= Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+        window.1 <= budget
+    }
+}
+
+/// The app's UUID as Easemob shows it, derived from its org and name.
+fn app_uuid(app: &EasemobApp) -> String {
+    let d = md5::Md5::digest(format!("{}#{}", app.org, app.app).as_bytes());
+    let h: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// A failure in Easemob's shape.
+#[derive(Debug)]
+pub(crate) struct EmError {
+    status: StatusCode,
+    error: &'static str,
+    exception: &'static str,
+    description: String,
+}
+
+impl EmError {
+    fn new(status: StatusCode, error: &'static str, exception: &'static str, description: impl Into<String>) -> Self {
+        Self { status, error, exception, description: description.into() }
+    }
+
+    fn group(status: StatusCode, description: &str) -> Self {
+        let exception = match status {
+            StatusCode::NOT_FOUND => "com.easemob.group.exception.GroupNotFoundException",
+            StatusCode::FORBIDDEN => "com.easemob.group.exception.GroupForbiddenException",
+            _ => "com.easemob.group.exception.GroupErrorException",
+        };
+        Self::new(status, "group_error", exception, description)
+    }
+
+    fn bad_body(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "param_illegal", "IllegalArgumentException", description)
+    }
+
+    fn unauthorized(description: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "EasemobSecurityException", description)
+    }
+}
+
+impl From<hongyan_store::StoreError> for EmError {
+    fn from(e: hongyan_store::StoreError) -> Self {
+        tracing::error!(error = %e, "storage failed in an Easemob call");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "StorageException", "storage failed")
+    }
+}
+
+impl From<hongyan_core::directory::DirectoryError> for EmError {
+    fn from(e: hongyan_core::directory::DirectoryError) -> Self {
+        use hongyan_core::directory::DirectoryError as D;
+        match e {
+            D::Storage(e) => e.into(),
+            D::NotMember { .. } => Self::group(StatusCode::NOT_FOUND, "user not in group."),
+            D::NotFound(what) if what.starts_with("group") => Self::group(StatusCode::NOT_FOUND, "group not found."),
+            D::NotFound(_) => Self::group(StatusCode::NOT_FOUND, "thread not found."),
+            D::AlreadyExists(_) => Self::group(StatusCode::FORBIDDEN, "thread id already exists."),
+            D::InvalidId(id) => Self::bad_body(format!("invalid id: {id}")),
+        }
+    }
+}
+
+impl IntoResponse for EmError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": self.error,
+            "exception": self.exception,
+            "timestamp": hongyan_core::now_ms(),
+            "duration": 0,
+            "error_description": self.description,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// What every thread call knows about its request, for the envelope.
+struct Call {
+    app: EasemobApp,
+    method: Method,
+    uri: String,
+    path: String,
+    started: Instant,
+}
+
+impl Call {
+    /// The success envelope with `fields` (data, entities, properties) beside it.
+    fn answer(&self, fields: Value) -> Json<Value> {
+        let mut body = json!({
+            "action": self.method.as_str().to_lowercase(),
+            "application": app_uuid(&self.app),
+            "applicationName": self.app.app,
+            "organization": self.app.org,
+            "uri": self.uri,
+            "path": self.path,
+            "timestamp": hongyan_core::now_ms(),
+            "duration": self.started.elapsed().as_millis() as u64,
+        });
+        if let (Some(out), Value::Object(more)) = (body.as_object_mut(), fields) {
+            out.extend(more);
+        }
+        Json(body)
+    }
+}
+
+fn easemob(state: &AppState) -> Result<&Easemob, EmError> {
+    state.settings.easemob.as_deref().ok_or_else(not_found_app)
+}
+
+fn not_found_app() -> EmError {
+    EmError::new(
+        StatusCode::NOT_FOUND,
+        "organization_application_not_found",
+        "ApplicationNotFoundException",
+        "Could not find application for the org and app name",
+    )
+}
+
+/// App token claims.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    org: String,
+    app: String,
+    exp: i64,
+    iat: i64,
+}
+
+/// Finds the app, spends one call of `api` from its budget and checks the bearer token.
+fn authorize(
+    state: &AppState,
+    (org, app): (&str, &str),
+    headers: &HeaderMap,
+    api: &'static str,
+    method: Method,
+    uri: &axum::http::Uri,
+) -> Result<Call, EmError> {
+    let em = easemob(state)?;
+    let (index, found) = em.app(org, app).ok_or_else(not_found_app)?;
+    if !em.admit(index, api) {
+        return Err(EmError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_limited",
+            "ServiceUnavailableException",
+            format!("This request has reached api limit of {} calls per second", em.calls_per_sec),
+        ));
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| EmError::unauthorized("Unable to authenticate (OAuth)"))?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    let claims =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(found.client_secret.as_bytes()), &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    EmError::unauthorized("Unable to authenticate due to expired access token")
+                }
+                _ => EmError::unauthorized("Unable to authenticate due to corrupt access token"),
+            })?
+            .claims;
+    if claims.org != found.org || claims.app != found.app {
+        return Err(EmError::unauthorized("Unable to authenticate due to corrupt access token"));
+    }
+    Ok(Call { app: found.clone(), method, uri: uri.to_string(), path: uri.path().to_owned(), started: Instant::now() })
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, EmError> {
+    serde_json::from_slice(body).map_err(|e| EmError::bad_body(format!("Failed to read HTTP message: {e}")))
+}
+
+/// The dialect's routes at Easemob's paths (`/{org}/{app}/…`).
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/{org}/{app}/token", post(token))
+        .route("/{org}/{app}/thread", post(create_thread).get(list_threads))
+        .route("/{org}/{app}/thread/{id}", axum::routing::put(rename_thread).delete(delete_thread))
+        .route("/{org}/{app}/thread/{id}/users", get(list_members).post(add_members).delete(remove_members))
+        .route("/{org}/{app}/threads/{id}/users", axum::routing::delete(remove_members))
+        .route("/{org}/{app}/threads/user/{username}", get(user_threads))
+        .route("/{org}/{app}/threads/chatgroups/{group}/user/{username}", get(user_group_threads))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenReq {
+    #[serde(default)]
+    grant_type: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    client_secret: String,
+    ttl: Option<u64>,
+}
+
+/// `POST /{org}/{app}/token` with `client_credentials`: `{access_token, expires_in,
+/// application}`, not enveloped. `ttl` 0 means the token never expires.
+async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, String)>, body: Bytes) -> Response {
+    let answer = (|| {
+        let em = easemob(&state)?;
+        let (index, found) = em.app(&org, &app).ok_or_else(not_found_app)?;
+        if !em.admit(index, "token") {
+            return Err(EmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_limited",
+                "ServiceUnavailableException",
+                format!("This request has reached api limit of {} calls per second", em.token_calls_per_sec),
+            ));
+        }
+        let req: TokenReq = parse(&body)?;
+        let illegal =
+            |d: &str| EmError::new(StatusCode::BAD_REQUEST, "illegal_argument", "IllegalArgumentException", d);
+        let invalid = |d: &str| EmError::new(StatusCode::BAD_REQUEST, "invalid_grant", "InvalidGrantException", d);
+        if req.grant_type != "client_credentials" {
+            return Err(illegal("grant_type must be client_credentials."));
+        }
+        if req.client_id.is_empty() {
+            return Err(illegal("client_id must be provided."));
+        }
+        if req.client_secret.is_empty() {
+            return Err(illegal("client_secret must be provided"));
+        }
+        if req.client_id != found.client_id {
+            return Err(invalid("client_id does not match"));
+        }
+        let secret_ok = req.client_secret.len() == found.client_secret.len()
+            && req.client_secret.bytes().zip(found.client_secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !secret_ok {
+            return Err(invalid("client_secret does not match"));
+        }
+        let ttl = req.ttl.map_or(em.default_ttl, Duration::from_secs);
+        let now = hongyan_core::now_ms() / 1000;
+        // ttl 0: never expires (as far as a JWT can say).
+        let exp = if ttl.is_zero() { 253_402_300_799 } else { now.saturating_add(ttl.as_secs() as i64) };
+        let claims = Claims { org: found.org.clone(), app: found.app.clone(), exp, iat: now };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(found.client_secret.as_bytes()),
+        )
+        .map_err(|e| {
+            EmError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "TokenException", e.to_string())
+        })?;
+        Ok(json!({"access_token": token, "expires_in": ttl.as_secs(), "application": app_uuid(found)}))
+    })();
+    match answer {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Longest thread name, in characters.
+const NAME_MAX: usize = 64;
+/// Most usernames per member call.
+const USERNAMES_MAX: usize = 10;
+/// Most items per page.
+const PAGE_MAX: usize = 50;
+
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&hongyan_core::Core) -> Result<T, EmError> + Send + 'static,
+) -> Result<T, EmError> {
+    let core = state.core.clone();
+    tokio::task::spawn_blocking(move || f(&core)).await.map_err(|e| {
+        EmError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "TaskException", e.to_string())
+    })?
+}
+
+#[derive(Deserialize)]
+struct CreateReq {
+    group_id: String,
+    name: String,
+    msg_id: String,
+    owner: String,
+}
+
+fn check_name(name: &str) -> Result<(), EmError> {
+    if name.is_empty() {
+        return Err(EmError::bad_body("name must be provided."));
+    }
+    if name.chars().count() > NAME_MAX {
+        return Err(EmError::group(StatusCode::BAD_REQUEST, "thread name limit reached."));
+    }
+    Ok(())
+}
+
+/// `POST /{org}/{app}/thread`: a thread on a message of the group, owned by a member.
+async fn create_thread(
+    State(state): State<AppState>,
+    Path((org, app)): Path<(String, String)>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "create_thread", Method::POST, &uri)?;
+    let req: CreateReq = parse(&body)?;
+    check_name(&req.name)?;
+    for (field, id) in [("group_id", &req.group_id), ("owner", &req.owner)] {
+        if !is_valid_uid(id) {
+            return Err(EmError::bad_body(format!("{field}: {}", hongyan_gateway::ID_RULE)));
+        }
+    }
+    let message_id: i64 = req.msg_id.parse().map_err(|_| EmError::group(StatusCode::NOT_FOUND, "msg not exist."))?;
+    let id = blocking(&state, move |core| {
+        let group = hongyan_store::ChannelKey::new(req.group_id.clone(), hongyan_core::channel::GROUP);
+        let members = core.channel_state(&group)?;
+        if members.subscribers.is_empty() {
+            return Err(EmError::group(StatusCode::NOT_FOUND, "group not found."));
+        }
+        if !members.subscribers.contains(&req.owner) {
+            return Err(EmError::group(StatusCode::NOT_FOUND, "user not in group."));
+        }
+        if core.thread(&req.group_id)?.is_some() {
+            return Err(EmError::group(StatusCode::BAD_REQUEST, "thread not nested."));
+        }
+        match core.log().by_message_id(message_id)? {
+            None => return Err(EmError::group(StatusCode::NOT_FOUND, "msg not exist.")),
+            Some((channel, _)) if channel != group => {
+                return Err(EmError::group(StatusCode::BAD_REQUEST, "msg not belong to group ."));
+            }
+            Some(_) => {}
+        }
+        if core.group_threads(&req.group_id)?.iter().any(|t| t.message_id == req.msg_id) {
+            return Err(EmError::group(StatusCode::FORBIDDEN, "msg already create thread.not allow to create."));
+        }
+        let id = format!("{}", core.next_id());
+        let thread = Thread {
+            id: id.clone(),
+            group_id: req.group_id,
+            name: req.name,
+            owner: req.owner,
+            message_id: req.msg_id,
+            created_ms: hongyan_core::now_ms(),
+        };
+        core.create_thread(thread)?;
+        Ok(id)
+    })
+    .await?;
+    Ok(call.answer(json!({"data": {"thread_id": id}})))
+}
+
+#[derive(Deserialize)]
+struct RenameReq {
+    name: String,
+}
+
+/// `PUT /{org}/{app}/thread/{id}`.
+async fn rename_thread(
+    State(state): State<AppState>,
+    Path((org, app, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "rename_thread", Method::PUT, &uri)?;
+    let req: RenameReq = parse(&body)?;
+    check_name(&req.name)?;
+    let name = blocking(&state, move |core| Ok(core.rename_thread(&id, &req.name)?.name)).await?;
+    Ok(call.answer(json!({"data": {"name": name}})))
+}
+
+/// `DELETE /{org}/{app}/thread/{id}`.
+async fn delete_thread(
+    State(state): State<AppState>,
+    Path((org, app, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "delete_thread", Method::DELETE, &uri)?;
+    blocking(&state, move |core| Ok(core.delete_thread(&id)?)).await?;
+    Ok(call.answer(json!({"data": {"status": "ok"}})))
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    sort: Option<String>,
+}
+
+/// `limit` (1–50, default 50) of a page query.
+fn page_limit(q: &PageQuery) -> Result<usize, EmError> {
+    match q.limit.as_deref() {
+        None | Some("") => Ok(PAGE_MAX),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=PAGE_MAX).contains(&n) => Ok(n),
+            _ => Err(EmError::group(StatusCode::BAD_REQUEST, "query param reaches limit.")),
+        },
+    }
+}
+
+/// Cursors are the last item's sort key, base64url: stable while items are added.
+fn encode_cursor(key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_cursor(q: &PageQuery) -> Result<Option<String>, EmError> {
+    match q.cursor.as_deref() {
+        None | Some("") => Ok(None),
+        Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(Some)
+            .ok_or_else(|| EmError::bad_body("cursor: not a cursor this server gave")),
+    }
+}
+
+/// A page of `items` sorted by `key` after the cursor; the cursor of the next page is
+/// present whenever the page is not empty (an empty page means done).
+fn page<T>(mut items: Vec<T>, key: impl Fn(&T) -> String, q: &PageQuery) -> Result<(Vec<T>, Option<String>), EmError> {
+    let limit = page_limit(q)?;
+    let after = decode_cursor(q)?;
+    let descending = q.sort.as_deref() == Some("desc");
+    items.sort_by_key(&key);
+    if descending {
+        items.reverse();
+    }
+    let items: Vec<T> = items
+        .into_iter()
+        .filter(|i| match &after {
+            None => true,
+            Some(a) if descending => key(i) < *a,
+            Some(a) => key(i) > *a,
+        })
+        .take(limit)
+        .collect();
+    let cursor = items.last().map(|i| encode_cursor(&key(i)));
+    Ok((items, cursor))
+}
+
+/// `GET /{org}/{app}/thread/{id}/users?limit=&cursor=`: members by uid.
+async fn list_members(
+    State(state): State<AppState>,
+    Path((org, app, id)): Path<(String, String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "list_thread_members", Method::GET, &uri)?;
+    page_limit(&q)?;
+    let members = blocking(&state, move |core| Ok(core.thread_members(&id)?)).await?;
+    let (members, cursor) = page(members, Clone::clone, &PageQuery { sort: None, ..q })?;
+    Ok(call.answer(json!({"data": {"affiliations": members}, "properties": {"cursor": cursor.unwrap_or_default()}})))
+}
+
+#[derive(Deserialize)]
+struct UsernamesReq {
+    usernames: Vec<String>,
+}
+
+fn check_usernames(req: &UsernamesReq) -> Result<(), EmError> {
+    if req.usernames.is_empty() {
+        return Err(EmError::bad_body("usernames must be provided."));
+    }
+    if req.usernames.len() > USERNAMES_MAX {
+        return Err(EmError::group(StatusCode::BAD_REQUEST, "request body reaches limit."));
+    }
+    if let Some(bad) = req.usernames.iter().find(|u| !is_valid_uid(u)) {
+        return Err(EmError::bad_body(format!("usernames: `{bad}`: {}", hongyan_gateway::ID_RULE)));
+    }
+    Ok(())
+}
+
+/// `POST /{org}/{app}/thread/{id}/users`: members of the group join (all or none).
+async fn add_members(
+    State(state): State<AppState>,
+    Path((org, app, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "add_thread_members", Method::POST, &uri)?;
+    let req: UsernamesReq = parse(&body)?;
+    check_usernames(&req)?;
+    blocking(&state, move |core| Ok(core.add_thread_members(&id, &req.usernames)?)).await?;
+    Ok(call.answer(json!({"data": {"status": "ok"}})))
+}
+
+/// `DELETE /{org}/{app}/thread/{id}/users` (and `/threads/…`) with a JSON body:
+/// `entities: [{result, user}]`, false for those who were not members.
+async fn remove_members(
+    State(state): State<AppState>,
+    Path((org, app, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "remove_thread_members", Method::DELETE, &uri)?;
+    // The seed's own example sends no body: nobody to remove.
+    let req: UsernamesReq =
+        if body.iter().all(u8::is_ascii_whitespace) { UsernamesReq { usernames: Vec::new() } } else { parse(&body)? };
+    if !req.usernames.is_empty() {
+        check_usernames(&req)?;
+    }
+    let results = blocking(&state, move |core| {
+        let members: std::collections::HashSet<String> = core.thread_members(&id)?.into_iter().collect();
+        let present: Vec<String> = req.usernames.iter().filter(|u| members.contains(*u)).cloned().collect();
+        core.remove_thread_members(&id, &present)?;
+        Ok(req.usernames.into_iter().map(|u| (members.contains(&u), u)).collect::<Vec<_>>())
+    })
+    .await?;
+    let entities: Vec<Value> = results.iter().map(|(ok, user)| json!({"result": ok, "user": user})).collect();
+    Ok(call.answer(json!({"entities": entities})))
+}
+
+/// Threads as Easemob lists them.
+fn thread_json(t: &Thread) -> Value {
+    json!({"id": t.id, "name": t.name, "owner": t.owner, "msgId": t.message_id, "groupId": t.group_id, "created": t.created_ms})
+}
+
+/// Creation-time sort key (zero-padded, so strings order as numbers), then id.
+fn created_key(t: &Thread) -> String {
+    format!("{:020}#{}", t.created_ms.max(0), t.id)
+}
+
+/// `GET /{org}/{app}/thread?limit=&cursor=&sort=`: every thread, newest first by default.
+async fn list_threads(
+    State(state): State<AppState>,
+    Path((org, app)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "list_threads", Method::GET, &uri)?;
+    page_limit(&q)?;
+    let threads = blocking(&state, |core| Ok(core.all_threads()?)).await?;
+    let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
+    let (threads, cursor) = page(threads, created_key, &PageQuery { sort, ..q })?;
+    let entities: Vec<Value> = threads.iter().map(|t| json!({"id": t.id})).collect();
+    Ok(call.answer(json!({"entities": entities, "properties": {"cursor": cursor.unwrap_or_default()}})))
+}
+
+async fn joined_threads(
+    state: &AppState,
+    call: &Call,
+    username: String,
+    group: Option<String>,
+    q: PageQuery,
+) -> Result<Json<Value>, EmError> {
+    page_limit(&q)?;
+    if !is_valid_uid(&username) {
+        return Err(EmError::new(
+            StatusCode::NOT_FOUND,
+            "service_resource_not_found",
+            "ResourceNotFoundException",
+            "Service resource not found",
+        ));
+    }
+    let joined = blocking(state, move |core| Ok(core.threads_of(&username, group.as_deref())?)).await?;
+    let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
+    let key = |(t, at): &(Thread, i64)| format!("{:020}#{}", (*at).max(0), t.id);
+    let (joined, cursor) = page(joined, key, &PageQuery { sort, ..q })?;
+    let entities: Vec<Value> = joined.iter().map(|(t, _)| thread_json(t)).collect();
+    Ok(call.answer(json!({"entities": entities, "properties": {"cursor": cursor.unwrap_or_default()}})))
+}
+
+/// `GET /{org}/{app}/threads/user/{username}`: the threads a user joined, by join time.
+async fn user_threads(
+    State(state): State<AppState>,
+    Path((org, app, username)): Path<(String, String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "user_threads", Method::GET, &uri)?;
+    joined_threads(&state, &call, username, None, q).await
+}
+
+/// `GET /{org}/{app}/threads/chatgroups/{group}/user/{username}`.
+async fn user_group_threads(
+    State(state): State<AppState>,
+    Path((org, app, group, username)): Path<(String, String, String, String)>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Json<Value>, EmError> {
+    let call = authorize(&state, (&org, &app), &headers, "user_group_threads", Method::GET, &uri)?;
+    joined_threads(&state, &call, username, Some(group), q).await
+}
