@@ -9,6 +9,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# The official WuKongIM JS SDK, pinned by the lockfile and bundled for Node, for the
+# conformance tests (crates/hongyan/tests/sdk.rs).
+if ! command -v node >/dev/null 2>&1; then
+    echo "the conformance tests need Node.js 20 (node and npm on PATH)" >&2
+    exit 1
+fi
+(cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+
 # Unit, property, golden-vector and integration tests of every crate.
 cargo nextest run --workspace --all-targets --no-fail-fast
 # Examples in the documentation (nextest does not run doctests).

@@ -203,6 +203,18 @@ async fn threads_members_and_their_messages() {
     assert_eq!((s, answer["error_description"].as_str()), (400, Some("msg not belong to group .")));
     let (s, answer) = em.post("/thread", json!({"name": "t"})).await;
     assert_eq!((s, answer["error"].as_str()), (400, Some("param_illegal")));
+    // A thread's channel is a group of its own, but threads do not nest.
+    let (s, _) = server
+        .post(
+            "/message/send",
+            json!({"from_uid": "own", "channel_id": thread, "channel_type": 2, "payload": b64("in")}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, page) = server.post("/channel/messagesync", json!({"channel_id": thread, "channel_type": 2})).await;
+    let inner = page["messages"][0]["message_idstr"].as_str().unwrap().to_owned();
+    let (s, answer) = em.post("/thread", create("nested", &inner, "own", &thread)).await;
+    assert_eq!((s, answer["error_description"].as_str()), (400, Some("thread not nested.")), "{answer}");
 
     // Rename.
     let (s, renamed) =

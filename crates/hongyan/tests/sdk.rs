@@ -1,0 +1,284 @@
+//! Conformance with a client we did not write: the official WuKongIM JS SDK
+//! (`wukongimjssdk` 1.0.4, protocol v2, always encrypting), one Node process per client,
+//! driven through `tests/conformance/client.mjs`. `./scripts/test.sh` installs and
+//! bundles it first (`npm ci && npm run build` in `tests/conformance`).
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestServer, b64, text_of};
+use hongyan_proto::device_flag;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn bundle() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/dist/client.cjs");
+    assert!(
+        path.exists(),
+        "{} is missing: run ./scripts/test.sh, or `npm ci && npm run build` in tests/conformance",
+        path.display()
+    );
+    path
+}
+
+/// One SDK in its own Node process.
+struct Sdk {
+    uid: String,
+    child: Child,
+    stdin: ChildStdin,
+    events: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Sdk {
+    async fn start(server: &TestServer, uid: &str, token: &str) -> Self {
+        Self::start_with_heartbeat(server, uid, token, None).await
+    }
+
+    async fn start_with_heartbeat(server: &TestServer, uid: &str, token: &str, heartbeat_ms: Option<u64>) -> Self {
+        let addr = format!("ws://{}", server.server.gateway.ws_addr.unwrap());
+        let mut child = Command::new("node")
+            .arg(bundle())
+            .args([addr.as_str(), uid, token])
+            .args(heartbeat_ms.map(|ms| ms.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node is installed");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(event);
+                }
+            }
+        });
+        let mut sdk = Self { uid: uid.to_owned(), child, stdin, events };
+        sdk.expect(|e| e["event"] == "ready").await;
+        sdk
+    }
+
+    async fn command(&mut self, command: Value) {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// The next event `wanted` accepts, skipping others.
+    async fn expect(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let uid = self.uid.clone();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let event = self.events.recv().await.unwrap_or_else(|| panic!("{uid}: the SDK process ended"));
+                if wanted(&event) {
+                    return event;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{uid}: no such event within {WAIT:?}"))
+    }
+
+    async fn connect(&mut self) {
+        self.command(json!({"op": "connect"})).await;
+        let status = self.expect(|e| e["event"] == "status").await;
+        assert_eq!(status["status"], 1, "{}: connected: {status}", self.uid);
+    }
+
+    async fn send(&mut self, to: &str, channel_type: u8, text: &str) -> Value {
+        self.command(json!({"op": "send", "to": to, "channelType": channel_type, "text": text})).await;
+        self.expect(|e| e["event"] == "sendack").await
+    }
+
+    async fn message(&mut self) -> Value {
+        self.expect(|e| e["event"] == "message").await
+    }
+
+    /// Asserts no event `unwanted` accepts arrives within `within`.
+    async fn none(&mut self, within: Duration, unwanted: impl Fn(&Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            assert!(!unwanted(&event), "{}: unexpected {event}", self.uid);
+        }
+    }
+}
+
+impl Drop for Sdk {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn web_user(server: &TestServer, uid: &str, master: bool) -> Sdk {
+    server.register(uid, &format!("tok-{uid}"), device_flag::WEB, u8::from(master)).await;
+    let mut sdk = Sdk::start(server, uid, &format!("tok-{uid}")).await;
+    sdk.connect().await;
+    sdk
+}
+
+#[tokio::test]
+async fn sdk_connects_and_a_wrong_token_fails_without_a_reconnect_storm() {
+    let server = TestServer::start().await;
+    let _ok = web_user(&server, "sdk-ok", true).await;
+    server.register("sdk-bad", "right", device_flag::WEB, 1).await;
+    let mut bad = Sdk::start(&server, "sdk-bad", "wrong").await;
+    bad.command(json!({"op": "connect"})).await;
+    let status = bad.expect(|e| e["event"] == "status").await;
+    assert_eq!(
+        (status["status"].as_i64(), status["reasonCode"].as_i64()),
+        (Some(3), Some(2)),
+        "ConnectFail, AuthFail: {status}"
+    );
+    // The SDK stops reconnecting after a refusal: the socket closes (status 0) and no
+    // further attempt follows in 4 s (it retries every 3 s otherwise).
+    bad.none(Duration::from_secs(4), |e| e["event"] == "status" && e["status"] != 0).await;
+    let refused = server.metrics().await;
+    let attempts: f64 = refused
+        .lines()
+        .find(|l| l.starts_with("hongyan_gateway_handshakes_total") && l.contains("auth_fail"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(attempts, 1.0, "one refused handshake, not a storm");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn person_chat_both_ways_and_every_recv_acknowledged() {
+    let server = TestServer::start().await;
+    let mut ann = web_user(&server, "sdk-ann", true).await;
+    let mut ben = web_user(&server, "sdk-ben", true).await;
+    let ack = ann.send("sdk-ben", 1, "hi ben, 你好 🪿").await;
+    assert_eq!((ack["reasonCode"].as_i64(), ack["seq"].as_i64()), (Some(1), Some(1)), "{ack}");
+    let got = ben.message().await;
+    assert_eq!(
+        (got["from"].as_str(), got["channel"].as_str(), got["text"].as_str()),
+        (Some("sdk-ann"), Some("sdk-ann"), Some("hi ben, 你好 🪿"))
+    );
+    let ack = ben.send("sdk-ann", 1, "hi ann").await;
+    assert_eq!((ack["reasonCode"].as_i64(), ack["seq"].as_i64()), (Some(1), Some(2)));
+    let got = ann.message().await;
+    assert_eq!(
+        (got["from"].as_str(), got["channel"].as_str(), got["text"].as_str()),
+        (Some("sdk-ben"), Some("sdk-ben"), Some("hi ann"))
+    );
+    // The SDK acknowledges each RECV: nothing is left to retry.
+    let acked = async {
+        while !server.server.core.retry_queue().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, acked).await.expect("the SDK's RECVACKs empty the retry queue");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn group_chat_reaches_three_sdk_clients() {
+    let server = TestServer::start().await;
+    let uids = ["sdk-g1", "sdk-g2", "sdk-g3", "sdk-g4"];
+    let (s, _) =
+        server.post("/channel", json!({"channel_id": "sdk-group", "channel_type": 2, "subscribers": uids})).await;
+    assert_eq!(s, 200);
+    let mut clients = Vec::new();
+    for uid in uids {
+        clients.push(web_user(&server, uid, true).await);
+    }
+    let ack = clients[0].send("sdk-group", 2, "hello group").await;
+    assert_eq!(ack["reasonCode"], 1, "{ack}");
+    for client in &mut clients[1..] {
+        let got = client.message().await;
+        assert_eq!(
+            (got["from"].as_str(), got["channel"].as_str(), got["channelType"].as_i64()),
+            (Some("sdk-g1"), Some("sdk-group"), Some(2))
+        );
+        assert_eq!(got["text"], "hello group");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_master_login_kicks_the_first_sdk() {
+    let server = TestServer::start().await;
+    let mut first = web_user(&server, "sdk-kick", true).await;
+    let _second = {
+        let mut sdk = Sdk::start(&server, "sdk-kick", "tok-sdk-kick").await;
+        sdk.connect().await;
+        sdk
+    };
+    let status = first.expect(|e| e["event"] == "status").await;
+    assert_eq!(
+        (status["status"].as_i64(), status["reasonCode"].as_i64()),
+        (Some(4), Some(12)),
+        "ConnectKick: {status}"
+    );
+    // Kicked SDKs do not reconnect and fight the new login.
+    first.none(Duration::from_secs(4), |e| e["event"] == "status" && e["status"] == 1).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_sends_arrive_and_an_offline_sdk_catches_up_through_sync() {
+    let server = TestServer::start().await;
+    let mut live = web_user(&server, "sdk-live", true).await;
+    let (s, _) = server
+        .post("/message/send", json!({"from_uid": "app", "channel_id": "sdk-live", "channel_type": 1, "payload": b64("{\"type\":1,\"content\":\"from the app server\"}")}))
+        .await;
+    assert_eq!(s, 200);
+    let got = live.message().await;
+    assert_eq!((got["from"].as_str(), got["text"].as_str()), (Some("app"), Some("from the app server")));
+
+    // sdk-away disconnects; messages meanwhile are found through conversation and history sync.
+    let mut away = web_user(&server, "sdk-away", true).await;
+    away.command(json!({"op": "disconnect"})).await;
+    away.expect(|e| e["event"] == "disconnected").await;
+    for text in ["one", "two", "three"] {
+        let ack = live.send("sdk-away", 1, text).await;
+        assert_eq!(ack["reasonCode"], 1);
+    }
+    let (_, conversations) = server.post("/conversation/sync", json!({"uid": "sdk-away", "msg_count": 1})).await;
+    assert_eq!(
+        (conversations[0]["channel_id"].as_str(), conversations[0]["unread"].as_i64()),
+        (Some("sdk-live"), Some(3)),
+        "{conversations}"
+    );
+    let (_, history) = server
+        .post(
+            "/channel/messagesync",
+            json!({"login_uid": "sdk-away", "channel_id": "sdk-live", "channel_type": 1, "limit": 10}),
+        )
+        .await;
+    let texts: Vec<String> = history["messages"].as_array().unwrap().iter().map(text_of).collect();
+    assert_eq!(texts.len(), 3);
+    assert!(texts.iter().all(|t| t.contains("\"type\":1")), "the SDK sends WuKongIM text payloads: {texts:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_sdk_connected_past_the_idle_timeout() {
+    let server = TestServer::start_with(|c| c.gateway.idle_timeout_secs = 2).await;
+    server.register("sdk-idle", "tok", device_flag::WEB, 1).await;
+    // The SDK's heartbeat (60 s by default) shortened to fit the test's 2 s idle timeout.
+    let mut idle = Sdk::start_with_heartbeat(&server, "sdk-idle", "tok", Some(500)).await;
+    idle.connect().await;
+    idle.none(Duration::from_secs(5), |e| e["event"] == "status").await;
+    let ack = idle.send("someone", 1, "still here").await;
+    assert_eq!(ack["reasonCode"], 1, "the same connection, 2.5 idle timeouts later");
+    // Without heartbeats the server drops it after the idle timeout.
+    server.register("sdk-quiet", "tok", device_flag::WEB, 1).await;
+    let mut quiet = Sdk::start_with_heartbeat(&server, "sdk-quiet", "tok", Some(60_000)).await;
+    quiet.connect().await;
+    let dropped = quiet.expect(|e| e["event"] == "status").await;
+    assert_eq!(dropped["status"], 0, "dropped when silent: {dropped}");
+    server.stop().await;
+}
