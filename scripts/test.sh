@@ -16,6 +16,15 @@ if ! command -v node >/dev/null 2>&1; then
     exit 1
 fi
 (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+# Debian's Chromium, for the same SDK in a headless browser.
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "the browser conformance test needs Debian's chromium: apt-get install chromium" >&2
+        exit 1
+    fi
+    echo "installing chromium" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 
 # Unit, property, golden-vector and integration tests of every crate.
 cargo nextest run --workspace --all-targets --no-fail-fast

@@ -282,3 +282,95 @@ async fn heartbeats_keep_an_idle_sdk_connected_past_the_idle_timeout() {
     assert_eq!(dropped["status"], 0, "dropped when silent: {dropped}");
     server.stop().await;
 }
+
+/// Runs `tests/conformance/browser.mjs` with `scenario`: the SDK in headless Chromium,
+/// one page per client. Returns each client's events.
+async fn in_chromium(scenario: Value) -> serde_json::Map<String, Value> {
+    let runner = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/browser.mjs");
+    bundle();
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        Command::new("node").arg(runner).arg(scenario.to_string()).stderr(Stdio::inherit()).output(),
+    )
+    .await
+    .expect("the browser scenario finishes")
+    .expect("node runs");
+    let line = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("runner said: {line}"));
+    assert!(output.status.success(), "browser scenario failed: {result}");
+    result["events"].as_object().unwrap().clone()
+}
+
+fn of_kind<'a>(events: &'a Value, kind: &str) -> Vec<&'a Value> {
+    events.as_array().unwrap().iter().filter(|e| e["event"] == kind).collect()
+}
+
+/// Messages from others (the SDK also reports the messages its own client sends).
+fn received<'a>(events: &'a Value, uid: &str) -> Vec<&'a Value> {
+    of_kind(events, "message").into_iter().filter(|m| m["from"] != uid).collect()
+}
+
+#[tokio::test]
+async fn in_headless_chromium_person_and_group_chat_work_and_a_wrong_token_fails() {
+    let server = TestServer::start().await;
+    let uids = ["web-a", "web-b", "web-c", "web-d"];
+    for uid in uids {
+        server.register(uid, &format!("tok-{uid}"), device_flag::WEB, 1).await;
+    }
+    server.register("web-bad", "right", device_flag::WEB, 1).await;
+    let (s, _) =
+        server.post("/channel", json!({"channel_id": "web-group", "channel_type": 2, "subscribers": uids})).await;
+    assert_eq!(s, 200);
+    let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/conformance");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let screenshot = screenshots.join("chromium-group-chat.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let mut clients: Vec<Value> = uids.iter().map(|u| json!({"uid": u, "token": format!("tok-{u}")})).collect();
+    clients.push(json!({"uid": "web-bad", "token": "wrong"}));
+    let scenario = json!({
+        "addr": format!("ws://{}", server.server.gateway.ws_addr.unwrap()),
+        "clients": clients,
+        "steps": [
+            {"connect": "web-a"}, {"connect": "web-b"}, {"connect": "web-c"}, {"connect": "web-d"}, {"connect": "web-bad"},
+            {"send": "web-a", "to": "web-b", "channelType": 1, "text": "hi b, 你好"},
+            {"receive": "web-b", "count": 1},
+            {"send": "web-b", "to": "web-a", "channelType": 1, "text": "hi a"},
+            {"receive": "web-a", "count": 2},
+            {"send": "web-a", "to": "web-group", "channelType": 2, "text": "hello group"},
+            {"receive": "web-b", "count": 3}, {"receive": "web-c", "count": 1}, {"receive": "web-d", "count": 1},
+            {"pause": 3500}
+        ],
+        "screenshot": screenshot,
+        "screenshotOf": "web-b",
+    });
+    let events = in_chromium(scenario).await;
+    for uid in uids {
+        let statuses = of_kind(&events[uid], "status");
+        assert_eq!(statuses[0]["status"], 1, "{uid} connected: {statuses:?}");
+    }
+    let bad = of_kind(&events["web-bad"], "status");
+    assert_eq!((bad[0]["status"].as_i64(), bad[0]["reasonCode"].as_i64()), (Some(3), Some(2)), "{bad:?}");
+    assert!(bad.iter().all(|s| s["status"] != 1), "never connected, and no reconnect attempt succeeded: {bad:?}");
+    let b = received(&events["web-b"], "web-b");
+    assert_eq!(
+        (b[0]["from"].as_str(), b[0]["channel"].as_str(), b[0]["text"].as_str()),
+        (Some("web-a"), Some("web-a"), Some("hi b, 你好"))
+    );
+    assert_eq!((b[1]["channel"].as_str(), b[1]["text"].as_str()), (Some("web-group"), Some("hello group")));
+    let a = received(&events["web-a"], "web-a");
+    assert_eq!(a.len(), 1, "the group message is not delivered back to its sender: {a:?}");
+    assert_eq!((a[0]["from"].as_str(), a[0]["text"].as_str()), (Some("web-b"), Some("hi a")));
+    for uid in ["web-c", "web-d"] {
+        let got = received(&events[uid], uid);
+        assert_eq!(
+            (got[0]["from"].as_str(), got[0]["channel"].as_str(), got[0]["text"].as_str()),
+            (Some("web-a"), Some("web-group"), Some("hello group"))
+        );
+    }
+    let acks = of_kind(&events["web-a"], "sendack");
+    assert!(acks.iter().all(|a| a["reasonCode"] == 1), "{acks:?}");
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000, "the screenshot of the group chat was saved");
+    // Every RECV was acknowledged by the browsers.
+    assert!(server.server.core.retry_queue().is_empty());
+    server.stop().await;
+}

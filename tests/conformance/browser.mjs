@@ -1,0 +1,93 @@
+// Runs the official WuKongIM JS SDK in headless Chromium (Debian's /usr/bin/chromium,
+// driven by playwright-core), one page per client, through a scenario given as JSON:
+//   node browser.mjs '<json>'   with json = {addr, clients: [{uid, token}], steps: [...], screenshot, screenshotOf}
+// Steps: {connect: uid} waits for a status event; {send: uid, to, channelType, text}
+// waits for its SENDACK; {receive: uid, count} waits until that many messages arrived.
+// Prints {events: {uid: [...]}} as JSON and exits 0, or prints {error} and exits 1.
+import http from "node:http";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const scenario = JSON.parse(process.argv[2]);
+const html = `<!doctype html><meta charset="utf-8"><title>Hongyan × WuKongIM JS SDK</title>
+<style>body{font:14px sans-serif;margin:16px}h1{font-size:16px}.message{color:#064}.status{color:#666}.sendack{color:#036}</style>
+<h1>WuKongIM JS SDK 1.0.4 as <span id="who"></span></h1><div id="log"></div><script src="/page.js"></script>`;
+const bundle = fs.readFileSync(path.join(here, "dist/page.js"));
+const server = http.createServer((req, res) => {
+  if (req.url === "/page.js") {
+    res.writeHead(200, { "content-type": "text/javascript" }).end(bundle);
+  } else {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(html);
+  }
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const pageUrl = `http://127.0.0.1:${server.address().port}/`;
+
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-chromium-"));
+// A fresh profile (--user-data-dir, which playwright takes as this argument).
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 640, height: 360 },
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const pages = {};
+const events = async (uid) => pages[uid].evaluate(() => window.hongyan.events);
+const waitFor = async (uid, check, what) => {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const seen = await events(uid);
+    if (check(seen)) return seen;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${uid}: timed out waiting for ${what}`);
+};
+try {
+  for (const { uid, token } of scenario.clients) {
+    // A page per client: its own window, so its own SDK singleton.
+    const page = await browser.newPage();
+    await page.goto(pageUrl);
+    await page.evaluate(([addr, u, t]) => window.hongyan.start(addr, u, t), [scenario.addr, uid, token]);
+    pages[uid] = page;
+  }
+  for (const step of scenario.steps) {
+    if (step.connect) {
+      await waitFor(step.connect, (seen) => seen.some((e) => e.event === "status"), "a status");
+    } else if (step.send) {
+      const before = (await events(step.send)).filter((e) => e.event === "sendack").length;
+      await pages[step.send].evaluate(([to, type, text]) => window.hongyan.send(to, type, text), [step.to, step.channelType, step.text]);
+      await waitFor(step.send, (seen) => seen.filter((e) => e.event === "sendack").length > before, "a SENDACK");
+    } else if (step.receive) {
+      await waitFor(step.receive, (seen) => seen.filter((e) => e.event === "message").length >= step.count, `${step.count} messages`);
+    } else if (step.pause) {
+      await new Promise((r) => setTimeout(r, step.pause));
+    }
+  }
+  if (scenario.screenshot) {
+    const who = scenario.screenshotOf ?? scenario.clients[0].uid;
+    await pages[who].screenshot({ path: scenario.screenshot });
+  }
+  const all = {};
+  for (const uid of Object.keys(pages)) all[uid] = await events(uid);
+  process.stdout.write(JSON.stringify({ events: all }) + "\n");
+} catch (e) {
+  process.stdout.write(JSON.stringify({ error: String(e) }) + "\n");
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  server.close();
+  fs.rmSync(profile, { recursive: true, force: true });
+}
