@@ -1,9 +1,17 @@
 // Runs the official WuKongIM JS SDK in headless Chromium (Debian's /usr/bin/chromium,
 // driven by playwright-core), one page per client, through a scenario given as JSON:
-//   node browser.mjs '<json>'   with json = {addr, clients: [{uid, token}], steps: [...], screenshot, screenshotOf}
-// Steps: {connect: uid} waits for a status event; {send: uid, to, channelType, text}
-// waits for its SENDACK; {receive: uid, count} waits until that many messages arrived.
-// Prints {events: {uid: [...]}} as JSON and exits 0, or prints {error} and exits 1.
+//   node browser.mjs '<json>'
+// with json = {addr, clients: [{name?, uid, token, heartbeatMs?, late?}], steps: [...],
+// screenshot?, screenshotOf?}. Clients are named by `name` (default: the uid); `late`
+// ones open only at an {open} step. Steps, each waiting for its outcome:
+//   {open: name}                         open a late client's page and connect it
+//   {connect: name}                      a status event
+//   {status: name, is: n}                a status event with status n
+//   {send: name, to, channelType, text}  its SENDACK
+//   {receive: name, count}               that many messages in all
+//   {http: url, body}                    POST the body as JSON (an app-server call)
+//   {pause: ms}
+// Prints {events: {name: [...]}} as JSON and exits 0, or prints {error} and exits 1.
 import http from "node:http";
 import fs from "node:fs";
 import os from "node:os";
@@ -55,16 +63,29 @@ const waitFor = async (uid, check, what) => {
   }
   throw new Error(`${uid}: timed out waiting for ${what}`);
 };
+const open = async (client) => {
+  // A page per client: its own window, so its own SDK singleton.
+  const page = await browser.newPage();
+  await page.goto(pageUrl);
+  await page.evaluate(([addr, u, t, hb]) => window.hongyan.start(addr, u, t, hb), [
+    scenario.addr,
+    client.uid,
+    client.token,
+    client.heartbeatMs ?? null,
+  ]);
+  pages[client.name ?? client.uid] = page;
+};
 try {
-  for (const { uid, token } of scenario.clients) {
-    // A page per client: its own window, so its own SDK singleton.
-    const page = await browser.newPage();
-    await page.goto(pageUrl);
-    await page.evaluate(([addr, u, t]) => window.hongyan.start(addr, u, t), [scenario.addr, uid, token]);
-    pages[uid] = page;
-  }
+  for (const client of scenario.clients.filter((c) => !c.late)) await open(client);
   for (const step of scenario.steps) {
-    if (step.connect) {
+    if (step.open) {
+      await open(scenario.clients.find((c) => (c.name ?? c.uid) === step.open));
+    } else if (step.status !== undefined && step.status !== null && typeof step.status === "string") {
+      await waitFor(step.status, (seen) => seen.some((e) => e.event === "status" && e.status === step.is), `status ${step.is}`);
+    } else if (step.http) {
+      const res = await fetch(step.http, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(step.body) });
+      if (!res.ok) throw new Error(`POST ${step.http}: ${res.status}`);
+    } else if (step.connect) {
       await waitFor(step.connect, (seen) => seen.some((e) => e.event === "status"), "a status");
     } else if (step.send) {
       const before = (await events(step.send)).filter((e) => e.event === "sendack").length;

@@ -16,12 +16,13 @@ const record = (event) => {
 
 window.hongyan = {
   events,
-  start(addr, uid, token) {
+  start(addr, uid, token, heartbeatMs) {
     document.getElementById("who").textContent = uid;
     const sdk = WKSDK.shared();
     sdk.config.addr = addr;
     sdk.config.uid = uid;
     sdk.config.token = token;
+    if (heartbeatMs) sdk.config.heartbeatInterval = heartbeatMs;
     sdk.connectManager.addConnectStatusListener((status, reasonCode) =>
       record({ event: "status", status, reasonCode: reasonCode ?? null }),
     );

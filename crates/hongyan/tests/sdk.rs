@@ -374,3 +374,123 @@ async fn in_headless_chromium_person_and_group_chat_work_and_a_wrong_token_fails
     assert!(server.server.core.retry_queue().is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn in_headless_chromium_http_sends_heartbeats_and_kicks() {
+    let server = TestServer::start_with(|c| c.gateway.idle_timeout_secs = 2).await;
+    for uid in ["web-live", "web-k"] {
+        server.register(uid, &format!("tok-{uid}"), device_flag::WEB, 1).await;
+    }
+    let api = format!("http://{}", server.server.api_addr);
+    let payload = b64("{\"type\":1,\"content\":\"from the app server\"}");
+    let scenario = json!({
+        "addr": format!("ws://{}", server.server.gateway.ws_addr.unwrap()),
+        "clients": [
+            {"name": "live", "uid": "web-live", "token": "tok-web-live", "heartbeatMs": 500},
+            {"name": "k1", "uid": "web-k", "token": "tok-web-k", "heartbeatMs": 500},
+            {"name": "k2", "uid": "web-k", "token": "tok-web-k", "heartbeatMs": 500, "late": true}
+        ],
+        "steps": [
+            {"connect": "live"}, {"connect": "k1"},
+            {"http": format!("{api}/message/send"), "body": {"from_uid": "app", "channel_id": "web-live", "channel_type": 1, "payload": payload}},
+            {"receive": "live", "count": 1},
+            // 2.5 idle timeouts with nothing but the SDK's heartbeats.
+            {"pause": 5000},
+            {"send": "live", "to": "web-k", "channelType": 1, "text": "still connected?"},
+            {"receive": "k1", "count": 1},
+            // A second master login of web-k kicks the first.
+            {"open": "k2"}, {"connect": "k2"},
+            {"status": "k1", "is": 4}
+        ],
+    });
+    let events = in_chromium(scenario).await;
+    let live = of_kind(&events["live"], "status");
+    assert!(live.iter().all(|s| s["status"] == 1), "heartbeats kept the page connected: {live:?}");
+    let got = received(&events["live"], "web-live");
+    assert_eq!((got[0]["from"].as_str(), got[0]["text"].as_str()), (Some("app"), Some("from the app server")));
+    let ack = of_kind(&events["live"], "sendack");
+    assert_eq!(ack[0]["reasonCode"], 1, "sent on the same connection after the pause");
+    let k1 = of_kind(&events["k1"], "status");
+    let kick = k1.iter().position(|s| s["status"] == 4).expect("kicked");
+    assert_eq!(k1[kick]["reasonCode"], 12, "{k1:?}");
+    assert!(k1[..kick].iter().all(|s| s["status"] == 1), "connected until the kick: {k1:?}");
+    assert_eq!(received(&events["k1"], "web-k")[0]["text"], "still connected?");
+    assert_eq!(of_kind(&events["k2"], "status")[0]["status"], 1);
+    server.stop().await;
+}
+
+/// What 1.0.4 (protocol v2) cannot show, with the project's own client at v3, v4 and v5:
+/// the same login, person and group scenarios, plus each version's additions (the
+/// server version byte from v4, the node id from v4, expire from v3).
+#[tokio::test]
+async fn the_same_scenarios_at_protocol_v3_v4_and_v5_with_the_rust_client() {
+    use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Send};
+    use hongyan_testkit::Client;
+    let server = TestServer::start().await;
+    for version in [3u8, 4, 5] {
+        let uid = |name: &str| format!("v{version}-{name}");
+        let (a, b, c) = (uid("a"), uid("b"), uid("c"));
+        for u in [&a, &b, &c] {
+            server.register(u, "t", device_flag::APP, 1).await;
+        }
+        let group = uid("group");
+        server.post("/channel", json!({"channel_id": group, "channel_type": 2, "subscribers": [&a, &b, &c]})).await;
+        let login = |u: String| {
+            let target = server.tcp();
+            async move { Client::connect(&target, &u, "t", device_flag::APP, "phone", version).await.unwrap() }
+        };
+        let (mut ca, connack) = login(a.clone()).await;
+        assert_eq!(connack.reason_code, ReasonCode::Success);
+        assert_eq!(connack.server_version, (version > 3).then_some(version), "v{version}: server version byte");
+        if version >= 4 {
+            assert_eq!(connack.node_id, server.config.node_id, "v{version}: node id");
+        }
+        let (mut cb, _) = login(b.clone()).await;
+        let (mut cc, _) = login(c.clone()).await;
+        let (_, wrong) = Client::connect(&server.tcp(), &a, "wrong", device_flag::APP, "x", version).await.unwrap();
+        assert_eq!(wrong.reason_code, ReasonCode::AuthFail, "v{version}: wrong token");
+
+        // Person chat with expire (v3+), both ways.
+        let mut send = Send {
+            client_seq: 1,
+            client_msg_no: "p1".into(),
+            channel_id: b.clone(),
+            channel_type: 1,
+            expire: 3600,
+            ..Send::default()
+        };
+        ca.cipher.as_ref().unwrap().seal_send(&mut send, b"hello");
+        ca.send(&Packet::Send(send)).await.unwrap();
+        match ca.recv().await.unwrap() {
+            Packet::Sendack(ack) => {
+                assert_eq!((ack.reason_code, ack.message_seq), (ReasonCode::Success, 1), "v{version}")
+            }
+            other => panic!("v{version}: expected SENDACK, got {other:?}"),
+        }
+        let (recv, text) = common::receive(&mut cb).await;
+        assert_eq!(
+            (recv.from_uid.as_str(), recv.channel_id.as_str(), recv.expire, text.as_str()),
+            (a.as_str(), a.as_str(), 3600, "hello")
+        );
+        let ack = common::send_text(&mut cb, (a.as_str(), 1), 1, "p2", "hi back", HeaderFlags::default()).await;
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        let (_, text) = common::receive(&mut ca).await;
+        assert_eq!(text, "hi back");
+
+        // Group to the other two.
+        let ack = common::send_text(&mut ca, (group.as_str(), 2), 2, "g1", "hello group", HeaderFlags::default()).await;
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        for client in [&mut cb, &mut cc] {
+            let (recv, text) = common::receive(client).await;
+            assert_eq!((recv.channel_id.as_str(), text.as_str()), (group.as_str(), "hello group"));
+        }
+        // A second master login kicks the first.
+        let (_, again) = Client::connect(&server.tcp(), &c, "t", device_flag::APP, "tablet", version).await.unwrap();
+        assert_eq!(again.reason_code, ReasonCode::Success);
+        match cc.recv().await.unwrap() {
+            Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::ConnectKick, "v{version}"),
+            other => panic!("v{version}: expected DISCONNECT, got {other:?}"),
+        }
+    }
+    server.stop().await;
+}
