@@ -17,8 +17,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -56,7 +57,7 @@ pub struct Easemob {
     token_calls_per_sec: u32,
     /// Token lifetime when the request gives no `ttl`.
     default_ttl: Duration,
-    windows: Mutex<HashMap<(usize, &'static str), Window>>,
+    windows: Mutex<HashMap<(usize, String), Window>>,
 }
 
 /// Calls of one API by one app in the current second: when the second began, how many.
@@ -72,17 +73,24 @@ impl Easemob {
         self.apps.iter().enumerate().find(|(_, a)| a.org == org && a.app == app)
     }
 
-    /// Counts a call of `api` by app `index`; false once the second's budget is spent.
-    fn admit(&self, index: usize, api: &'static str) -> bool {
-        let budget = if api == "token" { self.token_calls_per_sec } else { self.calls_per_sec };
+    /// Counts a call of `api` by app `index`; a 429 once the second's `budget` is spent.
+    fn admit(&self, index: usize, api: &str, budget: u32) -> Result<(), EmError> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let window = windows.entry((index, api)).or_insert((now, 0));
+        let window = windows.entry((index, api.to_owned())).or_insert((now, 0));
         if now.duration_since(window.0) >= Duration::from_secs(1) {
             *window = (now, 0);
         }
         window.1 += 1;
-        window.1 <= budget
+        if window.1 > budget {
+            return Err(EmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_limited",
+                "ServiceUnavailableException",
+                format!("This request has reached api limit of {budget} calls per second"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +151,13 @@ impl From<hongyan_core::directory::DirectoryError> for EmError {
             D::AlreadyExists(_) => Self::group(StatusCode::FORBIDDEN, "thread id already exists."),
             D::InvalidId(id) => Self::bad_body(format!("invalid id: {id}")),
         }
+    }
+}
+
+impl From<crate::TaskFailed> for EmError {
+    fn from(e: crate::TaskFailed) -> Self {
+        tracing::error!(error = %e.0, "an Easemob call failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "InternalException", "internal error")
     }
 }
 
@@ -210,34 +225,29 @@ struct Claims {
     iat: i64,
 }
 
-/// Finds the app, spends one call of `api` from its budget and checks the bearer token.
-fn authorize(
-    state: &AppState,
-    (org, app): (&str, &str),
-    headers: &HeaderMap,
-    api: &'static str,
-    method: Method,
-    uri: &axum::http::Uri,
-) -> Result<Call, EmError> {
-    let em = easemob(state)?;
-    let (index, found) = em.app(org, app).ok_or_else(not_found_app)?;
-    if !em.admit(index, api) {
-        return Err(EmError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "resource_limited",
-            "ServiceUnavailableException",
-            format!("This request has reached api limit of {} calls per second", em.calls_per_sec),
-        ));
-    }
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| EmError::unauthorized("Unable to authenticate (OAuth)"))?;
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.leeway = 0;
-    let claims =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(found.client_secret.as_bytes()), &validation)
+/// Every thread call starts here: the app named by the path's first two segments, one
+/// call spent from the budget of this API (method and route), and its bearer token.
+impl FromRequestParts<AppState> for Call {
+    type Rejection = EmError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, EmError> {
+        let em = easemob(state)?;
+        // Configured org and app names are path-safe, so the raw segments are the names.
+        let mut segments = parts.uri.path().trim_start_matches('/').split('/');
+        let (org, app) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
+        let (index, found) = em.app(org, app).ok_or_else(not_found_app)?;
+        let route = parts.extensions.get::<MatchedPath>().map_or("", MatchedPath::as_str);
+        em.admit(index, &format!("{} {route}", parts.method), em.calls_per_sec)?;
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| EmError::unauthorized("Unable to authenticate (OAuth)"))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        let key = DecodingKey::from_secret(found.client_secret.as_bytes());
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     EmError::unauthorized("Unable to authenticate due to expired access token")
@@ -245,10 +255,18 @@ fn authorize(
                 _ => EmError::unauthorized("Unable to authenticate due to corrupt access token"),
             })?
             .claims;
-    if claims.org != found.org || claims.app != found.app {
-        return Err(EmError::unauthorized("Unable to authenticate due to corrupt access token"));
+        if claims.org != found.org || claims.app != found.app {
+            return Err(EmError::unauthorized("Unable to authenticate due to corrupt access token"));
+        }
+        let uri = parts.extensions.get::<OriginalUri>().map_or_else(|| parts.uri.clone(), |u| u.0.clone());
+        Ok(Call {
+            app: found.clone(),
+            method: parts.method.clone(),
+            uri: uri.to_string(),
+            path: uri.path().to_owned(),
+            started: Instant::now(),
+        })
     }
-    Ok(Call { app: found.clone(), method, uri: uri.to_string(), path: uri.path().to_owned(), started: Instant::now() })
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, EmError> {
@@ -287,14 +305,7 @@ async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, St
     let answer = (|| {
         let em = easemob(&state)?;
         let (index, found) = em.app(&org, &app).ok_or_else(not_found_app)?;
-        if !em.admit(index, "token") {
-            return Err(EmError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "resource_limited",
-                "ServiceUnavailableException",
-                format!("This request has reached api limit of {} calls per second", em.token_calls_per_sec),
-            ));
-        }
+        em.admit(index, "token", em.token_calls_per_sec)?;
         let req: TokenReq = parse(&body)?;
         let illegal =
             |d: &str| EmError::new(StatusCode::BAD_REQUEST, "illegal_argument", "IllegalArgumentException", d);
@@ -311,9 +322,7 @@ async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, St
         if req.client_id != found.client_id {
             return Err(invalid("client_id does not match"));
         }
-        let secret_ok = req.client_secret.len() == found.client_secret.len()
-            && req.client_secret.bytes().zip(found.client_secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !secret_ok {
+        if !hongyan_core::eq_constant_time(&req.client_secret, &found.client_secret) {
             return Err(invalid("client_secret does not match"));
         }
         let ttl = req.ttl.map_or(em.default_ttl, Duration::from_secs);
@@ -344,16 +353,6 @@ const USERNAMES_MAX: usize = 10;
 /// Most items per page.
 const PAGE_MAX: usize = 50;
 
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&hongyan_core::Core) -> Result<T, EmError> + Send + 'static,
-) -> Result<T, EmError> {
-    let core = state.core.clone();
-    tokio::task::spawn_blocking(move || f(&core)).await.map_err(|e| {
-        EmError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "TaskException", e.to_string())
-    })?
-}
-
 #[derive(Deserialize)]
 struct CreateReq {
     group_id: String,
@@ -373,14 +372,7 @@ fn check_name(name: &str) -> Result<(), EmError> {
 }
 
 /// `POST /{org}/{app}/thread`: a thread on a message of the group, owned by a member.
-async fn create_thread(
-    State(state): State<AppState>,
-    Path((org, app)): Path<(String, String)>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
-    body: Bytes,
-) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "create_thread", Method::POST, &uri)?;
+async fn create_thread(State(state): State<AppState>, call: Call, body: Bytes) -> Result<Json<Value>, EmError> {
     let req: CreateReq = parse(&body)?;
     check_name(&req.name)?;
     for (field, id) in [("group_id", &req.group_id), ("owner", &req.owner)] {
@@ -389,41 +381,42 @@ async fn create_thread(
         }
     }
     let message_id: i64 = req.msg_id.parse().map_err(|_| EmError::group(StatusCode::NOT_FOUND, "msg not exist."))?;
-    let id = blocking(&state, move |core| {
-        let group = hongyan_store::ChannelKey::new(req.group_id.clone(), hongyan_core::channel::GROUP);
-        let members = core.channel_state(&group)?;
-        if members.subscribers.is_empty() {
-            return Err(EmError::group(StatusCode::NOT_FOUND, "group not found."));
-        }
-        if !members.subscribers.contains(&req.owner) {
-            return Err(EmError::group(StatusCode::NOT_FOUND, "user not in group."));
-        }
-        if core.thread(&req.group_id)?.is_some() {
-            return Err(EmError::group(StatusCode::BAD_REQUEST, "thread not nested."));
-        }
-        match core.log().by_message_id(message_id)? {
-            None => return Err(EmError::group(StatusCode::NOT_FOUND, "msg not exist.")),
-            Some((channel, _)) if channel != group => {
-                return Err(EmError::group(StatusCode::BAD_REQUEST, "msg not belong to group ."));
+    let id = state
+        .on_core::<_, EmError>(move |core| {
+            let group = hongyan_store::ChannelKey::new(req.group_id.clone(), hongyan_core::channel::GROUP);
+            let members = core.channel_state(&group)?;
+            if members.subscribers.is_empty() {
+                return Err(EmError::group(StatusCode::NOT_FOUND, "group not found."));
             }
-            Some(_) => {}
-        }
-        if core.group_threads(&req.group_id)?.iter().any(|t| t.message_id == req.msg_id) {
-            return Err(EmError::group(StatusCode::FORBIDDEN, "msg already create thread.not allow to create."));
-        }
-        let id = format!("{}", core.next_id());
-        let thread = Thread {
-            id: id.clone(),
-            group_id: req.group_id,
-            name: req.name,
-            owner: req.owner,
-            message_id: req.msg_id,
-            created_ms: hongyan_core::now_ms(),
-        };
-        core.create_thread(thread)?;
-        Ok(id)
-    })
-    .await?;
+            if !members.subscribers.contains(&req.owner) {
+                return Err(EmError::group(StatusCode::NOT_FOUND, "user not in group."));
+            }
+            if core.thread(&req.group_id)?.is_some() {
+                return Err(EmError::group(StatusCode::BAD_REQUEST, "thread not nested."));
+            }
+            match core.log().by_message_id(message_id)? {
+                None => return Err(EmError::group(StatusCode::NOT_FOUND, "msg not exist.")),
+                Some((channel, _)) if channel != group => {
+                    return Err(EmError::group(StatusCode::BAD_REQUEST, "msg not belong to group ."));
+                }
+                Some(_) => {}
+            }
+            if core.group_threads(&req.group_id)?.iter().any(|t| t.message_id == req.msg_id) {
+                return Err(EmError::group(StatusCode::FORBIDDEN, "msg already create thread.not allow to create."));
+            }
+            let id = format!("{}", core.next_id());
+            let thread = Thread {
+                id: id.clone(),
+                group_id: req.group_id,
+                name: req.name,
+                owner: req.owner,
+                message_id: req.msg_id,
+                created_ms: hongyan_core::now_ms(),
+            };
+            core.create_thread(thread)?;
+            Ok(id)
+        })
+        .await?;
     Ok(call.answer(json!({"data": {"thread_id": id}})))
 }
 
@@ -435,27 +428,23 @@ struct RenameReq {
 /// `PUT /{org}/{app}/thread/{id}`.
 async fn rename_thread(
     State(state): State<AppState>,
-    Path((org, app, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "rename_thread", Method::PUT, &uri)?;
     let req: RenameReq = parse(&body)?;
     check_name(&req.name)?;
-    let name = blocking(&state, move |core| Ok(core.rename_thread(&id, &req.name)?.name)).await?;
+    let name = state.on_core::<_, EmError>(move |core| Ok(core.rename_thread(&id, &req.name)?.name)).await?;
     Ok(call.answer(json!({"data": {"name": name}})))
 }
 
 /// `DELETE /{org}/{app}/thread/{id}`.
 async fn delete_thread(
     State(state): State<AppState>,
-    Path((org, app, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "delete_thread", Method::DELETE, &uri)?;
-    blocking(&state, move |core| Ok(core.delete_thread(&id)?)).await?;
+    state.on_core::<_, EmError>(move |core| Ok(core.delete_thread(&id)?)).await?;
     Ok(call.answer(json!({"data": {"status": "ok"}})))
 }
 
@@ -464,6 +453,19 @@ struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,
     sort: Option<String>,
+}
+
+/// The page query of a listing; a malformed one is a 400 in Easemob's shape.
+struct PageParams(PageQuery);
+
+impl FromRequestParts<AppState> for PageParams {
+    type Rejection = EmError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, EmError> {
+        Query::<PageQuery>::try_from_uri(&parts.uri)
+            .map(|Query(q)| Self(q))
+            .map_err(|e| EmError::bad_body(format!("query: {}", e.body_text())))
+    }
 }
 
 /// `limit` (1–50, default 50) of a page query.
@@ -520,14 +522,12 @@ fn page<T>(mut items: Vec<T>, key: impl Fn(&T) -> String, q: &PageQuery) -> Resu
 /// `GET /{org}/{app}/thread/{id}/users?limit=&cursor=`: members by uid.
 async fn list_members(
     State(state): State<AppState>,
-    Path((org, app, id)): Path<(String, String, String)>,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, id)): Path<(String, String, String)>,
+    PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "list_thread_members", Method::GET, &uri)?;
     page_limit(&q)?;
-    let members = blocking(&state, move |core| Ok(core.thread_members(&id)?)).await?;
+    let members = state.on_core::<_, EmError>(move |core| Ok(core.thread_members(&id)?)).await?;
     let (members, cursor) = page(members, Clone::clone, &PageQuery { sort: None, ..q })?;
     Ok(call.answer(json!({"data": {"affiliations": members}, "properties": {"cursor": cursor.unwrap_or_default()}})))
 }
@@ -553,15 +553,13 @@ fn check_usernames(req: &UsernamesReq) -> Result<(), EmError> {
 /// `POST /{org}/{app}/thread/{id}/users`: members of the group join (all or none).
 async fn add_members(
     State(state): State<AppState>,
-    Path((org, app, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "add_thread_members", Method::POST, &uri)?;
     let req: UsernamesReq = parse(&body)?;
     check_usernames(&req)?;
-    blocking(&state, move |core| Ok(core.add_thread_members(&id, &req.usernames)?)).await?;
+    state.on_core::<_, EmError>(move |core| Ok(core.add_thread_members(&id, &req.usernames)?)).await?;
     Ok(call.answer(json!({"data": {"status": "ok"}})))
 }
 
@@ -569,25 +567,24 @@ async fn add_members(
 /// `entities: [{result, user}]`, false for those who were not members.
 async fn remove_members(
     State(state): State<AppState>,
-    Path((org, app, id)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, id)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "remove_thread_members", Method::DELETE, &uri)?;
     // The seed's own example sends no body: nobody to remove.
     let req: UsernamesReq =
         if body.iter().all(u8::is_ascii_whitespace) { UsernamesReq { usernames: Vec::new() } } else { parse(&body)? };
     if !req.usernames.is_empty() {
         check_usernames(&req)?;
     }
-    let results = blocking(&state, move |core| {
-        let members: std::collections::HashSet<String> = core.thread_members(&id)?.into_iter().collect();
-        let present: Vec<String> = req.usernames.iter().filter(|u| members.contains(*u)).cloned().collect();
-        core.remove_thread_members(&id, &present)?;
-        Ok(req.usernames.into_iter().map(|u| (members.contains(&u), u)).collect::<Vec<_>>())
-    })
-    .await?;
+    let results = state
+        .on_core::<_, EmError>(move |core| {
+            let members: std::collections::HashSet<String> = core.thread_members(&id)?.into_iter().collect();
+            let present: Vec<String> = req.usernames.iter().filter(|u| members.contains(*u)).cloned().collect();
+            core.remove_thread_members(&id, &present)?;
+            Ok(req.usernames.into_iter().map(|u| (members.contains(&u), u)).collect::<Vec<_>>())
+        })
+        .await?;
     let entities: Vec<Value> = results.iter().map(|(ok, user)| json!({"result": ok, "user": user})).collect();
     Ok(call.answer(json!({"entities": entities})))
 }
@@ -605,14 +602,11 @@ fn created_key(t: &Thread) -> String {
 /// `GET /{org}/{app}/thread?limit=&cursor=&sort=`: every thread, newest first by default.
 async fn list_threads(
     State(state): State<AppState>,
-    Path((org, app)): Path<(String, String)>,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "list_threads", Method::GET, &uri)?;
     page_limit(&q)?;
-    let threads = blocking(&state, |core| Ok(core.all_threads()?)).await?;
+    let threads = state.on_core::<_, EmError>(|core| Ok(core.all_threads()?)).await?;
     let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
     let (threads, cursor) = page(threads, created_key, &PageQuery { sort, ..q })?;
     let entities: Vec<Value> = threads.iter().map(|t| json!({"id": t.id})).collect();
@@ -635,7 +629,7 @@ async fn joined_threads(
             "Service resource not found",
         ));
     }
-    let joined = blocking(state, move |core| Ok(core.threads_of(&username, group.as_deref())?)).await?;
+    let joined = state.on_core::<_, EmError>(move |core| Ok(core.threads_of(&username, group.as_deref())?)).await?;
     let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
     let key = |(t, at): &(Thread, i64)| format!("{:020}#{}", (*at).max(0), t.id);
     let (joined, cursor) = page(joined, key, &PageQuery { sort, ..q })?;
@@ -646,23 +640,19 @@ async fn joined_threads(
 /// `GET /{org}/{app}/threads/user/{username}`: the threads a user joined, by join time.
 async fn user_threads(
     State(state): State<AppState>,
-    Path((org, app, username)): Path<(String, String, String)>,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, username)): Path<(String, String, String)>,
+    PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "user_threads", Method::GET, &uri)?;
     joined_threads(&state, &call, username, None, q).await
 }
 
 /// `GET /{org}/{app}/threads/chatgroups/{group}/user/{username}`.
 async fn user_group_threads(
     State(state): State<AppState>,
-    Path((org, app, group, username)): Path<(String, String, String, String)>,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
+    call: Call,
+    Path((_, _, group, username)): Path<(String, String, String, String)>,
+    PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
-    let call = authorize(&state, (&org, &app), &headers, "user_group_threads", Method::GET, &uri)?;
     joined_threads(&state, &call, username, Some(group), q).await
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hongyan_gateway::Registry;
-use hongyan_store::Store;
 
 pub use error::ApiError;
 
@@ -88,26 +87,38 @@ pub(crate) fn kick(
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// The messaging core (sending, the message log).
+    /// The messaging core (its tables, the message log, sending).
     pub core: Arc<hongyan_core::Core>,
-    /// Durable tables.
-    pub store: Store,
     /// Who is online on this node.
     pub registry: Arc<Registry>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
 }
 
+/// A blocking task that panicked; each dialect reports it as its own server error.
+#[derive(Debug)]
+pub(crate) struct TaskFailed(pub(crate) String);
+
+impl From<TaskFailed> for ApiError {
+    fn from(e: TaskFailed) -> Self {
+        Self::Internal(e.0)
+    }
+}
+
 impl AppState {
-    /// Runs a blocking storage call off the async worker threads.
-    pub(crate) async fn blocking<T: Send + 'static>(
+    /// Runs a blocking call on the core (storage reads and writes) off the async
+    /// worker threads, with the caller's error type.
+    pub(crate) async fn on_core<T, E>(
         &self,
-        f: impl FnOnce(&Store) -> hongyan_store::Result<T> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(result) => result.map_err(ApiError::Storage),
-            Err(e) => Err(ApiError::Internal(format!("storage task failed: {e}"))),
-        }
+        f: impl FnOnce(&hongyan_core::Core) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<TaskFailed> + Send + 'static,
+    {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || f(&core))
+            .await
+            .map_err(|e| E::from(TaskFailed(format!("blocking task failed: {e}"))))?
     }
 }

@@ -101,6 +101,13 @@ impl From<hongyan_core::directory::DirectoryError> for OpenImError {
     }
 }
 
+impl From<crate::TaskFailed> for OpenImError {
+    fn from(e: crate::TaskFailed) -> Self {
+        tracing::error!(error = %e.0, "an OpenIM call failed");
+        Self { code: code::DB, msg: "internal error".into() }
+    }
+}
+
 impl IntoResponse for OpenImError {
     fn into_response(self) -> Response {
         Json(json!({"errCode": self.code, "errMsg": self.msg})).into_response()
@@ -139,16 +146,6 @@ fn check_list(field: &str, uids: &[String], max: usize) -> Result<(), OpenImErro
 
 fn settings(state: &AppState) -> Result<&OpenImSettings, OpenImError> {
     state.settings.openim.as_ref().ok_or_else(|| OpenImError { code: code::NO_ACCESS, msg: "dialect disabled".into() })
-}
-
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&hongyan_core::Core) -> Result<T, OpenImError> + Send + 'static,
-) -> Result<T, OpenImError> {
-    let core = state.core.clone();
-    tokio::task::spawn_blocking(move || f(&core))
-        .await
-        .map_err(|e| OpenImError { code: code::DB, msg: format!("task failed: {e}") })?
 }
 
 /// v2's JWT claims.
@@ -271,9 +268,7 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: UserTokenReq = parse(&body)?;
     let settings = settings(&state)?;
     let platform = platform_name(req.platform).ok_or_else(|| OpenImError::args("platform: 1 to 8 (8: admin)"))?;
-    let secret_ok = req.secret.len() == settings.secret.len()
-        && req.secret.bytes().zip(settings.secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if !secret_ok {
+    if !hongyan_core::eq_constant_time(&req.secret, &settings.secret) {
         return Err(OpenImError { code: code::NO_ACCESS, msg: "secret: wrong".into() });
     }
     if !settings.admin_user_ids.contains(&req.user_id) {
@@ -372,22 +367,23 @@ async fn create_group(State(state): State<AppState>, headers: HeaderMap, body: B
         created_ms: hongyan_core::now_ms(),
     };
     let (id, owner) = (group_id.clone(), req.owner_user_id.clone());
-    let count = blocking(&state, move |core| {
-        let key = ChannelKey::new(id.clone(), hongyan_core::channel::GROUP);
-        if core.store().group_profile(&id)?.is_some() || !core.channel_state(&key)?.subscribers.is_empty() {
-            return Err(OpenImError::args(format!("groupID: {id} already exists")));
-        }
-        let uids: Vec<String> = members.iter().map(|(u, _)| u.clone()).collect();
-        core.put_channel(&key, ChannelInfo::default(), &uids, false)?;
-        for (uid, role) in &members {
-            if *role != Role::Member {
-                core.set_role(&id, uid, *role)?;
+    let count = state
+        .on_core::<_, OpenImError>(move |core| {
+            let key = ChannelKey::new(id.clone(), hongyan_core::channel::GROUP);
+            if core.store().group_profile(&id)?.is_some() || !core.channel_state(&key)?.subscribers.is_empty() {
+                return Err(OpenImError::args(format!("groupID: {id} already exists")));
             }
-        }
-        core.store().apply(vec![core.store().group_profile_write(&id, &profile)?])?;
-        Ok(uids.len())
-    })
-    .await?;
+            let uids: Vec<String> = members.iter().map(|(u, _)| u.clone()).collect();
+            core.put_channel(&key, ChannelInfo::default(), &uids, false)?;
+            for (uid, role) in &members {
+                if *role != Role::Member {
+                    core.set_role(&id, uid, *role)?;
+                }
+            }
+            core.store().apply(vec![core.store().group_profile_write(&id, &profile)?])?;
+            Ok(uids.len())
+        })
+        .await?;
     Ok(success(json!({"data": {
         "creatorUserID": creator,
         "groupID": group_id,
@@ -427,13 +423,14 @@ async fn invite_to_group(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: InviteReq = parse(&body)?;
     check_uid("groupID", &req.group_id)?;
     check_list("invitedUserIDList", &req.invited, LIST_MAX)?;
-    let outcomes = blocking(&state, move |core| {
-        let key = existing_group(core, &req.group_id)?;
-        let valid: Vec<String> = req.invited.iter().filter(|u| is_valid_uid(u)).cloned().collect();
-        core.change_members(MemberList::Subscribers, &key, &valid, ListChange::Add)?;
-        Ok(req.invited.into_iter().map(|u| (u.clone(), is_valid_uid(&u))).collect::<Vec<_>>())
-    })
-    .await?;
+    let outcomes = state
+        .on_core::<_, OpenImError>(move |core| {
+            let key = existing_group(core, &req.group_id)?;
+            let valid: Vec<String> = req.invited.iter().filter(|u| is_valid_uid(u)).cloned().collect();
+            core.change_members(MemberList::Subscribers, &key, &valid, ListChange::Add)?;
+            Ok(req.invited.into_iter().map(|u| (u.clone(), is_valid_uid(&u))).collect::<Vec<_>>())
+        })
+        .await?;
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
@@ -453,18 +450,22 @@ async fn kick_from_group(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: KickReq = parse(&body)?;
     check_uid("groupID", &req.group_id)?;
     check_list("kickedUserIDList", &req.kicked, LIST_MAX)?;
-    let outcomes = blocking(&state, move |core| {
-        let key = existing_group(core, &req.group_id)?;
-        let members = core.channel_state(&key)?;
-        let owners: HashSet<String> =
-            core.roles(&req.group_id)?.into_iter().filter(|(_, r)| *r == Role::Owner).map(|(u, _)| u).collect();
-        let outcomes: Vec<(String, bool)> =
-            req.kicked.iter().map(|u| (u.clone(), members.subscribers.contains(u) && !owners.contains(u))).collect();
-        let gone: Vec<String> = outcomes.iter().filter(|(_, ok)| *ok).map(|(u, _)| u.clone()).collect();
-        core.change_members(MemberList::Subscribers, &key, &gone, ListChange::Remove)?;
-        Ok(outcomes)
-    })
-    .await?;
+    let outcomes = state
+        .on_core::<_, OpenImError>(move |core| {
+            let key = existing_group(core, &req.group_id)?;
+            let members = core.channel_state(&key)?;
+            let owners: HashSet<String> =
+                core.roles(&req.group_id)?.into_iter().filter(|(_, r)| *r == Role::Owner).map(|(u, _)| u).collect();
+            let outcomes: Vec<(String, bool)> = req
+                .kicked
+                .iter()
+                .map(|u| (u.clone(), members.subscribers.contains(u) && !owners.contains(u)))
+                .collect();
+            let gone: Vec<String> = outcomes.iter().filter(|(_, ok)| *ok).map(|(u, _)| u.clone()).collect();
+            core.change_members(MemberList::Subscribers, &key, &gone, ListChange::Remove)?;
+            Ok(outcomes)
+        })
+        .await?;
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
@@ -482,27 +483,28 @@ async fn import_friend(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: ImportFriendReq = parse(&body)?;
     check_uid("fromUserID", &req.from)?;
     check_list("friendUserIDList", &req.friends, LIST_MAX)?;
-    let outcomes = blocking(&state, move |core| {
-        let person = |uid: &str| ChannelKey::new(uid, hongyan_core::channel::PERSON);
-        let mut outcomes = Vec::with_capacity(req.friends.len());
-        let mut added = Vec::new();
-        for friend in req.friends {
-            let ok = is_valid_uid(&friend) && friend != req.from;
-            if ok {
-                core.change_members(
-                    MemberList::Whitelist,
-                    &person(&friend),
-                    std::slice::from_ref(&req.from),
-                    ListChange::Add,
-                )?;
-                added.push(friend.clone());
+    let outcomes = state
+        .on_core::<_, OpenImError>(move |core| {
+            let person = |uid: &str| ChannelKey::new(uid, hongyan_core::channel::PERSON);
+            let mut outcomes = Vec::with_capacity(req.friends.len());
+            let mut added = Vec::new();
+            for friend in req.friends {
+                let ok = is_valid_uid(&friend) && friend != req.from;
+                if ok {
+                    core.change_members(
+                        MemberList::Whitelist,
+                        &person(&friend),
+                        std::slice::from_ref(&req.from),
+                        ListChange::Add,
+                    )?;
+                    added.push(friend.clone());
+                }
+                outcomes.push((friend, ok));
             }
-            outcomes.push((friend, ok));
-        }
-        core.change_members(MemberList::Whitelist, &person(&req.from), &added, ListChange::Add)?;
-        Ok(outcomes)
-    })
-    .await?;
+            core.change_members(MemberList::Whitelist, &person(&req.from), &added, ListChange::Add)?;
+            Ok(outcomes)
+        })
+        .await?;
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
@@ -519,12 +521,13 @@ async fn add_blacklist(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: BlacklistReq = parse(&body)?;
     check_uid("fromUserID", &req.from)?;
     check_uid("ToUserID", &req.to)?;
-    blocking(&state, move |core| {
-        let owner = ChannelKey::new(req.from, hongyan_core::channel::PERSON);
-        core.change_members(MemberList::Blacklist, &owner, &[req.to], ListChange::Add)?;
-        Ok(())
-    })
-    .await?;
+    state
+        .on_core::<_, OpenImError>(move |core| {
+            let owner = ChannelKey::new(req.from, hongyan_core::channel::PERSON);
+            core.change_members(MemberList::Blacklist, &owner, &[req.to], ListChange::Add)?;
+            Ok(())
+        })
+        .await?;
     Ok(success(json!({})))
 }
 
@@ -561,7 +564,7 @@ async fn update_user_info(State(state): State<AppState>, body: Bytes) -> Answer 
         ex: req.ex,
     };
     let uid = req.uid;
-    blocking(&state, move |core| Ok(core.update_profile(&uid, update)?)).await?;
+    state.on_core::<_, OpenImError>(move |core| Ok(core.update_profile(&uid, update)?)).await?;
     Ok(success(json!({})))
 }
 
@@ -575,21 +578,22 @@ struct UidListReq {
 async fn get_user_info(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: UidListReq = parse(&body)?;
     check_list("uidList", &req.uids, LIST_MAX)?;
-    let users = blocking(&state, move |core| {
-        let mut out = Vec::new();
-        for uid in req.uids.iter().filter(|u| is_valid_uid(u)) {
-            if !core.is_registered(uid)? {
-                continue;
+    let users = state
+        .on_core::<_, OpenImError>(move |core| {
+            let mut out = Vec::new();
+            for uid in req.uids.iter().filter(|u| is_valid_uid(u)) {
+                if !core.is_registered(uid)? {
+                    continue;
+                }
+                let p = core.profile(uid)?.unwrap_or_default();
+                out.push(json!({
+                    "uid": uid, "name": p.name, "icon": p.avatar, "gender": p.gender,
+                    "mobile": p.mobile, "birth": p.birth, "email": p.email, "ex": p.ex,
+                }));
             }
-            let p = core.profile(uid)?.unwrap_or_default();
-            out.push(json!({
-                "uid": uid, "name": p.name, "icon": p.avatar, "gender": p.gender,
-                "mobile": p.mobile, "birth": p.birth, "email": p.email, "ex": p.ex,
-            }));
-        }
-        Ok(out)
-    })
-    .await?;
+            Ok(out)
+        })
+        .await?;
     Ok(success(json!({"data": users})))
 }
 
@@ -605,15 +609,16 @@ async fn delete_user(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: DeleteUserReq = parse(&body)?;
     check_list("deleteUidList", &req.uids, LIST_MAX)?;
     let uids = req.uids;
-    let deleted = blocking(&state, move |core| {
-        let mut outcome = Vec::with_capacity(uids.len());
-        for uid in uids {
-            let done = is_valid_uid(&uid) && core.unregister(&uid)?;
-            outcome.push((uid, done));
-        }
-        Ok(outcome)
-    })
-    .await?;
+    let deleted = state
+        .on_core::<_, OpenImError>(move |core| {
+            let mut outcome = Vec::with_capacity(uids.len());
+            for uid in uids {
+                let done = is_valid_uid(&uid) && core.unregister(&uid)?;
+                outcome.push((uid, done));
+            }
+            Ok(outcome)
+        })
+        .await?;
     let mut failed = Vec::new();
     for (uid, done) in deleted {
         if done {
@@ -662,7 +667,7 @@ async fn online_status(State(state): State<AppState>, body: Bytes) -> Answer {
 
 /// `manager/get_all_users_uid`: every registered uid.
 async fn all_users(State(state): State<AppState>) -> Answer {
-    let uids = blocking(&state, |core| Ok(core.store().registered_uids(1_000_000)?)).await?;
+    let uids = state.on_core::<_, OpenImError>(|core| Ok(core.store().registered_uids(1_000_000)?)).await?;
     Ok(success(json!({"uidList": uids})))
 }
 
@@ -670,15 +675,18 @@ async fn all_users(State(state): State<AppState>) -> Answer {
 async fn account_check(State(state): State<AppState>, body: Bytes) -> Answer {
     let req: UidListReq = parse(&body)?;
     check_list("userIDList", &req.uids, ACCOUNT_CHECK_MAX)?;
-    let data = blocking(&state, move |core| {
-        let mut out = Vec::with_capacity(req.uids.len());
-        for uid in req.uids {
-            let registered = is_valid_uid(&uid) && core.is_registered(&uid)?;
-            out.push(json!({"userID": uid, "accountStatus": if registered { "registered" } else { "unregistered" }}));
-        }
-        Ok(out)
-    })
-    .await?;
+    let data = state
+        .on_core::<_, OpenImError>(move |core| {
+            let mut out = Vec::with_capacity(req.uids.len());
+            for uid in req.uids {
+                let registered = is_valid_uid(&uid) && core.is_registered(&uid)?;
+                out.push(
+                    json!({"userID": uid, "accountStatus": if registered { "registered" } else { "unregistered" }}),
+                );
+            }
+            Ok(out)
+        })
+        .await?;
     Ok(success(json!({"result": data})))
 }
 

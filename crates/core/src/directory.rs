@@ -95,17 +95,18 @@ impl Core {
         Ok(self.store().user_exists(uid)? || self.store().profile(uid)?.is_some())
     }
 
-    /// Unregisters `uid`: its tokens and profile are deleted (its messages and
-    /// memberships stay). Returns whether it was registered. The caller kicks its
-    /// connections.
+    /// Unregisters `uid`: its tokens and profile are deleted in one batch (its
+    /// messages and memberships stay). Returns whether it was registered. The caller
+    /// kicks its connections.
     pub fn unregister(&self, uid: &str) -> Result<bool, StoreError> {
         if !self.is_registered(uid)? {
             return Ok(false);
         }
-        for flag in [hongyan_proto::device_flag::APP, hongyan_proto::device_flag::WEB, hongyan_proto::device_flag::PC] {
-            self.store().remove_device(uid, flag)?;
-        }
-        self.store().remove_profile(uid)?;
+        let store = self.store();
+        let flags = [hongyan_proto::device_flag::APP, hongyan_proto::device_flag::WEB, hongyan_proto::device_flag::PC];
+        let mut writes = store.device_removal_writes(uid, &flags);
+        writes.push(store.profile_removal_write(uid));
+        store.apply(writes)?;
         Ok(true)
     }
 

@@ -722,7 +722,9 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn eq_constant_time(a: &str, b: &str) -> bool {
+/// Compares secrets without an early exit on the first differing byte (the length
+/// still shows).
+pub fn eq_constant_time(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

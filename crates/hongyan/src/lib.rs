@@ -172,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             token_ttl: Duration::from_secs(u64::from(config.openim.token_expire_days) * 86_400),
         }),
     };
-    let state = AppState { core: core.clone(), store, registry: registry.clone(), settings: Arc::new(settings) };
+    let state = AppState { core: core.clone(), registry: registry.clone(), settings: Arc::new(settings) };
     let mut api = hongyan_api::wukong::router(state.clone());
     let mut easemob = None;
     if !config.easemob.apps.is_empty() {

@@ -158,13 +158,19 @@ async fn tokens_and_authentication() {
         assert!(answer["error_description"].as_str().unwrap().contains(description), "{answer}");
     }
     // The same dialect under /easemob on the API port.
-    let (status, _) = server
+    let (status, token) = server
         .post(
             &format!("/easemob/{ORG}/{APP}/token"),
             json!({"grant_type": "client_credentials", "client_id": "client-1", "client_secret": SECRET}),
         )
         .await;
     assert_eq!(status, 200);
+    let url = format!("http://{}/easemob/{ORG}/{APP}/thread", server.server.api_addr);
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let resp = reqwest::Client::new().get(url).header("Authorization", bearer).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "thread calls work under the prefix too");
+    let listed: Value = resp.json().await.unwrap();
+    assert!(listed["uri"].as_str().unwrap().contains("/easemob/"), "the envelope names the URI as called: {listed}");
     server.stop().await;
 }
 
@@ -230,6 +236,8 @@ async fn threads_members_and_their_messages() {
     let eleven: Vec<String> = (0..11).map(|i| format!("u{i}")).collect();
     let (s, answer) = em.post(&users, json!({"usernames": eleven})).await;
     assert_eq!((s, answer["error_description"].as_str()), (400, Some("request body reaches limit.")));
+    let (s, answer) = em.get(&format!("{users}?limit=5&limit=6")).await;
+    assert_eq!((s, answer["error"].as_str()), (400, Some("param_illegal")), "a malformed query: {answer}");
     for limit in ["0", "51"] {
         let (s, answer) = em.get(&format!("{users}?limit={limit}")).await;
         assert_eq!(

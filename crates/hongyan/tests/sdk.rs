@@ -108,7 +108,9 @@ impl Sdk {
     /// Asserts no event `unwanted` accepts arrives within `within`.
     async fn none(&mut self, within: Duration, unwanted: impl Fn(&Value) -> bool) {
         let deadline = tokio::time::Instant::now() + within;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            // A process that died says nothing either; that is not the silence asked for.
+            let event = next.unwrap_or_else(|| panic!("{}: the SDK process ended", self.uid));
             assert!(!unwanted(&event), "{}: unexpected {event}", self.uid);
         }
     }

@@ -253,7 +253,12 @@ impl Store {
 
     /// Forgets everything the directory keeps about `uid` (profile), durably.
     pub fn remove_profile(&self, uid: &str) -> Result<()> {
-        self.kv().write(vec![Write::Delete(Table::UidProfile, uid.as_bytes().to_vec())], true)
+        self.kv().write(vec![self.profile_removal_write(uid)], true)
+    }
+
+    /// The write of [`Store::remove_profile`], to batch.
+    pub fn profile_removal_write(&self, uid: &str) -> Write {
+        Write::Delete(Table::UidProfile, uid.as_bytes().to_vec())
     }
 
     /// The non-ordinary members of a channel and their roles, in uid order.

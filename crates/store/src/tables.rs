@@ -189,7 +189,12 @@ impl Store {
 
     /// Forgets the token of (uid, device_flag), durably, so the next login fails.
     pub fn remove_device(&self, uid: &str, device_flag: u8) -> Result<()> {
-        self.kv.write(vec![Write::Delete(Table::UidDevice, device_key(uid, device_flag))], true)
+        self.kv.write(self.device_removal_writes(uid, &[device_flag]), true)
+    }
+
+    /// The writes that forget the tokens of `uid` for `device_flags`, to batch.
+    pub fn device_removal_writes(&self, uid: &str, device_flags: &[u8]) -> Vec<Write> {
+        device_flags.iter().map(|flag| Write::Delete(Table::UidDevice, device_key(uid, *flag))).collect()
     }
 
     /// Whether any device of `uid` is registered (i.e. the user exists).

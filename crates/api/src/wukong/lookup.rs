@@ -8,7 +8,7 @@ use hongyan_store::{ChannelKey, Order, StoredMessage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiQuery, PERSON, SYNC_LIMIT_MAX, check_channel, check_uid, message_json, parse, with_core};
+use super::{ApiQuery, PERSON, SYNC_LIMIT_MAX, check_channel, check_uid, message_json, parse};
 use crate::{ApiError, AppState};
 
 /// The stored channel a request names: for person chats `channel_id` is the peer and
@@ -45,7 +45,7 @@ pub(super) async fn max_message_seq(
     ApiQuery(q): ApiQuery<ChannelQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = stored_channel(&q.login_uid, &q.channel_id, q.channel_type)?;
-    let seq = with_core(&state, move |c| c.log().last_seq(&channel).map_err(ApiError::Storage)).await?;
+    let seq = state.on_core(move |c| c.log().last_seq(&channel).map_err(ApiError::Storage)).await?;
     Ok(Json(json!({"message_seq": seq})))
 }
 
@@ -57,7 +57,7 @@ pub(super) async fn last_message(
     let channel = stored_channel(&q.login_uid, &q.channel_id, q.channel_type)?;
     let key = channel.clone();
     let newest =
-        with_core(&state, move |c| c.log().read(&key, 1, 0, 1, Order::Descending).map_err(ApiError::Storage)).await?;
+        state.on_core(move |c| c.log().read(&key, 1, 0, 1, Order::Descending).map_err(ApiError::Storage)).await?;
     Ok(match newest.first().filter(|m| live(m)) {
         Some(m) => Json(message_json(m, &channel, &state.settings.system_uid)),
         None => not_found(),
@@ -88,29 +88,30 @@ pub(super) async fn messages(State(state): State<AppState>, body: Bytes) -> Resu
         return Err(ApiError::bad(format!("message_seqs: at most {SYNC_LIMIT_MAX} messages in all")));
     }
     let key = channel.clone();
-    let found = with_core(&state, move |c| {
-        let log = c.log();
-        let mut found = std::collections::BTreeMap::new();
-        for seq in req.message_seqs {
-            if let Some(m) = log.read(&key, seq, seq.saturating_add(1), 1, Order::Ascending)?.into_iter().next() {
-                found.insert(m.seq, m);
+    let found = state
+        .on_core(move |c| {
+            let log = c.log();
+            let mut found = std::collections::BTreeMap::new();
+            for seq in req.message_seqs {
+                if let Some(m) = log.read(&key, seq, seq.saturating_add(1), 1, Order::Ascending)?.into_iter().next() {
+                    found.insert(m.seq, m);
+                }
             }
-        }
-        for id in req.message_ids {
-            if let Some((at, m)) = log.by_message_id(id)?
-                && at == key
-            {
-                found.insert(m.seq, m);
+            for id in req.message_ids {
+                if let Some((at, m)) = log.by_message_id(id)?
+                    && at == key
+                {
+                    found.insert(m.seq, m);
+                }
             }
-        }
-        for cmn in req.client_msg_nos {
-            for m in log.read_by_client_msg_no(&key, &cmn)? {
-                found.insert(m.seq, m);
+            for cmn in req.client_msg_nos {
+                for m in log.read_by_client_msg_no(&key, &cmn)? {
+                    found.insert(m.seq, m);
+                }
             }
-        }
-        Ok::<_, ApiError>(found.into_values().collect::<Vec<_>>())
-    })
-    .await?;
+            Ok::<_, ApiError>(found.into_values().collect::<Vec<_>>())
+        })
+        .await?;
     let system = &state.settings.system_uid;
     let messages: Vec<Value> = found.iter().filter(|m| live(m)).map(|m| message_json(m, &channel, system)).collect();
     Ok(Json(json!({"start_message_seq": 0, "end_message_seq": 0, "more": 0, "messages": messages})))
@@ -137,13 +138,14 @@ pub(super) async fn message(State(state): State<AppState>, body: Bytes) -> Resul
         return Err(ApiError::bad("message_id: give message_id or client_msg_no"));
     }
     let key = channel.clone();
-    let found = with_core(&state, move |c| {
-        if req.message_id != 0 {
-            return Ok(c.log().by_message_id(req.message_id)?.filter(|(at, _)| *at == key).map(|(_, m)| m));
-        }
-        Ok::<_, ApiError>(c.log().read_by_client_msg_no(&key, &req.client_msg_no)?.into_iter().next())
-    })
-    .await?;
+    let found = state
+        .on_core(move |c| {
+            if req.message_id != 0 {
+                return Ok(c.log().by_message_id(req.message_id)?.filter(|(at, _)| *at == key).map(|(_, m)| m));
+            }
+            Ok::<_, ApiError>(c.log().read_by_client_msg_no(&key, &req.client_msg_no)?.into_iter().next())
+        })
+        .await?;
     Ok(match found.filter(live) {
         Some(m) => Json(message_json(&m, &channel, &state.settings.system_uid)),
         None => not_found(),
@@ -174,10 +176,14 @@ pub(super) async fn by_client_msg_no(
     }
     let channel = ChannelKey::new(q.channel_id.clone(), q.channel_type);
     let key = channel.clone();
-    let found = with_core(&state, move |c| {
-        c.log().read_by_client_msg_no(&key, &q.client_msg_no).map(|v| v.into_iter().next()).map_err(ApiError::Storage)
-    })
-    .await?;
+    let found = state
+        .on_core(move |c| {
+            c.log()
+                .read_by_client_msg_no(&key, &q.client_msg_no)
+                .map(|v| v.into_iter().next())
+                .map_err(ApiError::Storage)
+        })
+        .await?;
     Ok(match found.filter(live) {
         Some(m) => Json(message_json(&m, &channel, &state.settings.system_uid)),
         None => not_found(),
@@ -194,7 +200,7 @@ pub(super) struct UidReq {
 pub(super) async fn conversation_channels(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: UidReq = parse(&body)?;
     check_uid("uid", &req.uid)?;
-    let rows = with_core(&state, move |c| c.store().conversations(&req.uid).map_err(ApiError::Storage)).await?;
+    let rows = state.on_core(move |c| c.store().conversations(&req.uid).map_err(ApiError::Storage)).await?;
     let channels: Vec<Value> = rows
         .iter()
         .filter(|(ch, _)| !hongyan_core::channel::is_command(ch))
@@ -242,22 +248,23 @@ pub(super) async fn sync_messages(State(state): State<AppState>, body: Bytes) ->
     }
     let uid = req.uid.clone();
     let keys: Vec<(ChannelKey, u64)> = wanted.iter().map(|(k, c)| (k.clone(), c.last_msg_seq)).collect();
-    let pages = with_core(&state, move |c| {
-        let log = c.log();
-        let mut pages = Vec::new();
-        for (key, after) in keys {
-            let messages = log.read(&key, after.saturating_add(1), 0, count, Order::Ascending)?;
-            // The user's own newest message in the channel, within the recent window.
-            let own = log
-                .read(&key, 1, 0, 1_000, Order::Descending)?
-                .into_iter()
-                .find(|m| m.message.from_uid == uid)
-                .map_or(0, |m| m.seq);
-            pages.push((messages, own));
-        }
-        Ok::<_, ApiError>(pages)
-    })
-    .await?;
+    let pages = state
+        .on_core(move |c| {
+            let log = c.log();
+            let mut pages = Vec::new();
+            for (key, after) in keys {
+                let messages = log.read(&key, after.saturating_add(1), 0, count, Order::Ascending)?;
+                // The user's own newest message in the channel, within the recent window.
+                let own = log
+                    .read(&key, 1, 0, 1_000, Order::Descending)?
+                    .into_iter()
+                    .find(|m| m.message.from_uid == uid)
+                    .map_or(0, |m| m.seq);
+                pages.push((messages, own));
+            }
+            Ok::<_, ApiError>(pages)
+        })
+        .await?;
     let system = &state.settings.system_uid;
     let out: Vec<Value> = wanted
         .iter()

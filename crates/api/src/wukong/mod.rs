@@ -423,12 +423,13 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<V
         .ok_or_else(|| ApiError::bad("device_level: must be 0 (slave) or 1 (master)"))?;
 
     let uid = req.uid.clone();
-    let banned = with_core(&state, move |c| c.is_user_banned(&uid).map_err(ApiError::Storage)).await?;
+    let banned = state.on_core(move |c| c.is_user_banned(&uid).map_err(ApiError::Storage)).await?;
     if banned {
         return Ok(Json(json!({"status": ReasonCode::Ban.as_u8()})));
     }
     let (uid, flag) = (req.uid.clone(), req.device_flag);
-    state.blocking(move |s| s.put_device(&uid, flag, &Device { token: req.token, level })).await?;
+    let device = Device { token: req.token, level };
+    state.on_core(move |c| c.store().put_device(&uid, flag, &device).map_err(ApiError::Storage)).await?;
     if level == DeviceLevel::Master {
         let conns = state.registry.take(&req.uid, Some(flag));
         kick(conns, ReasonCode::ConnectKick, "login in other device", state.settings.token_kick_close_delay);
@@ -460,12 +461,7 @@ async fn device_quit(State(state): State<AppState>, body: Bytes) -> Result<Json<
     let uid = req.uid.clone();
     let removed = flags.clone();
     state
-        .blocking(move |s| {
-            for flag in removed {
-                s.remove_device(&uid, flag)?;
-            }
-            Ok(())
-        })
+        .on_core(move |c| c.store().apply(c.store().device_removal_writes(&uid, &removed)).map_err(ApiError::Storage))
         .await?;
     for flag in flags {
         let conns = state.registry.take(&req.uid, Some(flag));
@@ -501,7 +497,7 @@ async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json
     check_channel(&req.channel_id, req.channel_type)?;
     let info = channel_attributes(&req.flags)?;
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| c.set_channel_info(&key, info).map_err(ApiError::Storage)).await?;
+    state.on_core(move |c| c.set_channel_info(&key, info).map_err(ApiError::Storage)).await?;
     if req.channel_type == PERSON && info.ban {
         let conns = state.registry.take(&req.channel_id, None);
         kick(conns, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
@@ -543,7 +539,7 @@ async fn channel_create(State(state): State<AppState>, body: Bytes) -> Result<Js
         return Err(ApiError::bad("subscribers: person channels have no subscribers"));
     }
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| c.put_channel(&key, info, &subscribers, reset).map_err(ApiError::Storage)).await?;
+    state.on_core(move |c| c.put_channel(&key, info, &subscribers, reset).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
@@ -586,7 +582,7 @@ async fn members(
         _ => ListChange::Add,
     };
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
-    with_core(&state, move |c| c.change_members(list, &key, &uids, change).map_err(ApiError::Storage)).await?;
+    state.on_core(move |c| c.change_members(list, &key, &uids, change).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
@@ -603,7 +599,7 @@ async fn channel_delete(State(state): State<AppState>, body: Bytes) -> Result<Js
         return Err(ApiError::bad("channel_type: person channels cannot be deleted"));
     }
     let key = ChannelKey::new(req.channel_id, req.channel_type);
-    with_core(&state, move |c| c.delete_channel(&key).map_err(ApiError::Storage)).await?;
+    state.on_core(move |c| c.delete_channel(&key).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
 
@@ -617,10 +613,11 @@ struct ListQuery {
 /// `id` numbers the entries).
 async fn whitelist(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
     check_channel(&q.channel_id, q.channel_type)?;
-    let entries = with_core(&state, move |c| {
-        c.store().member_entries(MemberList::Whitelist, &q.channel_id, q.channel_type).map_err(ApiError::Storage)
-    })
-    .await?;
+    let entries = state
+        .on_core(move |c| {
+            c.store().member_entries(MemberList::Whitelist, &q.channel_id, q.channel_type).map_err(ApiError::Storage)
+        })
+        .await?;
     let list: Vec<Value> = entries
         .iter()
         .enumerate()
@@ -914,10 +911,9 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
             (_, _, other) => return Err(ApiError::bad(format!("pull_mode: must be 0 or 1, not {other}"))),
         }
     };
-    let core = state.core.clone();
     let key = channel.clone();
     let (mut messages, more) = state
-        .blocking(move |_| {
+        .on_core::<_, ApiError>(move |core| {
             let log = core.log();
             let order = if newest { Order::Descending } else { Order::Ascending };
             let mut page =
@@ -968,7 +964,7 @@ async fn command_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
         n => n,
     };
     let uid = req.uid.clone();
-    let page = with_core(&state, move |c| c.pending_commands(&uid, limit).map_err(ApiError::Storage)).await?;
+    let page = state.on_core(move |c| c.pending_commands(&uid, limit).map_err(ApiError::Storage)).await?;
     let system = &state.settings.system_uid;
     let messages: Vec<Value> = page
         .iter()
@@ -992,19 +988,8 @@ async fn command_sync_ack(State(state): State<AppState>, body: Bytes) -> Result<
         return Err(ApiError::bad("last_message_seq: must not be 0"));
     }
     let uid = req.uid.clone();
-    with_core(&state, move |c| c.ack_synced_commands(&uid).map_err(ApiError::Storage)).await?;
+    state.on_core(move |c| c.ack_synced_commands(&uid).map_err(ApiError::Storage)).await?;
     Ok(ok())
-}
-
-/// Runs a blocking call on the core off the async workers.
-async fn with_core<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&hongyan_core::Core) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let core = state.core.clone();
-    tokio::task::spawn_blocking(move || f(&core))
-        .await
-        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
 }
 
 fn conversation_error(e: hongyan_core::conversation::ConversationError) -> ApiError {
@@ -1071,7 +1056,7 @@ async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result
     }
     let (uid, msg_count) = (req.uid.clone(), req.msg_count);
     let views =
-        with_core(&state, move |core| core.conversations(&uid, &known, msg_count).map_err(ApiError::Storage)).await?;
+        state.on_core(move |core| core.conversations(&uid, &known, msg_count).map_err(ApiError::Storage)).await?;
     let system = state.settings.system_uid.clone();
     let items: Vec<Value> = views
         .into_iter()
@@ -1129,14 +1114,15 @@ fn conversation_target(state: &AppState, body: &Bytes) -> Result<(ConversationRe
 /// moves forward, so this cannot raise the count).
 async fn set_unread(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (req, channel) = conversation_target(&state, &body)?;
-    with_core(&state, move |core| core.set_unread(&req.uid, &channel, req.unread).map_err(conversation_error)).await?;
+    state.on_core(move |core| core.set_unread(&req.uid, &channel, req.unread).map_err(conversation_error)).await?;
     Ok(ok())
 }
 
 /// `POST /conversations/clearUnread`: everything read (up to `message_seq` when given).
 async fn clear_unread(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (req, channel) = conversation_target(&state, &body)?;
-    with_core(&state, move |core| core.clear_unread(&req.uid, &channel, req.message_seq).map_err(conversation_error))
+    state
+        .on_core(move |core| core.clear_unread(&req.uid, &channel, req.message_seq).map_err(conversation_error))
         .await?;
     Ok(ok())
 }
@@ -1144,7 +1130,7 @@ async fn clear_unread(State(state): State<AppState>, body: Bytes) -> Result<Json
 /// `POST /conversations/delete`: hides the conversation until a newer message arrives.
 async fn delete_conversation(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (req, channel) = conversation_target(&state, &body)?;
-    with_core(&state, move |core| core.delete_conversation(&req.uid, &channel).map_err(conversation_error)).await?;
+    state.on_core(move |core| core.delete_conversation(&req.uid, &channel).map_err(conversation_error)).await?;
     Ok(ok())
 }
 
@@ -1169,6 +1155,6 @@ async fn set_system_uids(State(state): State<AppState>, body: Bytes, system: boo
     for (i, uid) in req.uids.iter().enumerate() {
         check_uid(&format!("uids[{i}]"), uid)?;
     }
-    with_core(&state, move |core| core.set_system_accounts(&req.uids, system).map_err(ApiError::Storage)).await?;
+    state.on_core(move |core| core.set_system_accounts(&req.uids, system).map_err(ApiError::Storage)).await?;
     Ok(ok())
 }
