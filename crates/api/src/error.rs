@@ -18,6 +18,9 @@ pub enum ApiError {
     /// Storage failed; nothing was acknowledged.
     #[error("storage failed: {0}")]
     Storage(#[from] hongyan_store::StoreError),
+    /// The datasource did not describe a channel the request needs (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -37,6 +40,11 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, Json(json!({"msg": msg, "status": 400}))).into_response()
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED.into_response(),
+            Self::Unavailable(msg) | Self::Storage(hongyan_store::StoreError::Datasource(msg)) => {
+                tracing::warn!(error = %msg, "the datasource failed while serving a request");
+                let body = json!({"msg": format!("datasource: {msg}"), "status": 503});
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            }
             Self::Storage(e) => {
                 tracing::error!(error = %e, "storage failed while serving a request");
                 let body = json!({"msg": "storage unavailable", "status": 500});

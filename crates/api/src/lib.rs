@@ -6,9 +6,11 @@
 
 #![warn(missing_docs)]
 
+pub mod datasource;
 pub mod easemob;
 mod error;
 pub mod openim;
+pub mod webhook;
 pub mod wukong;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@
 //!   whitelist entries; `add_blacklist` is the person-channel blacklist; messages go
 //!   through the one send pipeline, as WuKongIM payloads. `docs/openim.md` has it all.
 
+use hongyan_core::SendError;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -795,9 +796,12 @@ async fn send_msg(State(state): State<AppState>, body: Bytes) -> Answer {
         payload: Bytes::from(payload.to_string()),
         ..hongyan_core::AppSend::default()
     };
-    let sent = state.core.send_as_app(send).await.map_err(|reason| match reason {
-        ReasonCode::SystemError => OpenImError { code: code::DB, msg: "the message could not be stored".into() },
-        other => OpenImError::args(format!("message refused: {}", other.name())),
+    let sent = state.core.send_as_app(send).await.map_err(|e| match e {
+        SendError::Refused(ReasonCode::SystemError) => {
+            OpenImError { code: code::DB, msg: "the message could not be stored".into() }
+        }
+        SendError::Datasource(why) => OpenImError { code: code::DB, msg: why },
+        SendError::Refused(other) => OpenImError::args(format!("message refused: {}", other.name())),
     })?;
     let send_time_ns = hongyan_core::now_ms() * 1_000_000;
     Ok(success(json!({"sendTime": send_time_ns, "msgID": sent.message_id.to_string()})))

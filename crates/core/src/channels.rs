@@ -15,11 +15,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use hongyan_store::{ChannelInfo, ChannelKey, MemberList, Store, StoreError};
 
 use crate::Core;
 use crate::channel::PERSON;
+use crate::hooks::{Datasource, RemoteChannel};
 
 /// Most member entries (subscribers + blacklist + whitelist over all cached channels)
 /// held in memory: about 100 MB with typical uids.
@@ -36,18 +38,39 @@ pub struct ChannelState {
     pub blacklist: HashSet<String>,
     /// When non-empty, who alone may send.
     pub whitelist: HashSet<String>,
+    /// For a state that came from the datasource: when to ask again.
+    pub expires: Option<Instant>,
 }
 
 impl ChannelState {
-    fn load(store: &Store, key: &ChannelKey) -> Result<Self, StoreError> {
+    /// The stored state, or `None` when storage has no record of the channel at all.
+    fn load(store: &Store, key: &ChannelKey) -> Result<Option<Self>, StoreError> {
         let (id, ty) = (key.channel_id.as_str(), key.channel_type);
         let list = |l| store.members(l, id, ty).map(|v| v.into_iter().collect::<HashSet<_>>());
-        Ok(Self {
-            info: store.channel_info(id, ty)?.unwrap_or_default(),
+        let info = store.channel_info(id, ty)?;
+        let state = Self {
+            info: info.unwrap_or_default(),
             subscribers: list(MemberList::Subscribers)?,
             blacklist: list(MemberList::Blacklist)?,
             whitelist: list(MemberList::Whitelist)?,
-        })
+            expires: None,
+        };
+        let empty = state.subscribers.is_empty() && state.blacklist.is_empty() && state.whitelist.is_empty();
+        Ok((info.is_some() || !empty).then_some(state))
+    }
+
+    fn from_remote(remote: RemoteChannel, ttl: Duration) -> Self {
+        Self {
+            info: remote.info,
+            subscribers: remote.subscribers.into_iter().collect(),
+            blacklist: remote.blacklist.into_iter().collect(),
+            whitelist: remote.whitelist.into_iter().collect(),
+            expires: Some(Instant::now() + ttl),
+        }
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.expires.is_none_or(|at| Instant::now() < at)
     }
 
     fn weight(&self) -> usize {
@@ -81,12 +104,25 @@ impl Default for ChannelCache {
 impl ChannelCache {
     /// The cached state, if any. Never blocks on storage.
     pub(crate) fn cached(&self, key: &ChannelKey) -> Option<Arc<ChannelState>> {
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).map.get(key).cloned()
+        self.entries.read().unwrap_or_else(PoisonError::into_inner).map.get(key).filter(|s| s.is_fresh()).cloned()
     }
 
-    /// The state, loading it from storage on a miss. Blocking.
-    pub(crate) fn get(&self, store: &Store, key: &ChannelKey) -> Result<Arc<ChannelState>, StoreError> {
-        self.get_with(key, || ChannelState::load(store, key))
+    /// The state, loading it on a miss from storage or, when storage has no record of
+    /// the channel, from `datasource`. Blocking.
+    pub(crate) fn get(
+        &self,
+        store: &Store,
+        datasource: Option<&Arc<dyn Datasource>>,
+        key: &ChannelKey,
+    ) -> Result<Arc<ChannelState>, StoreError> {
+        self.get_with(key, || match (ChannelState::load(store, key)?, datasource) {
+            (Some(state), _) => Ok(state),
+            (None, Some(source)) => {
+                metrics::counter!("hongyan_core_datasource_loads_total").increment(1);
+                Ok(ChannelState::from_remote(source.channel(key)?, source.ttl()))
+            }
+            (None, None) => Ok(ChannelState::default()),
+        })
     }
 
     fn get_with(
@@ -96,7 +132,7 @@ impl ChannelCache {
     ) -> Result<Arc<ChannelState>, StoreError> {
         let epoch = {
             let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(state) = entries.map.get(key) {
+            if let Some(state) = entries.map.get(key).filter(|s| s.is_fresh()) {
                 return Ok(state.clone());
             }
             entries.epoch
@@ -104,7 +140,10 @@ impl ChannelCache {
         let state = Arc::new(load()?);
         let weight = state.weight();
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if entries.epoch == epoch && weight <= self.budget && !entries.map.contains_key(key) {
+        if entries.epoch == epoch && weight <= self.budget {
+            if let Some(stale) = entries.map.remove(key) {
+                entries.weight -= stale.weight();
+            }
             while entries.weight + weight > self.budget {
                 let Some(victim) = entries.map.keys().next().cloned() else { break };
                 if let Some(old) = entries.map.remove(&victim) {
@@ -141,7 +180,7 @@ pub enum ListChange {
 impl Core {
     /// A channel's attributes and lists (cached). Blocking on a miss.
     pub fn channel_state(&self, key: &ChannelKey) -> Result<Arc<ChannelState>, StoreError> {
-        self.channels.get(self.store(), key)
+        self.channels.get(self.store(), self.datasource.get(), key)
     }
 
     /// Sets a channel's attributes (on a person channel, the user's ban and mute). Blocking.
@@ -241,12 +280,12 @@ mod tests {
     fn a_change_is_seen_by_the_next_read() {
         let (store, cache) = (store(), ChannelCache::default());
         let g = ChannelKey::new("g", 2);
-        assert!(cache.get(&store, &g).unwrap().subscribers.is_empty());
+        assert!(cache.get(&store, None, &g).unwrap().subscribers.is_empty());
         assert!(cache.cached(&g).is_some());
         store.add_members(MemberList::Subscribers, "g", 2, &["a".into()], false).unwrap();
         cache.changed(&g);
         assert!(cache.cached(&g).is_none());
-        assert!(cache.get(&store, &g).unwrap().subscribers.contains("a"));
+        assert!(cache.get(&store, None, &g).unwrap().subscribers.contains("a"));
     }
 
     #[test]
@@ -276,9 +315,9 @@ mod tests {
         store.add_members(MemberList::Subscribers, "big1", 2, &six, false).unwrap();
         store.add_members(MemberList::Subscribers, "big2", 2, &six, false).unwrap();
         let (a, b) = (ChannelKey::new("big1", 2), ChannelKey::new("big2", 2));
-        cache.get(&store, &a).unwrap();
+        cache.get(&store, None, &a).unwrap();
         assert!(cache.cached(&a).is_some());
-        cache.get(&store, &b).unwrap();
+        cache.get(&store, None, &b).unwrap();
         assert!(cache.cached(&a).is_none(), "the first was evicted to make room");
         assert!(cache.cached(&b).is_some());
         assert!(cache.entries.read().unwrap().weight <= 10);
@@ -286,7 +325,52 @@ mod tests {
         let twelve: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
         store.add_members(MemberList::Subscribers, "huge", 2, &twelve, false).unwrap();
         let huge = ChannelKey::new("huge", 2);
-        assert_eq!(cache.get(&store, &huge).unwrap().subscribers.len(), 12);
+        assert_eq!(cache.get(&store, None, &huge).unwrap().subscribers.len(), 12);
         assert!(cache.cached(&huge).is_none());
+    }
+
+    #[derive(Debug, Default)]
+    struct Remote {
+        calls: std::sync::atomic::AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Datasource for Remote {
+        fn channel(&self, key: &ChannelKey) -> Result<RemoteChannel, StoreError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Datasource("getSubscribers: HTTP 500".into()));
+            }
+            Ok(RemoteChannel { subscribers: vec![format!("{}-member", key.channel_id)], ..RemoteChannel::default() })
+        }
+        fn system_uids(&self) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn ttl(&self) -> Duration {
+            Duration::from_millis(50)
+        }
+    }
+
+    #[test]
+    fn unknown_channels_come_from_the_datasource_until_their_ttl_and_local_records_win() {
+        let (store, cache) = (store(), ChannelCache::default());
+        let remote = Arc::new(Remote::default());
+        let source: Arc<dyn Datasource> = remote.clone();
+        let g = ChannelKey::new("g", 2);
+        let calls = || remote.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(cache.get(&store, Some(&source), &g).unwrap().subscribers.contains("g-member"));
+        assert!(cache.get(&store, Some(&source), &g).unwrap().subscribers.contains("g-member"));
+        assert_eq!(calls(), 1, "answered from the cache within the TTL");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.cached(&g).is_none(), "expired");
+        remote.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = cache.get(&store, Some(&source), &g).unwrap_err();
+        assert!(matches!(failed, StoreError::Datasource(_)), "a failure is an error, not an empty channel");
+        assert_eq!(calls(), 2);
+        // A channel stored here never asks the datasource.
+        store.add_members(MemberList::Subscribers, "h", 2, &["local".into()], false).unwrap();
+        let h = cache.get(&store, Some(&source), &ChannelKey::new("h", 2)).unwrap();
+        assert!(h.subscribers.contains("local") && h.expires.is_none());
+        assert_eq!(calls(), 2);
     }
 }

@@ -29,6 +29,7 @@ pub mod channels;
 pub mod commands;
 pub mod conversation;
 pub mod directory;
+pub mod hooks;
 pub mod ids;
 pub mod retry;
 
@@ -154,6 +155,12 @@ pub struct Core {
     conversation_locks: Vec<std::sync::Mutex<()>>,
     /// What each user's last `/message/sync` returned, for its `/message/syncack`.
     command_syncs: commands::SyncedCommands,
+    /// Hears of logins, logouts and unstored messages (the webhooks).
+    observer: std::sync::OnceLock<Arc<dyn hooks::Observer>>,
+    /// Supplies channels there is no local record of.
+    datasource: std::sync::OnceLock<Arc<dyn hooks::Datasource>>,
+    /// System accounts the datasource names, refreshed by [`Core::refresh_system_accounts`].
+    remote_system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -163,8 +170,45 @@ impl std::fmt::Debug for Delivery {
 }
 
 fn storage(e: StoreError) -> ReasonCode {
-    error!(error = %e, "storage failed while handling a message");
+    match e {
+        StoreError::Datasource(_) => warn!(error = %e, "the datasource failed while handling a message"),
+        _ => error!(error = %e, "storage failed while handling a message"),
+    }
     ReasonCode::SystemError
+}
+
+/// Why [`Core::send_as_app`] did not send.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Refused with this reason code (SystemError: storage failed).
+    #[error("message refused: {}", .0.name())]
+    Refused(ReasonCode),
+    /// The channel is not stored here and the datasource did not describe it.
+    #[error("{0}")]
+    Datasource(String),
+}
+
+impl From<ReasonCode> for SendError {
+    fn from(reason: ReasonCode) -> Self {
+        Self::Refused(reason)
+    }
+}
+
+impl SendError {
+    fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::Datasource(why) => Self::Datasource(why),
+            other => Self::Refused(storage(other)),
+        }
+    }
+
+    /// The reason code a binary client would get (SystemError for a datasource failure).
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            Self::Refused(reason) => *reason,
+            Self::Datasource(_) => ReasonCode::SystemError,
+        }
+    }
 }
 
 impl Core {
@@ -197,6 +241,9 @@ impl Core {
             channels: ChannelCache::default(),
             conversation_locks: (0..64).map(|_| std::sync::Mutex::new(())).collect(),
             command_syncs: commands::SyncedCommands::default(),
+            observer: std::sync::OnceLock::new(),
+            datasource: std::sync::OnceLock::new(),
+            remote_system_accounts: std::sync::RwLock::default(),
         });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
@@ -230,6 +277,23 @@ impl Core {
     /// message it).
     pub fn is_system_account(&self, uid: &str) -> bool {
         self.system_accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(uid)
+            || self.remote_system_accounts.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(uid)
+    }
+
+    /// Takes channels there is no local record of (and more system accounts) from
+    /// `datasource`. Only the first call takes effect.
+    pub fn set_datasource(&self, datasource: Arc<dyn hooks::Datasource>) {
+        let _ = self.datasource.set(datasource);
+    }
+
+    /// Reloads the datasource's system accounts (keeping the last ones on failure).
+    /// Blocking; does nothing without a datasource.
+    pub fn refresh_system_accounts(&self) -> Result<(), StoreError> {
+        let Some(source) = self.datasource.get() else { return Ok(()) };
+        let uids = source.system_uids()?;
+        *self.remote_system_accounts.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            uids.into_iter().collect();
+        Ok(())
     }
 
     /// Every system account, sorted.
@@ -295,6 +359,14 @@ impl Core {
     /// The message log.
     pub fn log(&self) -> &Arc<MessageLog> {
         &self.log
+    }
+
+    fn report_presence(&self, conn: &Conn, online: bool) {
+        if let Some(observer) = self.observer() {
+            let connections = self.registry.connections(&conn.uid);
+            let same_flag = connections.iter().filter(|c| c.device_flag == conn.device_flag).count();
+            observer.presence(conn, online, same_flag, connections.len());
+        }
     }
 
     fn shard(&self, channel: &ChannelKey) -> &mpsc::UnboundedSender<Delivery> {
@@ -428,7 +500,7 @@ impl Core {
 
     /// The states of `keys` from the cache, loading the missing ones off the async
     /// workers.
-    async fn channel_states(self: &Arc<Self>, keys: Vec<ChannelKey>) -> Result<Vec<Arc<ChannelState>>, ReasonCode> {
+    async fn channel_states(self: &Arc<Self>, keys: Vec<ChannelKey>) -> Result<Vec<Arc<ChannelState>>, StoreError> {
         let cached: Option<Vec<_>> = keys.iter().map(|k| self.channels.cached(k)).collect();
         if let Some(states) = cached {
             return Ok(states);
@@ -436,8 +508,7 @@ impl Core {
         let core = self.clone();
         tokio::task::spawn_blocking(move || keys.iter().map(|k| core.channel_state(k)).collect::<Result<Vec<_>, _>>())
             .await
-            .map_err(|_| ReasonCode::SystemError)?
-            .map_err(storage)
+            .map_err(|e| StoreError::Engine(format!("channel load task failed: {e}")))?
     }
 
     async fn on_send(self: &Arc<Self>, conn: &Arc<Conn>, send: Send) {
@@ -459,7 +530,7 @@ impl Core {
                 let target = if has_target { states.get(1).map(|s| &**s) } else { None };
                 self.admit(conn, &send, &states[0], target)
             }
-            Err(reason) => Err(reason),
+            Err(e) => Err(storage(e)),
         };
         let (channel, payload, rows) = match admitted {
             Ok(ok) => ok,
@@ -505,6 +576,9 @@ impl Core {
         if HeaderFlags::from_bits(message.header).no_persist {
             // Online only: not stored, no seq, delivered at once.
             metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
+            if let Some(observer) = self.observer() {
+                observer.unstored(&channel, &message, None);
+            }
             let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin, only_to: None });
             return Ok(Submitted::OnlineOnly);
         }
@@ -550,10 +624,10 @@ impl Core {
     /// With `subscribers` (and SyncOnce), the message goes to just those uids through a
     /// new temporary channel. Returns once the message is durable (a resend returns the
     /// original).
-    pub async fn send_as_app(self: &Arc<Self>, request: AppSend) -> Result<AppSent, ReasonCode> {
+    pub async fn send_as_app(self: &Arc<Self>, request: AppSend) -> Result<AppSent, SendError> {
         let from_uid = if request.from_uid.is_empty() { self.settings.system_uid.clone() } else { request.from_uid };
         if !is_valid_uid(&from_uid) {
-            return Err(ReasonCode::ChannelIdError);
+            return Err(ReasonCode::ChannelIdError.into());
         }
         let message_id = self.ids.next_id();
         let sync_once = request.header.sync_once;
@@ -561,10 +635,10 @@ impl Core {
         let (channel, rows) = if request.subscribers.is_empty() {
             let channel_type = request.channel_type;
             if channel_type == 0 || channel_type > MAX_TYPE {
-                return Err(ReasonCode::NotSupportChannelType);
+                return Err(ReasonCode::NotSupportChannelType.into());
             }
             if !is_valid_uid(&request.channel_id) {
-                return Err(ReasonCode::ChannelIdError);
+                return Err(ReasonCode::ChannelIdError.into());
             }
             if channel_type == PERSON {
                 let key = ChannelKey::new(person_channel_id(&from_uid, &request.channel_id), PERSON);
@@ -573,17 +647,17 @@ impl Core {
                 (key, rows)
             } else {
                 let key = ChannelKey::new(request.channel_id, channel_type);
-                let state = self.channel_states(vec![key.clone()]).await?;
+                let state = self.channel_states(vec![key.clone()]).await.map_err(SendError::from_store)?;
                 Self::check_open(state[0].info)?;
                 (self.stored_channel(key, sync_once), Vec::new())
             }
         } else {
             if !sync_once {
-                return Err(ReasonCode::NotSupportHeader);
+                return Err(ReasonCode::NotSupportHeader.into());
             }
             let mut uids = request.subscribers;
             if uids.iter().any(|u| !is_valid_uid(u)) {
-                return Err(ReasonCode::ChannelIdError);
+                return Err(ReasonCode::ChannelIdError.into());
             }
             uids.sort_unstable();
             uids.dedup();
@@ -598,7 +672,7 @@ impl Core {
                 })
                 .await
                 .map_err(|_| ReasonCode::SystemError)?
-                .map_err(storage)?;
+                .map_err(SendError::from_store)?;
             }
             (self.stored_channel(temp, true), Vec::new())
         };
@@ -616,13 +690,16 @@ impl Core {
             payload: request.payload,
         };
         if let Some(uids) = only_to {
+            if let Some(observer) = self.observer() {
+                observer.unstored(&channel, &message, Some(&uids));
+            }
             let delivery = Delivery { channel, message, seq: 0, origin: 0, only_to: Some(uids) };
             let _ = self.shard(&delivery.channel).send(delivery);
             return Ok(AppSent { message_id, seq: 0, client_msg_no });
         }
         let (message_id, seq) = match self.submit(channel, message, None, rows)? {
             Submitted::OnlineOnly => (message_id, 0),
-            Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(storage)?,
+            Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(SendError::from_store)?,
         };
         Ok(AppSent { message_id, seq, client_msg_no })
     }
@@ -744,7 +821,9 @@ impl SessionHandler for Sessions {
         })
     }
 
-    fn on_online(&self, _conn: &Arc<Conn>) {}
+    fn on_online(&self, conn: &Arc<Conn>) {
+        self.0.report_presence(conn, true);
+    }
 
     fn on_packet<'a>(&'a self, conn: &'a Arc<Conn>, packet: Packet) -> PacketFuture<'a> {
         Box::pin(async move {
@@ -782,6 +861,7 @@ impl SessionHandler for Sessions {
 
     fn on_offline(&self, conn: &Arc<Conn>) {
         self.0.retry.forget(conn.id);
+        self.0.report_presence(conn, false);
     }
 }
 

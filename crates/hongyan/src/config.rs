@@ -43,8 +43,89 @@ pub struct Config {
     pub openim: OpenImConfig,
     /// The Easemob / Agora Chat thread dialect.
     pub easemob: EasemobConfig,
+    /// Events to the app server.
+    pub webhook: WebhookConfig,
+    /// Channels the server has no record of, from the app server.
+    pub datasource: DatasourceConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[webhook]`: on when `url` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Where events are posted (`?event=<name>` is appended). Empty: no webhooks.
+    pub url: String,
+    /// Which events: `user.onlinestatus`, `msg.offline`, `msg.notify`. Empty: all.
+    pub events: Vec<String>,
+    /// Who gets `msg.offline`: `no_master_online` or `no_device_online`.
+    pub offline_rule: String,
+    /// Most messages (or presence entries) in one `msg.notify` (`user.onlinestatus`) post.
+    pub batch_max: usize,
+    /// Longest a batch waits to fill.
+    pub batch_interval_ms: u64,
+    /// Most uids in one `msg.offline` post (more are split over several posts).
+    pub offline_max_uids: usize,
+    /// `msg.offline` posts in flight at once (one per channel at a time).
+    pub offline_lanes: u8,
+    /// One post's time limit.
+    pub timeout_ms: u64,
+    /// First retry delay (doubled per failure up to `retry_max_ms`).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Events still failing after this long are dropped (counted and logged).
+    pub max_age_secs: u64,
+    /// Signs each post: `X-Hongyan-Signature: sha256=<HMAC-SHA256 of the body>`.
+    pub secret: String,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            events: Vec::new(),
+            offline_rule: "no_master_online".into(),
+            batch_max: 100,
+            batch_interval_ms: 500,
+            offline_max_uids: 1000,
+            offline_lanes: 4,
+            timeout_ms: 5_000,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
+            max_age_secs: 86_400,
+            secret: String::new(),
+        }
+    }
+}
+
+/// The events WuKongIM's receivers know.
+pub const WEBHOOK_EVENTS: [&str; 3] = ["user.onlinestatus", "msg.offline", "msg.notify"];
+
+impl WebhookConfig {
+    /// Whether `event` is to be sent.
+    pub fn sends(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event)
+    }
+}
+
+/// `[datasource]`: on when `url` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasourceConfig {
+    /// Where `{"cmd": ..., "data": ...}` requests go. Empty: no datasource.
+    pub url: String,
+    /// How long an answer is used before asking again.
+    pub cache_ttl_secs: u64,
+    /// One request's time limit.
+    pub timeout_ms: u64,
+}
+
+impl Default for DatasourceConfig {
+    fn default() -> Self {
+        Self { url: String::new(), cache_ttl_secs: 60, timeout_ms: 3_000 }
+    }
 }
 
 /// `[easemob]`: on when at least one app is configured.
@@ -275,6 +356,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             openim: OpenImConfig::default(),
             easemob: EasemobConfig::default(),
+            webhook: WebhookConfig::default(),
+            datasource: DatasourceConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -466,6 +549,42 @@ impl Config {
         if !self.easemob.addr.is_empty() {
             self.easemob.addr.parse::<SocketAddr>().map_err(|_| invalid("easemob.addr", "not an ip:port"))?;
         }
+        let url = |key: &str, value: &str| {
+            if value.is_empty() || value.starts_with("http://") || value.starts_with("https://") {
+                Ok(())
+            } else {
+                Err(invalid(key, "must be an http:// or https:// URL"))
+            }
+        };
+        url("webhook.url", &self.webhook.url)?;
+        url("datasource.url", &self.datasource.url)?;
+        if let Some(bad) = self.webhook.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
+            return Err(invalid("webhook.events", &format!("`{bad}` is not one of {}", WEBHOOK_EVENTS.join(", "))));
+        }
+        if !["no_master_online", "no_device_online"].contains(&self.webhook.offline_rule.as_str()) {
+            return Err(invalid("webhook.offline_rule", "must be no_master_online or no_device_online"));
+        }
+        let w = &self.webhook;
+        for (key, value) in [
+            ("webhook.batch_max", w.batch_max as u64),
+            ("webhook.batch_interval_ms", w.batch_interval_ms),
+            ("webhook.offline_max_uids", w.offline_max_uids as u64),
+            ("webhook.offline_lanes", u64::from(w.offline_lanes)),
+            ("webhook.timeout_ms", w.timeout_ms),
+            ("webhook.retry_initial_ms", w.retry_initial_ms),
+            ("webhook.max_age_secs", w.max_age_secs),
+            ("datasource.timeout_ms", self.datasource.timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if w.retry_max_ms < w.retry_initial_ms {
+            return Err(invalid("webhook.retry_max_ms", "must be at least webhook.retry_initial_ms"));
+        }
+        if w.offline_lanes > 64 {
+            return Err(invalid("webhook.offline_lanes", "at most 64"));
+        }
         if self.storage.retention_sweep_interval_secs == 0 {
             return Err(invalid("storage.retention_sweep_interval_secs", "must be greater than 0"));
         }
@@ -612,6 +731,24 @@ mod tests {
         let c = Config::from_toml("[openim]\nenabled = true\nsecret = \"s\"\nadmin_user_ids = [\"boss\"]").unwrap();
         assert_eq!(c.openim.addr, "0.0.0.0:10000");
         Config::from_toml("[openim]\nsecret = \"\"").unwrap();
+    }
+
+    #[test]
+    fn webhook_and_datasource_settings_are_checked() {
+        let c = Config::from_toml("[webhook]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"msg.offline\"]").unwrap();
+        assert!(c.webhook.sends("msg.offline") && !c.webhook.sends("msg.notify"));
+        assert!(Config::default().webhook.sends("msg.notify"), "empty means all");
+        for (bad, key) in [
+            ("[webhook]\nurl = \"ftp://x\"", "webhook.url"),
+            ("[webhook]\nevents = [\"msg.sent\"]", "webhook.events"),
+            ("[webhook]\noffline_rule = \"never\"", "webhook.offline_rule"),
+            ("[webhook]\nbatch_max = 0", "webhook.batch_max"),
+            ("[webhook]\nretry_max_ms = 1", "webhook.retry_max_ms"),
+            ("[datasource]\nurl = \"localhost:9\"", "datasource.url"),
+        ] {
+            let e = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

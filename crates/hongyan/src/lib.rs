@@ -57,6 +57,8 @@ pub struct Server {
     pub log: Arc<MessageLog>,
     /// The messaging core.
     pub core: Arc<Core>,
+    /// The webhooks, when `webhook.url` is set.
+    pub webhooks: Option<Arc<hongyan_api::webhook::Webhooks>>,
     shutdown: CancellationToken,
     http: TaskTracker,
 }
@@ -89,7 +91,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let backend = Arc::new(backend);
     let store = Store::new(backend.clone());
-    let log = Arc::new(MessageLog::open(backend, config.storage.durability()).context("starting the message log")?);
+    let hooks_wanted = !config.webhook.url.is_empty()
+        && (config.webhook.sends(hongyan_api::webhook::MSG_NOTIFY)
+            || config.webhook.sends(hongyan_api::webhook::MSG_OFFLINE)
+            || config.webhook.sends(hongyan_api::webhook::ONLINE_STATUS));
+    let (log, journal) = if hooks_wanted {
+        let feed = hongyan_api::webhook::JournalFeed::new();
+        let (log, backlog) = MessageLog::open_journaled(backend.clone(), config.storage.durability(), feed.sink())
+            .context("starting the message log")?;
+        (log, Some((feed, backlog)))
+    } else {
+        (MessageLog::open(backend.clone(), config.storage.durability()).context("starting the message log")?, None)
+    };
+    let log = Arc::new(log);
     if matches!(config.storage.durability(), Durability::Interval(_)) {
         warn!("storage.durability is interval: a power loss can lose recently acknowledged messages");
     }
@@ -115,6 +129,30 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         },
     )
     .context("loading system accounts")?;
+    if !config.datasource.url.is_empty() {
+        let source = hongyan_api::datasource::HttpDatasource::new(
+            config.datasource.url.clone(),
+            Duration::from_secs(config.datasource.cache_ttl_secs),
+            Duration::from_millis(config.datasource.timeout_ms),
+        )?;
+        core.set_datasource(Arc::new(source));
+        spawn_system_account_refresh(&core, Duration::from_secs(config.datasource.cache_ttl_secs.max(1)), &shutdown);
+    }
+    let webhooks = match journal {
+        Some((feed, backlog)) => {
+            let webhooks = hongyan_api::webhook::Webhooks::start(
+                webhook_settings(&config),
+                core.clone(),
+                backend.clone(),
+                feed,
+                backlog,
+            )
+            .context("starting the webhooks")?;
+            core.set_observer(webhooks.clone());
+            Some(webhooks)
+        }
+        None => None,
+    };
     if !config.auth.token_auth {
         warn!("auth.token_auth is off: anyone can log in as anyone");
     }
@@ -230,9 +268,46 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         registry,
         log,
         core,
+        webhooks,
         shutdown,
         http,
     })
+}
+
+fn webhook_settings(config: &Config) -> hongyan_api::webhook::WebhookSettings {
+    use hongyan_api::webhook::{MSG_NOTIFY, MSG_OFFLINE, ONLINE_STATUS};
+    let w = &config.webhook;
+    hongyan_api::webhook::WebhookSettings {
+        url: w.url.clone(),
+        online_status: w.sends(ONLINE_STATUS),
+        offline: w.sends(MSG_OFFLINE),
+        notify: w.sends(MSG_NOTIFY),
+        offline_rule: if w.offline_rule == "no_device_online" {
+            hongyan_core::hooks::OfflineRule::NoDeviceOnline
+        } else {
+            hongyan_core::hooks::OfflineRule::NoMasterOnline
+        },
+        batch_max: w.batch_max,
+        batch_interval: Duration::from_millis(w.batch_interval_ms),
+        offline_max_uids: w.offline_max_uids,
+        offline_lanes: w.offline_lanes,
+        timeout: Duration::from_millis(w.timeout_ms),
+        retry_initial: Duration::from_millis(w.retry_initial_ms),
+        retry_max: Duration::from_millis(w.retry_max_ms),
+        max_age: Duration::from_secs(w.max_age_secs),
+        secret: w.secret.clone(),
+        node_id: config.node_id,
+        system_uid: config.system_uid.clone(),
+    }
+}
+
+/// Loads the datasource's system accounts now and again every `every`.
+fn spawn_system_account_refresh(core: &Arc<Core>, every: Duration, shutdown: &CancellationToken) {
+    spawn_periodic(core, every, shutdown, "system account refresh", |core| {
+        if let Err(e) = core.refresh_system_accounts() {
+            warn!(error = %e, "system accounts from the datasource not refreshed");
+        }
+    });
 }
 
 /// Runs the retention sweep at start-up and then every interval, if any is configured.
@@ -242,7 +317,25 @@ fn spawn_retention(core: &Arc<Core>, config: &Config, shutdown: &CancellationTok
         return;
     }
     let every = Duration::from_secs(config.storage.retention_sweep_interval_secs);
-    let (core, stop) = (Arc::downgrade(core), shutdown.clone());
+    spawn_periodic(core, every, shutdown, "retention sweep", move |core| match core.sweep_retention(&rules) {
+        Ok(pruned) if pruned.messages > 0 => {
+            info!(messages = pruned.messages, channels = pruned.channels, "retention sweep removed old messages");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "retention sweep failed; retrying at the next interval"),
+    });
+}
+
+/// Runs `job` on the blocking pool now and then every `every`, until shutdown or until
+/// the core is gone; a run that is late is not made up.
+fn spawn_periodic(
+    core: &Arc<Core>,
+    every: Duration,
+    shutdown: &CancellationToken,
+    what: &'static str,
+    job: impl Fn(&Core) + Send + Sync + 'static,
+) {
+    let (core, stop, job) = (Arc::downgrade(core), shutdown.clone(), Arc::new(job));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,18 +345,9 @@ fn spawn_retention(core: &Arc<Core>, config: &Config, shutdown: &CancellationTok
                 _ = tick.tick() => {}
             }
             let Some(core) = core.upgrade() else { break };
-            let rules = rules.clone();
-            match tokio::task::spawn_blocking(move || core.sweep_retention(&rules)).await {
-                Ok(Ok(pruned)) if pruned.messages > 0 => {
-                    info!(
-                        messages = pruned.messages,
-                        channels = pruned.channels,
-                        "retention sweep removed old messages"
-                    );
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "retention sweep failed; retrying at the next interval"),
-                Err(e) => warn!(error = %e, "retention sweep task failed"),
+            let job = job.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || job(&core)).await {
+                warn!(error = %e, "{what} task failed");
             }
         }
     });
@@ -282,5 +366,10 @@ impl Server {
         self.http.wait().await;
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        if let Some(webhooks) = self.webhooks.clone() {
+            let hooks = webhooks.clone();
+            let _ = tokio::task::spawn_blocking(move || hooks.stop()).await;
+            webhooks.wait().await;
+        }
     }
 }

@@ -41,11 +41,15 @@ pub enum Table {
     MsgIdChanSeq,
     /// group id → group profile (name, notification, introduction, avatar, ex, creator).
     GroupProfile,
+    /// journal id → log key: stored messages the webhooks have not taken in yet.
+    Journal,
+    /// (lane, event id) → event: webhook events waiting to be delivered.
+    HookQueue,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 17] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -61,6 +65,8 @@ impl Table {
         Table::GroupThread,
         Table::MsgIdChanSeq,
         Table::GroupProfile,
+        Table::Journal,
+        Table::HookQueue,
     ];
 
     /// The table's name on disk.
@@ -81,6 +87,8 @@ impl Table {
             Self::GroupThread => "groupthread_none",
             Self::MsgIdChanSeq => "msgid_chanseq",
             Self::GroupProfile => "group_profile",
+            Self::Journal => "seq_journal",
+            Self::HookQueue => "laneid_hook",
         }
     }
 }

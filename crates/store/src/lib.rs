@@ -25,7 +25,8 @@ mod tables;
 pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
 pub use log::{
-    Appended, ChannelKey, Durability, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned, StoredMessage,
+    Appended, ChannelKey, Durability, JournalSink, Journaled, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned,
+    StoredMessage,
 };
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 
@@ -49,6 +50,9 @@ pub enum StoreError {
         /// What did not decode.
         what: &'static str,
     },
+    /// An external source of records (the datasource) did not answer usefully.
+    #[error("datasource failed: {0}")]
+    Datasource(String),
 }
 
 /// Result of storage calls.

@@ -154,6 +154,32 @@ pub enum Durability {
 /// must not block: hand work to another thread or task.
 pub type OnCommit = Box<dyn FnOnce(Option<Appended>) + Send>;
 
+/// A stored message as the journal's reader sees it: what was stored, where, and the
+/// journal row to delete once the reader has durably taken it in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Journaled {
+    /// The journal row's id (increasing in commit order).
+    pub id: u64,
+    /// The channel it is stored in.
+    pub channel: ChannelKey,
+    /// Its seq there.
+    pub seq: u64,
+    /// The message.
+    pub message: NewMessage,
+}
+
+/// Hears of every newly stored message, on the writer thread, right after its batch is
+/// committed and in commit order. It must not block.
+pub type JournalSink = Box<dyn Fn(Journaled) + Send>;
+
+/// The journal: a row per stored message, written in the message's own batch, so a
+/// consumer that deletes a row only after acting on it never misses a message, even
+/// across a crash.
+struct Journal {
+    next_id: u64,
+    sink: JournalSink,
+}
+
 struct Job {
     channel: ChannelKey,
     message: NewMessage,
@@ -272,9 +298,49 @@ fn last_seq(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
 impl MessageLog {
     /// Starts the writer over `kv`.
     pub fn open(kv: Arc<dyn KvBackend>, durability: Durability) -> Result<Self> {
+        Self::start(kv, durability, None)
+    }
+
+    /// Like [`Self::open`], also writing a journal row with every stored message and
+    /// handing the message to `sink` once committed. Returns the backlog too: messages
+    /// journaled before this start whose rows were not deleted yet, oldest first (rows
+    /// of messages that retention has removed since are deleted here).
+    pub fn open_journaled(
+        kv: Arc<dyn KvBackend>,
+        durability: Durability,
+        sink: JournalSink,
+    ) -> Result<(Self, Vec<Journaled>)> {
+        let mut backlog = Vec::new();
+        let mut gone = Vec::new();
+        let mut next_id = 1;
+        for (key, log_key) in kv.scan_prefix(Table::Journal, &[], usize::MAX)? {
+            let id = key
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt { table: Table::Journal.name(), what: "id" })?;
+            next_id = id + 1;
+            match kv.get(Table::ChanSeqMessage, &log_key)? {
+                Some(value) => backlog.push(Journaled {
+                    id,
+                    channel: channel_from_message_key(&log_key)?,
+                    seq: seq_from_key(&log_key)?,
+                    message: decode(&value)?,
+                }),
+                None => gone.push(Write::Delete(Table::Journal, key)),
+            }
+        }
+        if !gone.is_empty() {
+            kv.write(gone, false)?;
+        }
+        let log = Self::start(kv, durability, Some(Journal { next_id, sink }))?;
+        Ok((log, backlog))
+    }
+
+    fn start(kv: Arc<dyn KvBackend>, durability: Durability, journal: Option<Journal>) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let failed = Arc::new(AtomicBool::new(false));
-        let writer = Writer { kv: kv.clone(), durability, failed: failed.clone(), next_seq: HashMap::new() };
+        let writer = Writer { kv: kv.clone(), durability, failed: failed.clone(), next_seq: HashMap::new(), journal };
         let handle = std::thread::Builder::new()
             .name("hongyan-log-writer".into())
             .spawn(move || writer.run(&rx))
@@ -521,6 +587,7 @@ struct Writer {
     failed: Arc<AtomicBool>,
     /// Next seq per channel touched since start, loaded from storage on first use.
     next_seq: HashMap<ChannelKey, u64>,
+    journal: Option<Journal>,
 }
 
 impl Writer {
@@ -580,11 +647,18 @@ impl Writer {
             return;
         }
         match self.plan(&batch) {
-            Ok((writes, results)) => {
+            Ok((writes, results, journal_ids)) => {
                 let durable = self.durability == Durability::Fsync;
                 match self.kv.write(writes, durable) {
                     Ok(()) => {
-                        for (job, result) in batch.into_iter().zip(results) {
+                        for ((job, result), journal_id) in batch.into_iter().zip(results).zip(journal_ids) {
+                            if let (Some(journal), Some(id), Appended::New { seq, .. }) =
+                                (&self.journal, journal_id, result)
+                            {
+                                let journaled =
+                                    Journaled { id, channel: job.channel.clone(), seq, message: job.message.clone() };
+                                (journal.sink)(journaled);
+                            }
                             if let Some(on_commit) = job.on_commit {
                                 on_commit(Some(result));
                             }
@@ -611,10 +685,12 @@ impl Writer {
         }
     }
 
-    /// Seqs, dedupe and the writes for one batch.
-    fn plan(&mut self, batch: &[Job]) -> Result<(Vec<Write>, Vec<Appended>)> {
+    /// Seqs, dedupe, journal ids and the writes for one batch.
+    #[allow(clippy::type_complexity)]
+    fn plan(&mut self, batch: &[Job]) -> Result<(Vec<Write>, Vec<Appended>, Vec<Option<u64>>)> {
         let mut writes = Vec::with_capacity(batch.len() * 2);
         let mut results = Vec::with_capacity(batch.len());
+        let mut journal_ids = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<Vec<u8>, (i64, u64)> = HashMap::new();
         for job in batch {
             let m = &job.message;
@@ -627,12 +703,20 @@ impl Writer {
                 };
                 if let Some((message_id, seq)) = earlier {
                     results.push(Appended::Duplicate { message_id, seq });
+                    journal_ids.push(None);
                     continue;
                 }
             }
             let seq = self.take_seq(&job.channel)?;
             let key = job.channel.message_key(seq);
             writes.push(Write::Put(Table::MsgIdChanSeq, m.message_id.to_be_bytes().to_vec(), key.clone()));
+            let journal_id = self.journal.as_mut().map(|journal| {
+                let id = journal.next_id;
+                journal.next_id += 1;
+                writes.push(Write::Put(Table::Journal, id.to_be_bytes().to_vec(), key.clone()));
+                id
+            });
+            journal_ids.push(journal_id);
             writes.push(Write::Put(Table::ChanSeqMessage, key, encode(m)));
             if seq == 1 {
                 writes.extend(job.with_first.iter().cloned());
@@ -647,7 +731,7 @@ impl Writer {
             }
             results.push(Appended::New { message_id: m.message_id, seq });
         }
-        Ok((writes, results))
+        Ok((writes, results, journal_ids))
     }
 
     fn take_seq(&mut self, channel: &ChannelKey) -> Result<u64> {
@@ -970,5 +1054,36 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[tokio::test]
+    async fn the_journal_hands_over_new_messages_and_keeps_the_rest_across_restarts() {
+        let kv: Arc<dyn KvBackend> = Arc::new(MemoryBackend::new());
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink =
+            |heard: Arc<Mutex<Vec<Journaled>>>| -> JournalSink { Box::new(move |j| heard.lock().unwrap().push(j)) };
+        let (log, backlog) = MessageLog::open_journaled(kv.clone(), Durability::Fsync, sink(heard.clone())).unwrap();
+        assert!(backlog.is_empty());
+        let g = ChannelKey::new("g1", 2);
+        for i in 1..=3 {
+            log.append(g.clone(), msg(i, "u1", &format!("c{i}"), "hi")).await.unwrap();
+        }
+        // A resend stores nothing and journals nothing.
+        log.append(g.clone(), msg(9, "u1", "c2", "again")).await.unwrap();
+        log.close();
+        let heard_ids: Vec<(u64, u64)> = heard.lock().unwrap().iter().map(|j| (j.id, j.seq)).collect();
+        assert_eq!(heard_ids, vec![(1, 1), (2, 2), (3, 3)]);
+
+        // The consumer took in the first; the other two come back as the backlog.
+        kv.write(vec![Write::Delete(Table::Journal, 1u64.to_be_bytes().to_vec())], true).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (log, backlog) = MessageLog::open_journaled(kv.clone(), Durability::Fsync, sink(heard.clone())).unwrap();
+        assert_eq!(backlog.iter().map(|j| (j.id, j.seq)).collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
+        assert_eq!(backlog[0].message.client_msg_no, "c2");
+        assert_eq!(backlog[0].channel, g);
+        log.append(g.clone(), msg(4, "u1", "c4", "new")).await.unwrap();
+        log.close();
+        // Ids continue after the last row; seqs after the last message.
+        assert_eq!(heard.lock().unwrap().iter().map(|j| (j.id, j.seq)).collect::<Vec<_>>(), vec![(4, 4)]);
     }
 }

@@ -669,8 +669,8 @@ async fn send_batch(State(state): State<AppState>, body: Bytes) -> Result<Json<V
     }
     while let Some(done) = sends.join_next().await {
         let (i, uid, result) = done.map_err(|e| ApiError::Internal(format!("send task failed: {e}")))?;
-        if let Err(reason) = result {
-            failed.push((i, uid, reason.name().to_owned()));
+        if let Err(e) = result {
+            failed.push((i, uid, e.reason_code().name().to_owned()));
         }
     }
     failed.sort_by_key(|f| f.0);
@@ -742,7 +742,11 @@ const MAX_CLIENT_MSG_NO_LEN: usize = 255;
 
 /// A refused send as an HTTP answer: the reason's name, and its code as `status`
 /// where WuKongIM uses one.
-fn refused(reason: ReasonCode) -> ApiError {
+fn refused(e: hongyan_core::SendError) -> ApiError {
+    let reason = match e {
+        hongyan_core::SendError::Refused(reason) => reason,
+        hongyan_core::SendError::Datasource(why) => return ApiError::Unavailable(why),
+    };
     match reason {
         ReasonCode::SystemError => ApiError::Internal("the message could not be stored".into()),
         ReasonCode::NotSupportChannelType => ApiError::bad("channel_type: unknown channel type"),

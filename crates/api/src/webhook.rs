@@ -1,0 +1,597 @@
+//! Webhooks: events to the app server as `POST {url}?event=<name>` with WuKongIM's
+//! bodies, delivered at least once, in order per channel, across restarts.
+//!
+//! Three stages:
+//! 1. **Sources.** Stored messages come from the message log's journal (a row written
+//!    in the message's own batch, so a crash cannot lose one); logins, logouts and
+//!    NoPersist messages come from the core as an [`Observer`].
+//! 2. **The pump** (one thread) turns them into events: `msg.offline` per message for
+//!    the recipients who are offline right then, `msg.notify` batches of up to
+//!    `batch_max` messages or `batch_interval`, `user.onlinestatus` batches likewise.
+//!    It writes events to the durable queue (table `laneid_hook`) and deletes the
+//!    journal rows they came from in the same atomic batch.
+//! 3. **Lanes** (one task each) post the queue's events in id order: lane 0 presence,
+//!    lane 1 `msg.notify`, then `offline_lanes` lanes of `msg.offline` chosen by
+//!    channel, so a channel's events keep their order while different channels' pushes
+//!    go out side by side. A failed post (non-2xx, timeout) is retried with exponential
+//!    backoff and holds up its lane; an event older than `max_age` is dropped with a
+//!    counter and a log line. An event leaves the queue only after a 2xx.
+//!
+//! Each post carries `X-Hongyan-Event-Id` (the queue id: the same on every retry, also
+//! after a restart) for receivers to deduplicate, and with a secret
+//! `X-Hongyan-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use hongyan_core::Core;
+use hongyan_core::channel::base_channel;
+use hongyan_core::hooks::{Observer, OfflineRule};
+use hongyan_gateway::Conn;
+use hongyan_store::{ChannelKey, Journaled, KvBackend, NewMessage, StoredMessage, Table, Write};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::wukong::message_json;
+
+/// `user.onlinestatus`: logins and logouts.
+pub const ONLINE_STATUS: &str = "user.onlinestatus";
+/// `msg.offline`: a message for recipients who are offline.
+pub const MSG_OFFLINE: &str = "msg.offline";
+/// `msg.notify`: stored messages.
+pub const MSG_NOTIFY: &str = "msg.notify";
+
+const FORMAT_V1: u8 = 1;
+const LANE_PRESENCE: u8 = 0;
+const LANE_NOTIFY: u8 = 1;
+const FIRST_OFFLINE_LANE: u8 = 2;
+/// Rows a lane reads from the queue at a time.
+const LANE_READ: usize = 64;
+
+/// How webhooks behave (`[webhook]` in the configuration).
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Where events are posted (`?event=<name>` is appended).
+    pub url: String,
+    /// Send `user.onlinestatus`.
+    pub online_status: bool,
+    /// Send `msg.offline`.
+    pub offline: bool,
+    /// Send `msg.notify`.
+    pub notify: bool,
+    /// Who counts as offline for `msg.offline`.
+    pub offline_rule: OfflineRule,
+    /// Most entries in one `msg.notify` or `user.onlinestatus` post.
+    pub batch_max: usize,
+    /// Longest a batch waits to fill.
+    pub batch_interval: Duration,
+    /// Most uids in one `msg.offline` post; more are split into several posts.
+    pub offline_max_uids: usize,
+    /// Parallel lanes for `msg.offline` (a channel always uses the same one).
+    pub offline_lanes: u8,
+    /// One post's time limit.
+    pub timeout: Duration,
+    /// First retry delay; doubled per failure.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Events older than this are dropped instead of retried.
+    pub max_age: Duration,
+    /// HMAC-SHA256 key for `X-Hongyan-Signature`; empty for none.
+    pub secret: String,
+    /// The node id, sent as `source_id` in `msg.offline`.
+    pub node_id: u64,
+    /// The system uid (blanked as `from_uid`, never a recipient).
+    pub system_uid: String,
+}
+
+/// What the pump takes in.
+enum Input {
+    Stored(Journaled),
+    Unstored { channel: ChannelKey, message: NewMessage, only_to: Option<Vec<String>> },
+    Presence(String),
+    Stop,
+}
+
+/// An event in the queue.
+struct Event {
+    key: Vec<u8>,
+    id: u64,
+    created_ms: i64,
+    name: &'static str,
+    body: Vec<u8>,
+}
+
+/// The webhooks of one node. See the module documentation.
+#[derive(Debug)]
+pub struct Webhooks {
+    input: std::sync::Mutex<Sender<Input>>,
+    pump: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    lanes: tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+}
+
+/// The sending half of the journal, for [`hongyan_store::MessageLog::open_journaled`];
+/// the receiving half goes to [`Webhooks::start`].
+#[derive(Debug)]
+pub struct JournalFeed {
+    sender: Sender<Input>,
+    receiver: Receiver<Input>,
+}
+
+impl JournalFeed {
+    /// A new feed.
+    pub fn new() -> Self {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        Self { sender, receiver }
+    }
+
+    /// The sink to give the message log.
+    pub fn sink(&self) -> hongyan_store::JournalSink {
+        let sender = std::sync::Mutex::new(self.sender.clone());
+        Box::new(move |journaled| {
+            let _ = sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(Input::Stored(journaled));
+        })
+    }
+}
+
+impl Default for JournalFeed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct Queue {
+    kv: Arc<dyn KvBackend>,
+    next_id: AtomicU64,
+    pending: AtomicI64,
+    wake: Vec<Notify>,
+}
+
+impl Queue {
+    fn key(lane: u8, id: u64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(9);
+        key.push(lane);
+        key.extend_from_slice(&id.to_be_bytes());
+        key
+    }
+
+    fn encode(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(10 + body.len());
+        v.push(FORMAT_V1);
+        v.extend_from_slice(&hongyan_core::now_ms().to_be_bytes());
+        v.push(match name {
+            ONLINE_STATUS => 0,
+            MSG_NOTIFY => 1,
+            _ => 2,
+        });
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn decode(key: Vec<u8>, value: &[u8]) -> Option<Event> {
+        let id = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+        if value.first() != Some(&FORMAT_V1) {
+            return None;
+        }
+        let created_ms = i64::from_be_bytes(value.get(1..9)?.try_into().ok()?);
+        let name = match value.get(9)? {
+            0 => ONLINE_STATUS,
+            1 => MSG_NOTIFY,
+            _ => MSG_OFFLINE,
+        };
+        Some(Event { key, id, created_ms, name, body: value.get(10..)?.to_vec() })
+    }
+
+    fn put(&self, lane: u8, name: &str, body: &Value, writes: &mut Vec<Write>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        writes.push(Write::Put(Table::HookQueue, Self::key(lane, id), Self::encode(name, &body)));
+        metrics::counter!("hongyan_webhook_queued_total", "event" => name.to_owned()).increment(1);
+    }
+}
+
+impl Webhooks {
+    /// Starts the pump and the lanes. `backlog` is what the journal still held at start
+    /// (from [`hongyan_store::MessageLog::open_journaled`]); it is processed first.
+    pub fn start(
+        settings: WebhookSettings,
+        core: Arc<Core>,
+        kv: Arc<dyn KvBackend>,
+        feed: JournalFeed,
+        backlog: Vec<Journaled>,
+    ) -> Result<Arc<Self>, hongyan_store::StoreError> {
+        let lanes = FIRST_OFFLINE_LANE + settings.offline_lanes.max(1);
+        let mut next_id = 1;
+        let mut pending = 0i64;
+        for lane in 0..lanes {
+            let rows = kv.scan_prefix(Table::HookQueue, &[lane], usize::MAX)?;
+            pending += rows.len() as i64;
+            if let Some((key, _)) = rows.last()
+                && let Some(id) = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+            {
+                next_id = next_id.max(id + 1);
+            }
+        }
+        if pending > 0 {
+            info!(pending, "webhook events waiting from before the restart");
+        }
+        let queue = Arc::new(Queue {
+            kv,
+            next_id: AtomicU64::new(next_id),
+            pending: AtomicI64::new(pending),
+            wake: (0..lanes).map(|_| Notify::new()).collect(),
+        });
+        let stop = CancellationToken::new();
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| hongyan_store::StoreError::Engine(format!("webhook HTTP client: {e}")))?;
+        let tracker = tokio_util::task::TaskTracker::new();
+        let settings = Arc::new(settings);
+        for lane in 0..lanes {
+            let lane = Lane {
+                lane,
+                queue: queue.clone(),
+                client: client.clone(),
+                settings: settings.clone(),
+                stop: stop.clone(),
+            };
+            tracker.spawn(lane.run());
+        }
+        tracker.close();
+        let JournalFeed { sender, receiver } = feed;
+        let pump = Pump {
+            settings,
+            core,
+            queue,
+            notify: Batch::default(),
+            presence: Batch::default(),
+            journal_done: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("hongyan-webhook-pump".into())
+            .spawn(move || pump.run(&receiver, backlog))
+            .map_err(|e| hongyan_store::StoreError::Engine(format!("cannot start the webhook pump: {e}")))?;
+        Ok(Arc::new(Self {
+            input: std::sync::Mutex::new(sender),
+            pump: std::sync::Mutex::new(Some(handle)),
+            lanes: tracker,
+            stop,
+        }))
+    }
+
+    fn send(&self, input: Input) {
+        let _ = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(input);
+    }
+
+    /// Flushes what the pump holds into the queue and stops the pump and the lanes
+    /// (undelivered events stay queued for the next start). Blocking: call it after
+    /// the message log is closed, off the async workers.
+    pub fn stop(&self) {
+        self.send(Input::Stop);
+        if let Some(handle) = self.pump.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            let _ = handle.join();
+        }
+        self.stop.cancel();
+    }
+
+    /// Waits for the lanes to finish after [`Self::stop`].
+    pub async fn wait(&self) {
+        self.lanes.wait().await;
+    }
+}
+
+impl Observer for Webhooks {
+    fn presence(&self, conn: &Conn, online: bool, same_flag: usize, total: usize) {
+        let entry =
+            format!("{}-{}-{}-{}-{}-{}", conn.uid, conn.device_flag, u8::from(online), conn.id, same_flag, total);
+        self.send(Input::Presence(entry));
+    }
+
+    fn unstored(&self, channel: &ChannelKey, message: &NewMessage, only_to: Option<&[String]>) {
+        self.send(Input::Unstored {
+            channel: channel.clone(),
+            message: message.clone(),
+            only_to: only_to.map(<[String]>::to_vec),
+        });
+    }
+}
+
+/// Entries waiting to become one event.
+#[derive(Default)]
+struct Batch {
+    entries: Vec<Value>,
+    /// Journal rows to delete when the batch is written.
+    journal: Vec<u64>,
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn push(&mut self, entry: Value, journal: Option<u64>) {
+        self.since.get_or_insert_with(Instant::now);
+        self.entries.push(entry);
+        self.journal.extend(journal);
+    }
+
+    fn deadline(&self, interval: Duration) -> Option<Instant> {
+        self.since.map(|t| t + interval)
+    }
+}
+
+struct Pump {
+    settings: Arc<WebhookSettings>,
+    core: Arc<Core>,
+    queue: Arc<Queue>,
+    notify: Batch,
+    presence: Batch,
+    /// Journal rows whose events are all in this round's writes.
+    journal_done: Vec<u64>,
+}
+
+impl Pump {
+    fn run(mut self, input: &Receiver<Input>, backlog: Vec<Journaled>) {
+        if !backlog.is_empty() {
+            info!(messages = backlog.len(), "webhooks: taking in messages journaled before the restart");
+        }
+        let mut round: Vec<Input> = backlog.into_iter().map(Input::Stored).collect();
+        let mut stopping = false;
+        loop {
+            if round.is_empty() {
+                let deadline = [&self.notify, &self.presence]
+                    .iter()
+                    .filter_map(|b| b.deadline(self.settings.batch_interval))
+                    .min();
+                let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
+                match input.recv_timeout(wait) {
+                    Ok(item) => round.push(item),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => stopping = true,
+                }
+            }
+            while round.len() < 4096 {
+                match input.try_recv() {
+                    Ok(item) => round.push(item),
+                    Err(_) => break,
+                }
+            }
+            let mut writes = Vec::new();
+            let mut woken = Vec::new();
+            for item in round.drain(..) {
+                match item {
+                    Input::Stored(j) => self.take_stored(j, &mut writes, &mut woken),
+                    Input::Unstored { channel, message, only_to } => {
+                        if self.settings.offline {
+                            self.offline_events(&channel, 0, &message, only_to.as_deref(), &mut writes, &mut woken);
+                        }
+                    }
+                    Input::Presence(entry) => {
+                        if self.settings.online_status {
+                            self.presence.push(Value::String(entry), None);
+                        }
+                    }
+                    Input::Stop => stopping = true,
+                }
+            }
+            self.flush_batches(stopping, &mut writes, &mut woken);
+            writes
+                .extend(self.journal_done.drain(..).map(|id| Write::Delete(Table::Journal, id.to_be_bytes().to_vec())));
+            if !writes.is_empty() {
+                let events = writes.iter().filter(|w| matches!(w, Write::Put(Table::HookQueue, ..))).count();
+                match self.queue.kv.write(writes, true) {
+                    Ok(()) => {
+                        self.queue.pending.fetch_add(events as i64, Ordering::Relaxed);
+                        metrics::gauge!("hongyan_webhook_pending")
+                            .set(self.queue.pending.load(Ordering::Relaxed) as f64);
+                        woken.sort_unstable();
+                        woken.dedup();
+                        for lane in woken {
+                            self.queue.wake[usize::from(lane)].notify_one();
+                        }
+                    }
+                    // The journal rows stay, so stored messages are taken in again at
+                    // the next start; presence and NoPersist events of this round are lost.
+                    Err(e) => error!(error = %e, "webhook events could not be queued"),
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+    }
+
+    fn take_stored(&mut self, j: Journaled, writes: &mut Vec<Write>, woken: &mut Vec<u8>) {
+        if self.settings.offline {
+            self.offline_events(&j.channel, j.seq, &j.message, None, writes, woken);
+        }
+        if self.settings.notify {
+            let base = base_channel(&j.channel);
+            let stored = StoredMessage { seq: j.seq, message: j.message };
+            self.notify.push(message_json(&stored, &base, &self.settings.system_uid), Some(j.id));
+        } else {
+            self.journal_done.push(j.id);
+        }
+    }
+
+    fn flush_batches(&mut self, stopping: bool, writes: &mut Vec<Write>, woken: &mut Vec<u8>) {
+        let (max, interval) = (self.settings.batch_max.max(1), self.settings.batch_interval);
+        for (lane, name) in [(LANE_NOTIFY, MSG_NOTIFY), (LANE_PRESENCE, ONLINE_STATUS)] {
+            let batch = if lane == LANE_NOTIFY { &mut self.notify } else { &mut self.presence };
+            let due = batch.deadline(interval).is_some_and(|d| Instant::now() >= d);
+            if batch.entries.is_empty() || !(stopping || due || batch.entries.len() >= max) {
+                continue;
+            }
+            let entries = std::mem::take(&mut batch.entries);
+            self.journal_done.append(&mut batch.journal);
+            batch.since = None;
+            for chunk in entries.chunks(max) {
+                self.queue.put(lane, name, &Value::Array(chunk.to_vec()), writes);
+            }
+            woken.push(lane);
+        }
+    }
+
+    /// `msg.offline` for the message's recipients who are offline now (never the
+    /// sender or the system uid), split into posts of at most `offline_max_uids`.
+    fn offline_events(
+        &self,
+        channel: &ChannelKey,
+        seq: u64,
+        message: &NewMessage,
+        only_to: Option<&[String]>,
+        writes: &mut Vec<Write>,
+        woken: &mut Vec<u8>,
+    ) {
+        let recipients = match only_to {
+            Some(uids) => uids.to_vec(),
+            None => match self.core.recipient_uids(channel) {
+                Ok(uids) => uids,
+                Err(e) => {
+                    warn!(error = %e, channel = %channel.channel_id, "msg.offline: recipients unknown; event skipped");
+                    return;
+                }
+            },
+        };
+        let rule = self.settings.offline_rule;
+        let offline: Vec<&String> = recipients
+            .iter()
+            .filter(|u| **u != message.from_uid && **u != self.settings.system_uid && self.core.is_offline(u, rule))
+            .collect();
+        if offline.is_empty() {
+            return;
+        }
+        let base = base_channel(channel);
+        let stored = StoredMessage { seq, message: message.clone() };
+        let mut body = message_json(&stored, &base, &self.settings.system_uid);
+        body["source_id"] = json!(self.settings.node_id);
+        let lane = FIRST_OFFLINE_LANE
+            + (crc32fast::hash(base.channel_id.as_bytes()) % u32::from(self.settings.offline_lanes.max(1))) as u8;
+        for chunk in offline.chunks(self.settings.offline_max_uids.max(1)) {
+            body["to_uids"] = json!(chunk);
+            self.queue.put(lane, MSG_OFFLINE, &body, writes);
+        }
+        woken.push(lane);
+    }
+}
+
+struct Lane {
+    lane: u8,
+    queue: Arc<Queue>,
+    client: reqwest::Client,
+    settings: Arc<WebhookSettings>,
+    stop: CancellationToken,
+}
+
+impl Lane {
+    async fn run(self) {
+        loop {
+            let (kv, lane) = (self.queue.kv.clone(), self.lane);
+            let rows = tokio::task::spawn_blocking(move || kv.scan_prefix(Table::HookQueue, &[lane], LANE_READ)).await;
+            let rows = match rows {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(e)) => {
+                    error!(error = %e, lane, "webhook queue unreadable");
+                    Vec::new()
+                }
+                Err(_) => return,
+            };
+            if rows.is_empty() {
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = self.queue.wake[usize::from(lane)].notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            for (key, value) in rows {
+                let Some(event) = Queue::decode(key.clone(), &value) else {
+                    error!(lane, "an undecodable webhook event was dropped");
+                    self.remove(key).await;
+                    continue;
+                };
+                if !self.deliver(&event).await {
+                    return; // stopping; the event stays queued
+                }
+                self.remove(event.key).await;
+            }
+        }
+    }
+
+    /// Posts until a 2xx or until the event is too old. False when stopping first.
+    async fn deliver(&self, event: &Event) -> bool {
+        let mut delay = self.settings.retry_initial;
+        let max_age_ms = i64::try_from(self.settings.max_age.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            let failure = match self.post(event).await {
+                Ok(()) => {
+                    let waited = (hongyan_core::now_ms() - event.created_ms).max(0) as f64 / 1000.0;
+                    metrics::counter!("hongyan_webhook_sent_total", "event" => event.name).increment(1);
+                    metrics::histogram!("hongyan_webhook_latency_seconds", "event" => event.name).record(waited);
+                    return true;
+                }
+                Err(failure) => failure,
+            };
+            if hongyan_core::now_ms() - event.created_ms > max_age_ms {
+                metrics::counter!("hongyan_webhook_dropped_total", "event" => event.name).increment(1);
+                warn!(id = event.id, event = event.name, last_failure = %failure, "webhook event dropped after webhook.max_age_secs");
+                return true;
+            }
+            metrics::counter!("hongyan_webhook_retries_total", "event" => event.name).increment(1);
+            warn!(id = event.id, event = event.name, failure = %failure, retry_in_ms = delay.as_millis() as u64, "webhook post failed");
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(self.settings.retry_max);
+        }
+    }
+
+    async fn post(&self, event: &Event) -> Result<(), String> {
+        let mut request = self
+            .client
+            .post(&self.settings.url)
+            .query(&[("event", event.name)])
+            .header("content-type", "application/json")
+            .header("x-hongyan-event-id", event.id.to_string())
+            .body(event.body.clone());
+        if !self.settings.secret.is_empty() {
+            request = request.header("x-hongyan-signature", signature(&self.settings.secret, &event.body));
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn remove(&self, key: Vec<u8>) {
+        let queue = self.queue.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            // Not fsynced: after a power loss the event is posted again, which
+            // at-least-once allows.
+            queue.kv.write(vec![Write::Delete(Table::HookQueue, key)], false)
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
+            error!(error = %e, "a delivered webhook event could not be removed; it will be posted again");
+        }
+        let left = self.queue.pending.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("hongyan_webhook_pending").set(left.max(0) as f64);
+    }
+}
+
+/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("invariant: HMAC takes any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
