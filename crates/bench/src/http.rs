@@ -1,0 +1,152 @@
+//! Scenario `http` (shape S5): `POST /message/send` to a group at an open-loop rate,
+//! then `POST /channel/messagesync` of 100 messages by a fixed number of workers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::stats::{Samples, cpu_secs, emit};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct HttpArgs {
+    /// Base URL of the server's HTTP API.
+    #[arg(long)]
+    api: String,
+    /// Members of the group sent to (none of them online: the cost is the send itself).
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// `/message/send` requests per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Seconds per part.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Workers asking `/channel/messagesync` back to back.
+    #[arg(long, default_value_t = 16)]
+    sync_workers: usize,
+    /// The server's process id, for its CPU time.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Append one JSON record per part to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let channel = format!("bh{run_id}");
+    let members: Vec<String> = (0..args.members).map(|m| format!("bh{run_id}-{m}")).collect();
+    let created = http
+        .post(format!("{}/channel", args.api))
+        .json(&json!({"channel_id": channel, "channel_type": 2, "subscribers": members}))
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!("creating the group: HTTP {}", created.status());
+    }
+    let payload = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [b'x'; 100]);
+    let body = Arc::new(json!({"from_uid": members[0], "channel_id": channel, "channel_type": 2, "payload": payload}));
+    let url = format!("{}/message/send", args.api);
+
+    // Part 1: sends at an open-loop rate, at most `concurrency` in flight.
+    let cpu_before = args.server_pid.and_then(cpu_secs);
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut next = Instant::now();
+    let mut tasks = JoinSet::new();
+    let (mut latencies, mut failed, mut skipped) = (Samples::default(), 0u64, 0u64);
+    while next < end {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            skipped += 1; // over the in-flight limit: counted, not queued
+            continue;
+        };
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let ok = matches!(http.post(url).json(&*body).send().await, Ok(r) if r.status().is_success());
+            drop(permit);
+            (ok, started.elapsed())
+        });
+        while let Some(done) = tasks.try_join_next() {
+            let (ok, took) = done?;
+            if ok { latencies.record(took.as_micros() as u64) } else { failed += 1 }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (ok, took) = done?;
+        if ok { latencies.record(took.as_micros() as u64) } else { failed += 1 }
+    }
+    let cpu = cpu_before.and_then(|b| args.server_pid.and_then(cpu_secs).map(|a| a - b));
+    let secs = args.seconds as f64;
+    let sends = latencies.summary();
+    println!(
+        "http /message/send to {} members at {}/s: {:.0} ok/s, {failed} failed, {skipped} over the in-flight limit, {sends}",
+        args.members,
+        args.rate,
+        sends.count as f64 / secs
+    );
+    emit(
+        args.json.as_deref(),
+        &json!({"scenario": "http", "shape": "S5", "system": "hongyan", "part": "message_send", "target_rate": args.rate,
+            "seconds": args.seconds, "ok_per_sec": sends.count as f64 / secs, "failed": failed, "skipped": skipped,
+            "latency": sends.json(), "server_cores": cpu.map(|c| c / secs)}),
+    )?;
+
+    // Part 2: messagesync of the newest 100 messages, closed loop.
+    let cpu_before = args.server_pid.and_then(cpu_secs);
+    let sync_url = format!("{}/channel/messagesync", args.api);
+    let sync_body = Arc::new(json!({"login_uid": members[0], "channel_id": channel, "channel_type": 2, "limit": 100}));
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut workers = JoinSet::new();
+    for _ in 0..args.sync_workers {
+        let (http, url, body) = (http.clone(), sync_url.clone(), sync_body.clone());
+        workers.spawn(async move {
+            let (mut lat, mut failed) = (Samples::default(), 0u64);
+            while Instant::now() < end {
+                let started = Instant::now();
+                let answer = http.post(&url).json(&*body).send().await;
+                let ok = match answer {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["messages"].as_array().map(Vec::len))
+                        .is_some_and(|n| n == 100),
+                    _ => false,
+                };
+                if ok { lat.record(started.elapsed().as_micros() as u64) } else { failed += 1 }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut sync_latencies, mut sync_failed) = (Samples::default(), 0u64);
+    while let Some(done) = workers.join_next().await {
+        let (lat, f) = done.context("sync worker")?;
+        sync_latencies.extend(lat);
+        sync_failed += f;
+    }
+    let cpu = cpu_before.and_then(|b| args.server_pid.and_then(cpu_secs).map(|a| a - b));
+    let syncs = sync_latencies.summary();
+    println!(
+        "http /channel/messagesync of 100 messages, {} workers: {:.0} ok/s, {sync_failed} failed, {syncs}",
+        args.sync_workers,
+        syncs.count as f64 / secs
+    );
+    emit(
+        args.json.as_deref(),
+        &json!({"scenario": "http", "shape": "S5", "system": "hongyan", "part": "messagesync", "workers": args.sync_workers,
+            "seconds": args.seconds, "ok_per_sec": syncs.count as f64 / secs, "failed": sync_failed,
+            "latency": syncs.json(), "server_cores": cpu.map(|c| c / secs)}),
+    )?;
+    Ok(())
+}

