@@ -5,7 +5,9 @@
 # SENDACK and delivery percentiles, loss, and the server's CPU seconds.
 #
 # Usage: compare-pairs.sh <reference-server> [candidate-server] [rates...]
-#   env: PAIRS (1000), SECONDS_PER_RUN (8), ROUNDS (2), BENCH (target/release/hongyan-bench)
+#   env: PAIRS (1000), SECONDS_PER_RUN (8), ROUNDS (2), BENCH (target/release/hongyan-bench),
+#        REFERENCE_ENV, CANDIDATE_ENV: extra VAR=value settings for each server, e.g. the same
+#        binary with CANDIDATE_ENV="HONGYAN_WEBHOOK__URL=http://127.0.0.1:9000/hook"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reference=${1:?usage: compare-pairs.sh <reference-server> [candidate-server] [rates...]}
@@ -21,10 +23,11 @@ ticks=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-run() { # <server binary> <rate>
+run() { # <server binary> <rate> <label> [VAR=value ...]
     local dir pid before after
     dir=$(mktemp -d)
-    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn "$1" serve --data-dir "$dir" \
+    # shellcheck disable=SC2086 # the extra settings are words on purpose
+    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn ${4:-} "$1" serve --data-dir "$dir" \
         --http-addr 127.0.0.1:16001 --manager-addr 127.0.0.1:16300 --tcp-addr 127.0.0.1:16100 \
         --ws-addr 127.0.0.1:16200 &
     pid=$!
@@ -39,7 +42,7 @@ run() { # <server binary> <rate>
     wait "$pid" || true
     rm -rf "$dir"
     local acked ack delivery loss
-    acked=$(grep -o 'acked [0-9]* ([0-9]*/s)' <<<"$out" | grep -o '([0-9]*' | tr -d '(')
+    acked=$(grep -o 'acked [0-9]* in [0-9.]* s ([0-9]*/s)' <<<"$out" | grep -o '([0-9]*' | tr -d '(' || true)
     ack=$(grep 'SENDACK latency' <<<"$out" | cut -d: -f2-)
     delivery=$(grep 'delivery latency' <<<"$out" | cut -d: -f2-)
     loss=$(grep -o 'lost [0-9]*, duplicates [0-9]*' <<<"$out")
@@ -49,7 +52,7 @@ run() { # <server binary> <rate>
 
 for rate in "${rates[@]}"; do
     for round in $(seq "$rounds"); do
-        run "$reference" "$rate" reference
-        run "$candidate" "$rate" candidate
+        run "$reference" "$rate" reference "${REFERENCE_ENV:-}"
+        run "$candidate" "$rate" candidate "${CANDIDATE_ENV:-}"
     done
 done

@@ -152,6 +152,9 @@ pub(crate) fn source(i: usize) -> IpAddr {
 }
 
 /// One step's record and summary line.
+///
+/// Rates are over `elapsed`, the time the senders took: when a system falls behind,
+/// its senders (or their last SENDACKs) finish after the nominal step length.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn report(
     system: &str,
@@ -162,8 +165,9 @@ pub(crate) fn report(
     received: Received,
     expected: u64,
     cpu: Option<f64>,
+    elapsed: Duration,
 ) -> anyhow::Result<()> {
-    let secs = shape.seconds as f64;
+    let secs = elapsed.as_secs_f64().max(shape.seconds as f64);
     let lost = expected.saturating_sub(received.unique);
     let e2e = received.latencies.summary();
     let (acked_count, ack_summary) = match &acked {
@@ -186,6 +190,7 @@ pub(crate) fn report(
         "members": shape.members,
         "rate_per_group": rate,
         "seconds": shape.seconds,
+        "elapsed_secs": secs,
         "payload": shape.payload,
         "sent": sent,
         "acked": acked_count,
@@ -287,6 +292,7 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
     let mut senders: Vec<Option<Client>> = senders.into_iter().map(Some).collect();
     for (step, &rate) in shape.rates.iter().enumerate() {
         let cpu_before = shape.server_pid.and_then(cpu_secs);
+        let step_started = Instant::now();
         let mut tasks = JoinSet::new();
         for (g, slot) in senders.iter_mut().enumerate() {
             let client = slot.take().context("sender")?;
@@ -301,12 +307,13 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
             acked += a;
             ack_latency.extend(lat);
         }
+        let elapsed = step_started.elapsed();
         let cpu = cpu_before.and_then(|b| shape.server_pid.and_then(cpu_secs).map(|a| a - b));
         // Deliveries still in flight get two seconds.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let received = steps.collect(step, receiver_count).await;
         let expected = acked * (shape.members as u64 - 1);
-        report("hongyan", shape, rate, sent, Some((acked, ack_latency)), received, expected, cpu)?;
+        report("hongyan", shape, rate, sent, Some((acked, ack_latency)), received, expected, cpu, elapsed)?;
     }
     steps.stop();
     Ok(())

@@ -58,6 +58,7 @@ pub(crate) async fn run(args: NatsArgs) -> anyhow::Result<()> {
     );
     for (step, &rate) in shape.rates.iter().enumerate() {
         let cpu_before = shape.server_pid.and_then(cpu_secs);
+        let step_started = Instant::now();
         let mut tasks = JoinSet::new();
         for (g, publisher) in publishers.iter().enumerate() {
             let (publisher, subject, seconds) = (publisher.clone(), format!("bench.group.{g}"), shape.seconds);
@@ -85,11 +86,12 @@ pub(crate) async fn run(args: NatsArgs) -> anyhow::Result<()> {
         while let Some(done) = tasks.join_next().await {
             sent += done??;
         }
+        let elapsed = step_started.elapsed();
         let cpu = cpu_before.and_then(|b| shape.server_pid.and_then(cpu_secs).map(|a| a - b));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let received = steps.collect(step, subscribers).await;
         let expected = sent * (shape.members as u64 - 1);
-        report("nats", shape, rate, sent, None, received, expected, cpu)?;
+        report("nats", shape, rate, sent, None, received, expected, cpu, elapsed)?;
     }
     steps.stop();
     Ok(())
