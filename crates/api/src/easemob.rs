@@ -135,6 +135,16 @@ impl EmError {
 
 impl From<hongyan_store::StoreError> for EmError {
     fn from(e: hongyan_store::StoreError) -> Self {
+        if let hongyan_store::StoreError::Datasource(why) = e {
+            tracing::warn!(error = %why, "the datasource failed in an Easemob call");
+            let description = format!("datasource: {why}");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "DatasourceException",
+                description,
+            );
+        }
         tracing::error!(error = %e, "storage failed in an Easemob call");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "StorageException", "storage failed")
     }
@@ -655,4 +665,18 @@ async fn user_group_threads(
     PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
     joined_threads(&state, &call, username, Some(group), q).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datasource_failure_is_a_503_naming_the_datasource() {
+        let e = EmError::from(hongyan_store::StoreError::Datasource("getChannelInfo: HTTP 502".into()));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.description, "datasource: getChannelInfo: HTTP 502");
+        let e = EmError::from(hongyan_store::StoreError::Engine("disk on fire".into()));
+        assert_eq!((e.status, e.description.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "storage failed"));
+    }
 }

@@ -88,6 +88,10 @@ impl OpenImError {
 
 impl From<hongyan_store::StoreError> for OpenImError {
     fn from(e: hongyan_store::StoreError) -> Self {
+        if let hongyan_store::StoreError::Datasource(why) = e {
+            tracing::warn!(error = %why, "the datasource failed in an OpenIM call");
+            return Self { code: code::DB, msg: format!("datasource: {why}") };
+        }
         tracing::error!(error = %e, "storage failed in an OpenIM call");
         Self { code: code::DB, msg: "storage failed".into() }
     }
@@ -800,9 +804,22 @@ async fn send_msg(State(state): State<AppState>, body: Bytes) -> Answer {
         SendError::Refused(ReasonCode::SystemError) => {
             OpenImError { code: code::DB, msg: "the message could not be stored".into() }
         }
-        SendError::Datasource(why) => OpenImError { code: code::DB, msg: why },
+        SendError::Datasource(why) => hongyan_store::StoreError::Datasource(why).into(),
         SendError::Refused(other) => OpenImError::args(format!("message refused: {}", other.name())),
     })?;
     let send_time_ns = hongyan_core::now_ms() * 1_000_000;
     Ok(success(json!({"sendTime": send_time_ns, "msgID": sent.message_id.to_string()})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datasource_failure_names_the_datasource_and_a_storage_failure_does_not_leak() {
+        let e = OpenImError::from(hongyan_store::StoreError::Datasource("getSubscribers: HTTP 500".into()));
+        assert_eq!((e.code, e.msg.as_str()), (code::DB, "datasource: getSubscribers: HTTP 500"));
+        let e = OpenImError::from(hongyan_store::StoreError::Engine("disk on fire".into()));
+        assert_eq!((e.code, e.msg.as_str()), (code::DB, "storage failed"));
+    }
 }

@@ -111,7 +111,7 @@ struct Event {
 /// The webhooks of one node. See the module documentation.
 #[derive(Debug)]
 pub struct Webhooks {
-    input: std::sync::Mutex<Sender<Input>>,
+    input: Sender<Input>,
     pump: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     lanes: tokio_util::task::TaskTracker,
     stop: CancellationToken,
@@ -134,9 +134,9 @@ impl JournalFeed {
 
     /// The sink to give the message log.
     pub fn sink(&self) -> hongyan_store::JournalSink {
-        let sender = std::sync::Mutex::new(self.sender.clone());
+        let sender = self.sender.clone();
         Box::new(move |journaled| {
-            let _ = sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(Input::Stored(journaled));
+            let _ = sender.send(Input::Stored(journaled));
         })
     }
 }
@@ -259,16 +259,11 @@ impl Webhooks {
             .name("hongyan-webhook-pump".into())
             .spawn(move || pump.run(&receiver, backlog))
             .map_err(|e| hongyan_store::StoreError::Engine(format!("cannot start the webhook pump: {e}")))?;
-        Ok(Arc::new(Self {
-            input: std::sync::Mutex::new(sender),
-            pump: std::sync::Mutex::new(Some(handle)),
-            lanes: tracker,
-            stop,
-        }))
+        Ok(Arc::new(Self { input: sender, pump: std::sync::Mutex::new(Some(handle)), lanes: tracker, stop }))
     }
 
     fn send(&self, input: Input) {
-        let _ = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(input);
+        let _ = self.input.send(input);
     }
 
     /// Flushes what the pump holds into the queue and stops the pump and the lanes

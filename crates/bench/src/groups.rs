@@ -297,7 +297,8 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
         for (g, slot) in senders.iter_mut().enumerate() {
             let client = slot.take().context("sender")?;
             let (channel, payload, seconds) = (format!("bg{run_id}-{g}"), shape.payload.max(8), shape.seconds);
-            tasks.spawn(send_at_rate(client, channel, rate, seconds, payload, epoch, format!("{run_id}-{step}-{g}")));
+            let cmn_prefix = format!("{run_id}-{step}-{g}");
+            tasks.spawn(send_at_rate(g, client, channel, rate, seconds, payload, epoch, cmn_prefix));
         }
         let (mut sent, mut acked, mut ack_latency) = (0u64, 0u64, Samples::default());
         while let Some(done) = tasks.join_next().await {
@@ -322,7 +323,9 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
 /// One sender: open loop at `rate` for `seconds`, reading SENDACKs between sends.
 /// Returns its group index back with the client, sent and acked counts and SENDACK
 /// latencies.
+#[allow(clippy::too_many_arguments)]
 async fn send_at_rate(
+    group: usize,
     mut client: Client,
     channel: String,
     rate: f64,
@@ -331,7 +334,6 @@ async fn send_at_rate(
     epoch: Instant,
     cmn_prefix: String,
 ) -> anyhow::Result<(usize, Client, u64, u64, Samples)> {
-    let group: usize = cmn_prefix.rsplit('-').next().and_then(|g| g.parse().ok()).unwrap_or(0);
     let cipher = client.cipher.clone().context("no cipher")?;
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut next = Instant::now() + interval.mul_f64((group as f64 * 0.618_034) % 1.0);

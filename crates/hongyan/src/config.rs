@@ -59,8 +59,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// Which events: `user.onlinestatus`, `msg.offline`, `msg.notify`. Empty: all.
     pub events: Vec<String>,
-    /// Who gets `msg.offline`: `no_master_online` or `no_device_online`.
-    pub offline_rule: String,
+    /// Who gets `msg.offline`.
+    pub offline_rule: OfflineRuleConfig,
     /// Most messages (or presence entries) in one `msg.notify` (`user.onlinestatus`) post.
     pub batch_max: usize,
     /// Longest a batch waits to fill.
@@ -86,7 +86,7 @@ impl Default for WebhookConfig {
         Self {
             url: String::new(),
             events: Vec::new(),
-            offline_rule: "no_master_online".into(),
+            offline_rule: OfflineRuleConfig::NoMasterOnline,
             batch_max: 100,
             batch_interval_ms: 500,
             offline_max_uids: 1000,
@@ -98,6 +98,16 @@ impl Default for WebhookConfig {
             secret: String::new(),
         }
     }
+}
+
+/// `webhook.offline_rule`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OfflineRuleConfig {
+    /// No master device online (WuKongIM's rule).
+    NoMasterOnline,
+    /// No device online at all.
+    NoDeviceOnline,
 }
 
 /// The events WuKongIM's receivers know.
@@ -560,9 +570,6 @@ impl Config {
         url("datasource.url", &self.datasource.url)?;
         if let Some(bad) = self.webhook.events.iter().find(|e| !WEBHOOK_EVENTS.contains(&e.as_str())) {
             return Err(invalid("webhook.events", &format!("`{bad}` is not one of {}", WEBHOOK_EVENTS.join(", "))));
-        }
-        if !["no_master_online", "no_device_online"].contains(&self.webhook.offline_rule.as_str()) {
-            return Err(invalid("webhook.offline_rule", "must be no_master_online or no_device_online"));
         }
         let w = &self.webhook;
         for (key, value) in [

@@ -91,18 +91,19 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let backend = Arc::new(backend);
     let store = Store::new(backend.clone());
-    let hooks_wanted = !config.webhook.url.is_empty()
+    // Stored messages reach the webhooks through the log's journal, which costs a row
+    // per message: only when a message event is wanted.
+    let webhooks_on = !config.webhook.url.is_empty();
+    let journal_wanted = webhooks_on
         && (config.webhook.sends(hongyan_api::webhook::MSG_NOTIFY)
-            || config.webhook.sends(hongyan_api::webhook::MSG_OFFLINE)
-            || config.webhook.sends(hongyan_api::webhook::ONLINE_STATUS));
-    let (log, journal) = if hooks_wanted {
-        let feed = hongyan_api::webhook::JournalFeed::new();
-        let (log, backlog) = MessageLog::open_journaled(backend.clone(), config.storage.durability(), feed.sink())
-            .context("starting the message log")?;
-        (log, Some((feed, backlog)))
+            || config.webhook.sends(hongyan_api::webhook::MSG_OFFLINE));
+    let feed = hongyan_api::webhook::JournalFeed::new();
+    let (log, backlog) = if journal_wanted {
+        MessageLog::open_journaled(backend.clone(), config.storage.durability(), feed.sink())
     } else {
-        (MessageLog::open(backend.clone(), config.storage.durability()).context("starting the message log")?, None)
-    };
+        MessageLog::open(backend.clone(), config.storage.durability()).map(|log| (log, Vec::new()))
+    }
+    .context("starting the message log")?;
     let log = Arc::new(log);
     if matches!(config.storage.durability(), Durability::Interval(_)) {
         warn!("storage.durability is interval: a power loss can lose recently acknowledged messages");
@@ -138,20 +139,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         core.set_datasource(Arc::new(source));
         spawn_system_account_refresh(&core, Duration::from_secs(config.datasource.cache_ttl_secs.max(1)), &shutdown);
     }
-    let webhooks = match journal {
-        Some((feed, backlog)) => {
-            let webhooks = hongyan_api::webhook::Webhooks::start(
-                webhook_settings(&config),
-                core.clone(),
-                backend.clone(),
-                feed,
-                backlog,
-            )
+    let webhooks = if webhooks_on {
+        let settings = webhook_settings(&config);
+        let webhooks = hongyan_api::webhook::Webhooks::start(settings, core.clone(), backend.clone(), feed, backlog)
             .context("starting the webhooks")?;
-            core.set_observer(webhooks.clone());
-            Some(webhooks)
-        }
-        None => None,
+        core.set_observer(webhooks.clone());
+        Some(webhooks)
+    } else {
+        None
     };
     if !config.auth.token_auth {
         warn!("auth.token_auth is off: anyone can log in as anyone");
@@ -282,10 +277,9 @@ fn webhook_settings(config: &Config) -> hongyan_api::webhook::WebhookSettings {
         online_status: w.sends(ONLINE_STATUS),
         offline: w.sends(MSG_OFFLINE),
         notify: w.sends(MSG_NOTIFY),
-        offline_rule: if w.offline_rule == "no_device_online" {
-            hongyan_core::hooks::OfflineRule::NoDeviceOnline
-        } else {
-            hongyan_core::hooks::OfflineRule::NoMasterOnline
+        offline_rule: match w.offline_rule {
+            config::OfflineRuleConfig::NoMasterOnline => hongyan_core::hooks::OfflineRule::NoMasterOnline,
+            config::OfflineRuleConfig::NoDeviceOnline => hongyan_core::hooks::OfflineRule::NoDeviceOnline,
         },
         batch_max: w.batch_max,
         batch_interval: Duration::from_millis(w.batch_interval_ms),

@@ -248,9 +248,10 @@ async fn events_have_wukongims_shapes_and_are_signed() {
 /// rule, and does not under `no_device_online`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_offline_rule_decides_who_gets_msg_offline() {
-    for (rule, pushed) in [("no_master_online", true), ("no_device_online", false)] {
+    use hongyan::config::OfflineRuleConfig::{NoDeviceOnline, NoMasterOnline};
+    for (rule, pushed) in [(NoMasterOnline, true), (NoDeviceOnline, false)] {
         let (rx, addr) = start_receiver().await;
-        let server = hooked_server(addr, |c| c.webhook.offline_rule = rule.into()).await;
+        let server = hooked_server(addr, |c| c.webhook.offline_rule = rule).await;
         server.register("dave", "t", device_flag::WEB, 0).await;
         server.register("erin", "t", device_flag::APP, 1).await;
         let _dave_web = online(&server.ws(), "dave", device_flag::WEB).await;
@@ -259,10 +260,10 @@ async fn the_offline_rule_decides_who_gets_msg_offline() {
         rx.wait_for("msg.notify", |r| r.notified().iter().any(|m| m["message_id"] == sent["message_id"])).await;
         if pushed {
             rx.wait_for("msg.offline", |r| !r.accepted("msg.offline").is_empty()).await;
-            assert_eq!(rx.accepted("msg.offline")[0].body["to_uids"], json!(["dave"]), "{rule}");
+            assert_eq!(rx.accepted("msg.offline")[0].body["to_uids"], json!(["dave"]), "{rule:?}");
         } else {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(rx.accepted("msg.offline").is_empty(), "{rule}: {:?}", rx.accepted("msg.offline"));
+            assert!(rx.accepted("msg.offline").is_empty(), "{rule:?}: {:?}", rx.accepted("msg.offline"));
         }
         server.stop().await;
     }
@@ -468,5 +469,22 @@ async fn events_failing_past_their_max_age_are_dropped_and_counted() {
     assert!(rx.accepted("msg.offline").is_empty() && rx.accepted("user.onlinestatus").is_empty(), "events not chosen");
     let metrics = server.metrics().await;
     assert!(metrics.contains("hongyan_webhook_dropped_total{event=\"msg.notify\"} 1"), "{metrics}");
+    server.stop().await;
+}
+
+/// With only `user.onlinestatus` chosen, logins are posted and messages are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_chosen_events_are_sent() {
+    let (rx, addr) = start_receiver().await;
+    let server = hooked_server(addr, |c| c.webhook.events = vec!["user.onlinestatus".into()]).await;
+    server.register("fay", "t", device_flag::APP, 1).await;
+    group(&server, "gp", &["fay", "gus"]).await;
+    let mut fay = online(&server.tcp(), "fay", device_flag::APP).await;
+    let ack = common::send_text(&mut fay, ("gp", 2), 1, "p-1", "hello", red_dot()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    rx.wait_for("the login", |r| !r.accepted("user.onlinestatus").is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let events: BTreeSet<String> = rx.hits.lock().unwrap().iter().map(|h| h.event.clone()).collect();
+    assert_eq!(events, BTreeSet::from(["user.onlinestatus".to_owned()]));
     server.stop().await;
 }
