@@ -15,7 +15,7 @@ pub enum ApiError {
     /// The `token` header is missing or wrong.
     #[error("unauthorized")]
     Unauthorized,
-    /// Storage failed; nothing was acknowledged.
+    /// Storage failed; nothing was acknowledged (HTTP 503).
     #[error("storage failed: {0}")]
     Storage(#[from] hongyan_store::StoreError),
     /// The datasource did not describe a channel the request needs (HTTP 503).
@@ -45,10 +45,14 @@ impl IntoResponse for ApiError {
                 let body = json!({"msg": format!("datasource: {msg}"), "status": 503});
                 (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
             }
+            Self::Storage(hongyan_store::StoreError::TooLong { what }) => {
+                (StatusCode::BAD_REQUEST, Json(json!({"msg": format!("{what}: too long"), "status": 400})))
+                    .into_response()
+            }
             Self::Storage(e) => {
                 tracing::error!(error = %e, "storage failed while serving a request");
-                let body = json!({"msg": "storage unavailable", "status": 500});
-                (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+                let body = json!({"msg": "storage unavailable", "status": 503});
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
             }
             Self::Internal(e) => {
                 tracing::error!(error = %e, "internal error while serving a request");

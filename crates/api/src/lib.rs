@@ -86,6 +86,40 @@ pub(crate) fn kick(
     }
 }
 
+/// `/health`: 200 `{"status":"ok"}` while storage can be trusted; 503 with the reason
+/// once it has failed (fail-stop), so a load balancer takes the node out at once.
+pub fn health_response(core: &hongyan_core::Core) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match core.health().failure() {
+        None => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Some(f) => {
+            let body = serde_json::json!({"status": "unhealthy", "reason": f.reason, "since_ms": f.at_ms});
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Routes that still answer after a storage failure: they report it.
+const REPORTING_ROUTES: [&str; 3] = ["/health", "/varz", "/metrics"];
+
+/// A layer for every HTTP listener: once storage has failed, every request but the
+/// reports above is refused with 503 and the reason, before any handler runs. The node
+/// is stopping (fail-stop); nothing is accepted that could not be kept.
+pub async fn fail_stop(
+    axum::extract::State(core): axum::extract::State<Arc<hongyan_core::Core>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(failure) = core.health().failure() else { return next.run(request).await };
+    if REPORTING_ROUTES.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let msg = format!("storage failed ({}); this node refuses work until it is restarted", failure.reason);
+    let body = serde_json::json!({"msg": msg, "status": 503});
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {

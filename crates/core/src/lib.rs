@@ -36,7 +36,7 @@ pub mod retry;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_uid};
+use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_client_msg_no, is_valid_uid};
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
 use hongyan_store::ChannelInfo;
 use hongyan_store::{
@@ -376,6 +376,10 @@ impl Core {
 
     fn check_login(&self, connect: &Connect) -> Result<DeviceLevel, ReasonCode> {
         let s = &self.settings;
+        if self.health().has_failed() {
+            // Fail-stop: a node whose storage failed takes no new sessions.
+            return Err(ReasonCode::SystemError);
+        }
         if connect.uid == s.system_uid {
             return Err(ReasonCode::AuthFail);
         }
@@ -386,18 +390,25 @@ impl Core {
                 Err(ReasonCode::AuthFail)
             };
         }
+        let level = if s.token_auth {
+            match self.store.device(&connect.uid, connect.device_flag).map_err(storage)? {
+                Some(device) if device.token_matches(&connect.token) => device.level,
+                _ => return Err(ReasonCode::AuthFail),
+            }
+        } else {
+            DeviceLevel::Slave
+        };
+        // The ban is read only for a verified login, so a stranger's CONNECT costs one
+        // point read and leaves nothing in the channel cache.
         if self.is_user_banned(&connect.uid).map_err(storage)? {
             return Err(ReasonCode::Ban);
         }
-        if !s.token_auth {
-            return Ok(DeviceLevel::Slave);
-        }
-        match self.store.device(&connect.uid, connect.device_flag).map_err(storage)? {
-            Some(device) if !connect.token.is_empty() && eq_constant_time(&connect.token, &device.token) => {
-                Ok(device.level)
-            }
-            _ => Err(ReasonCode::AuthFail),
-        }
+        Ok(level)
+    }
+
+    /// The health of the storage this core writes to: fail-stop once it has failed.
+    pub fn health(&self) -> &Arc<hongyan_store::Health> {
+        self.log.health()
     }
 
     /// The channels whose state admission reads: the sender's own person channel (ban,
@@ -573,6 +584,14 @@ impl Core {
         rows: Vec<Write>,
     ) -> Result<Submitted, ReasonCode> {
         let origin = ack_to.as_ref().map_or(0, |a| a.conn.id);
+        if !is_valid_client_msg_no(&message.client_msg_no) {
+            metrics::counter!("hongyan_core_sends_total", "result" => "bad_client_msg_no").increment(1);
+            return Err(ReasonCode::NotAllowSend);
+        }
+        if self.health().has_failed() {
+            metrics::counter!("hongyan_core_sends_total", "result" => "storage_failed").increment(1);
+            return Err(ReasonCode::SystemError);
+        }
         if HeaderFlags::from_bits(message.header).no_persist {
             // Online only: not stored, no seq, delivered at once.
             metrics::counter!("hongyan_core_sends_total", "result" => "no_persist").increment(1);
@@ -915,6 +934,9 @@ mod tests {
     }
 
     impl hongyan_store::KvBackend for Flaky {
+        fn health(&self) -> &Arc<hongyan_store::Health> {
+            self.inner.health()
+        }
         fn get(&self, table: hongyan_store::Table, key: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
             self.inner.get(table, key)
         }

@@ -31,7 +31,10 @@ pub use config::{ConfigError, GatewayConfig, parse_listen_addr};
 pub use conn::{Conn, SendError, TransportKind};
 pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
 pub use registry::{Displacement, Registry};
-pub use session::{AuthFuture, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, is_valid_uid};
+pub use session::{
+    AuthFuture, CLIENT_MSG_NO_RULE, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, is_valid_client_msg_no,
+    is_valid_uid,
+};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

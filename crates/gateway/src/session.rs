@@ -75,6 +75,15 @@ pub fn is_valid_uid(uid: &str) -> bool {
     !uid.is_empty() && uid.len() <= MAX_ID_LEN && !uid.contains(['@', '#', '&'])
 }
 
+/// What [`is_valid_client_msg_no`] requires, for error messages.
+pub const CLIENT_MSG_NO_RULE: &str = "must be at most 255 bytes";
+
+/// A client_msg_no (or device id) the server accepts: empty, or up to [`MAX_ID_LEN`]
+/// bytes, like an id. It becomes part of a storage key; the SDKs' are about 40 bytes.
+pub fn is_valid_client_msg_no(client_msg_no: &str) -> bool {
+    client_msg_no.len() <= MAX_ID_LEN
+}
+
 pub(crate) fn handshake_result(result: &'static str) {
     metrics::counter!("hongyan_gateway_handshakes_total", "result" => result).increment(1);
 }
@@ -163,6 +172,8 @@ async fn log_in<T: Transport>(
     codec.set_version(handshake.version());
     let accepted = if !is_valid_uid(&connect.uid) {
         Err(("bad_uid", ReasonCode::AuthFail))
+    } else if !is_valid_client_msg_no(&connect.device_id) {
+        Err(("bad_device_id", ReasonCode::AuthFail))
     } else {
         match shared.handler.authenticate(&connect).await {
             Err(ReasonCode::Ban) => Err(("banned", ReasonCode::Ban)),

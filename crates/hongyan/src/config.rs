@@ -295,6 +295,10 @@ pub struct StorageConfig {
     pub retention_days: std::collections::BTreeMap<String, u32>,
     /// How often the retention sweep runs.
     pub retention_sweep_interval_secs: u64,
+    /// Fail-stop: after a storage failure the node refuses work at once, and the
+    /// process exits (status 70) this many seconds later so that a supervisor restarts
+    /// it; 0 exits at once.
+    pub fail_stop_grace_secs: u64,
 }
 
 /// `storage.durability`.
@@ -314,6 +318,7 @@ impl Default for StorageConfig {
             sync_interval_ms: 100,
             retention_days: std::collections::BTreeMap::new(),
             retention_sweep_interval_secs: 3600,
+            fail_stop_grace_secs: 10,
         }
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use hongyan_api::{ApiSettings, AppState, RouteAddrs};
 use hongyan_core::{Core, CoreSettings, Sessions};
 use hongyan_gateway::{Gateway, Registry};
-use hongyan_store::{Durability, FjallBackend, MessageLog, Store};
+use hongyan_store::{Durability, FjallBackend, KvBackend, MessageLog, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +61,12 @@ pub struct Server {
     pub webhooks: Option<Arc<hongyan_api::webhook::Webhooks>>,
     shutdown: CancellationToken,
     http: TaskTracker,
+    fail_stop_grace: Duration,
 }
+
+/// The process exit status after a fail-stop (EX_SOFTWARE): a supervisor should
+/// restart the node.
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
 
 fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
     let shown = |configured: &str, bound: Option<SocketAddr>, scheme: &str| {
@@ -86,10 +91,15 @@ fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
 
 /// Opens the store, binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let metrics = metrics_handle();
     let backend = FjallBackend::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let backend = Arc::new(backend);
+    start_on(config, Arc::new(backend)).await
+}
+
+/// Like [`start`], over a storage backend the caller opened (`config.data_dir` is not
+/// used for storage then).
+pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Result<Server> {
+    let metrics = metrics_handle();
     let store = Store::new(backend.clone());
     // Stored messages reach the webhooks through the log's journal, which costs a row
     // per message: only when a message event is wanted.
@@ -206,13 +216,15 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }),
     };
     let state = AppState { core: core.clone(), registry: registry.clone(), settings: Arc::new(settings) };
+    // Fail-stop: once storage fails, every listener refuses work with 503 and the reason.
+    let fail_stop = axum::middleware::from_fn_with_state(core.clone(), hongyan_api::fail_stop);
     let mut api = hongyan_api::wukong::router(state.clone());
     let mut easemob = None;
     if !config.easemob.apps.is_empty() {
         api = api.nest("/easemob", hongyan_api::easemob::router(state.clone()));
         if !config.easemob.addr.is_empty() {
             let addr: SocketAddr = config.easemob.addr.parse().context("easemob.addr")?;
-            easemob = Some((addr, hongyan_api::easemob::router(state.clone())));
+            easemob = Some((addr, hongyan_api::easemob::router(state.clone()).layer(fail_stop.clone())));
         }
     }
     let mut openim = None;
@@ -220,12 +232,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         api = api.nest("/openim", hongyan_api::openim::router(state.clone()));
         if !config.openim.addr.is_empty() {
             let addr: SocketAddr = config.openim.addr.parse().context("openim.addr")?;
-            openim = Some((addr, hongyan_api::openim::router(state)));
+            openim = Some((addr, hongyan_api::openim::router(state).layer(fail_stop.clone())));
         }
     }
+    let api = api.layer(fail_stop);
+    let health_core = core.clone();
     let manager = axum::Router::new()
         .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
-        .route("/health", axum::routing::get(|| std::future::ready("ok")));
+        .route("/health", axum::routing::get(move || std::future::ready(hongyan_api::health_response(&health_core))));
 
     let http = TaskTracker::new();
     let mut bound = Vec::new();
@@ -266,6 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         webhooks,
         shutdown,
         http,
+        fail_stop_grace: Duration::from_secs(config.storage.fail_stop_grace_secs),
     })
 }
 
@@ -348,6 +363,16 @@ fn spawn_periodic(
 }
 
 impl Server {
+    /// Resolves `storage.fail_stop_grace_secs` after storage has failed, with the
+    /// failure: the moment the binary stops the process. Meanwhile the node already
+    /// refuses logins, sends and HTTP work and reports itself unhealthy, so clients and
+    /// load balancers move on before it exits.
+    pub async fn fail_stopped(&self) -> hongyan_store::Failure {
+        let failure = self.core.health().wait_failed().await;
+        tokio::time::sleep(self.fail_stop_grace).await;
+        failure
+    }
+
     /// Asks everything to stop: listeners stop accepting and connections close.
     pub fn shutdown(&self) {
         self.shutdown.cancel();

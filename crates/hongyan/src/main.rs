@@ -90,9 +90,19 @@ fn main() -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = hongyan::start(config).await?;
     tracing::info!(api = %server.api_addr, manager = %server.manager_addr, "hongyan is running");
-    wait_for_signal().await?;
+    let failure = tokio::select! {
+        signal = wait_for_signal() => { signal?; None }
+        failure = server.fail_stopped() => Some(failure),
+    };
     tracing::info!("shutting down: closing listeners and connections");
     server.shutdown();
+    if let Some(failure) = failure {
+        // Storage cannot be trusted: close connections, but do not wait long for a
+        // writer that may be stuck on a broken disk.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server.wait()).await;
+        tracing::error!(reason = %failure.reason, code = hongyan::FAIL_STOP_EXIT_CODE, "exiting after a storage failure");
+        std::process::exit(hongyan::FAIL_STOP_EXIT_CODE);
+    }
     server.wait().await;
     tracing::info!("stopped");
     Ok(())

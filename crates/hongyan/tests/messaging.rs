@@ -473,7 +473,7 @@ async fn oversized_ids_and_client_msg_nos_are_refused_and_harm_nothing() {
     let body =
         json!({"from_uid": "tia", "channel_id": "uma", "channel_type": 1, "client_msg_no": long, "payload": b64("x")});
     let (status, answer) = server.post("/message/send", body).await;
-    assert_eq!((status, answer["msg"].as_str()), (400, Some("client_msg_no: at most 255 bytes")));
+    assert_eq!((status, answer["msg"].as_str()), (400, Some("client_msg_no: must be at most 255 bytes")));
     // The log still takes messages.
     let (status, answer) = server
         .post(

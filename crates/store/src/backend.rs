@@ -2,11 +2,53 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use crate::health::Health;
 use crate::{Result, StoreError};
+
+/// Longest key any backend takes (the embedded engine's limit, kept by every backend so
+/// that tests on memory refuse what production refuses).
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Longest value any backend takes.
+pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+/// Refuses a key the engines cannot hold, as an error rather than a panic inside them.
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() {
+        return Err(StoreError::TooLong { what: "key (empty keys are not stored either)" });
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(StoreError::TooLong { what: "storage key" });
+    }
+    Ok(())
+}
+
+/// A scan bound or prefix may be empty (the whole table) but not longer than a key.
+fn check_bound(bound: &[u8]) -> Result<()> {
+    if bound.len() > MAX_KEY_LEN + 1 {
+        return Err(StoreError::TooLong { what: "storage key" });
+    }
+    Ok(())
+}
+
+/// Checks a whole batch before any of it is applied.
+pub(crate) fn check_writes(writes: &[Write]) -> Result<()> {
+    for w in writes {
+        match w {
+            Write::Put(_, key, value) => {
+                check_key(key)?;
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(StoreError::TooLong { what: "stored value" });
+                }
+            }
+            Write::Delete(_, key) => check_key(key)?,
+        }
+    }
+    Ok(())
+}
 
 /// The tables Hongyan keeps. Names follow `<key>_<value>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,7 +155,13 @@ pub enum Write {
 
 /// What a storage engine must provide. Implementations are blocking; async callers run
 /// them off the runtime's worker threads.
+///
+/// Every call refuses keys over [`MAX_KEY_LEN`] (and empty keys in writes) with
+/// [`StoreError::TooLong`] before the engine sees them, never panics, and records an
+/// engine failure in [`KvBackend::health`]: storage is fail-stop.
 pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether this store can still be trusted.
+    fn health(&self) -> &Arc<Health>;
     /// The value stored under `key`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
@@ -139,6 +187,7 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
 pub struct FjallBackend {
     db: Database,
     keyspaces: Vec<Keyspace>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for FjallBackend {
@@ -152,15 +201,17 @@ fn engine(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl FjallBackend {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. A directory it creates is readable by
+    /// its owner only (0700): it holds every message and token digest.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(engine)?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(engine)?;
         let db = Database::builder(dir).open().map_err(engine)?;
         let keyspaces = Table::ALL
             .iter()
             .map(|t| db.keyspace(t.name(), KeyspaceCreateOptions::default).map_err(engine))
             .collect::<Result<_>>()?;
-        Ok(Self { db, keyspaces })
+        Ok(Self { db, keyspaces, health: Arc::new(Health::new()) })
     }
 
     fn keyspace(&self, table: Table) -> &Keyspace {
@@ -169,16 +220,24 @@ impl FjallBackend {
 }
 
 impl KvBackend for FjallBackend {
+    fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.keyspace(table).get(key).map_err(engine)?.map(|v| v.to_vec()))
+        check_bound(key)?;
+        self.health.guard("read", || Ok(self.keyspace(table).get(key).map_err(engine)?.map(|v| v.to_vec())))
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.keyspace(table)
-            .prefix(prefix)
-            .take(limit)
-            .map(|guard| guard.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine))
-            .collect()
+        check_bound(prefix)?;
+        self.health.guard("scan", || {
+            self.keyspace(table)
+                .prefix(prefix)
+                .take(limit)
+                .map(|guard| guard.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine))
+                .collect()
+        })
     }
 
     fn scan_range(
@@ -189,31 +248,41 @@ impl KvBackend for FjallBackend {
         limit: usize,
         order: Order,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let iter = self.keyspace(table).range(start..end);
-        let pair = |guard: fjall::Guard| guard.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine);
-        match order {
-            Order::Ascending => iter.take(limit).map(pair).collect(),
-            Order::Descending => iter.rev().take(limit).map(pair).collect(),
+        check_bound(start)?;
+        check_bound(end)?;
+        if start >= end {
+            return Ok(Vec::new());
         }
+        self.health.guard("scan", || {
+            let iter = self.keyspace(table).range(start..end);
+            let pair = |guard: fjall::Guard| guard.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine);
+            match order {
+                Order::Ascending => iter.take(limit).map(pair).collect(),
+                Order::Descending => iter.rev().take(limit).map(pair).collect(),
+            }
+        })
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncAll).map_err(engine)
+        self.health.guard("fsync", || self.db.persist(PersistMode::SyncAll).map_err(engine))
     }
 
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<()> {
-        let mut batch = self.db.batch();
-        for w in writes {
-            match w {
-                Write::Put(t, k, v) => batch.insert(self.keyspace(t), k, v),
-                Write::Delete(t, k) => batch.remove(self.keyspace(t), k),
+        check_writes(&writes)?;
+        self.health.guard("write", || {
+            let mut batch = self.db.batch();
+            for w in writes {
+                match w {
+                    Write::Put(t, k, v) => batch.insert(self.keyspace(t), k, v),
+                    Write::Delete(t, k) => batch.remove(self.keyspace(t), k),
+                }
             }
-        }
-        batch.commit().map_err(engine)?;
-        if durable {
-            self.db.persist(PersistMode::SyncAll).map_err(engine)?;
-        }
-        Ok(())
+            batch.commit().map_err(engine)?;
+            if durable {
+                self.db.persist(PersistMode::SyncAll).map_err(engine)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -224,6 +293,7 @@ type MemoryTables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     tables: Mutex<MemoryTables>,
+    health: Arc<Health>,
 }
 
 impl MemoryBackend {
@@ -234,12 +304,18 @@ impl MemoryBackend {
 }
 
 impl KvBackend for MemoryBackend {
+    fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_bound(key)?;
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(tables.get(&(table, key.to_vec())).cloned())
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_bound(prefix)?;
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(tables
             .range((table, prefix.to_vec())..)
@@ -257,6 +333,11 @@ impl KvBackend for MemoryBackend {
         limit: usize,
         order: Order,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_bound(start)?;
+        check_bound(end)?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         let range = tables.range((table, start.to_vec())..(table, end.to_vec()));
         let pair = |((_, k), v): (&(Table, Vec<u8>), &Vec<u8>)| (k.clone(), v.clone());
@@ -271,6 +352,7 @@ impl KvBackend for MemoryBackend {
     }
 
     fn write(&self, writes: Vec<Write>, _durable: bool) -> Result<()> {
+        check_writes(&writes)?;
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         for w in writes {
             match w {
@@ -279,5 +361,55 @@ impl KvBackend for MemoryBackend {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every backend must do with keys it cannot hold: refuse them with an error,
+    /// apply nothing of a batch that has one, and stay healthy (bad input is not a
+    /// storage failure).
+    fn refuses_what_the_engine_cannot_hold(kv: &dyn KvBackend) {
+        let t = Table::ChanSeqMessage;
+        let too_long = vec![b'k'; MAX_KEY_LEN + 1];
+        let longest = vec![b'k'; MAX_KEY_LEN];
+        let batch = vec![Write::Put(t, b"a".to_vec(), b"1".to_vec()), Write::Put(t, too_long.clone(), b"2".to_vec())];
+        assert!(matches!(kv.write(batch, true), Err(StoreError::TooLong { .. })));
+        assert_eq!(kv.get(t, b"a").unwrap(), None, "nothing of a refused batch is applied");
+        assert!(matches!(
+            kv.write(vec![Write::Put(t, Vec::new(), b"x".to_vec())], true),
+            Err(StoreError::TooLong { .. })
+        ));
+        assert!(matches!(kv.write(vec![Write::Delete(t, too_long.clone())], true), Err(StoreError::TooLong { .. })));
+        assert!(kv.get(t, &vec![b'k'; MAX_KEY_LEN + 2]).is_err());
+        assert!(kv.scan_prefix(t, &vec![b'k'; MAX_KEY_LEN + 2], 1).is_err());
+        // The longest key is fine, and so are empty bounds and inverted ranges.
+        kv.write(vec![Write::Put(t, longest.clone(), b"v".to_vec())], true).unwrap();
+        assert_eq!(kv.get(t, &longest).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(kv.scan_prefix(t, &[], 10).unwrap().len(), 1);
+        assert!(kv.scan_range(t, b"z", b"a", 10, Order::Ascending).unwrap().is_empty());
+        assert!(!kv.health().has_failed());
+    }
+
+    #[test]
+    fn memory_refuses_what_the_engine_cannot_hold() {
+        refuses_what_the_engine_cannot_hold(&MemoryBackend::new());
+    }
+
+    #[test]
+    fn a_new_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/data");
+        drop(FjallBackend::open(&data).unwrap());
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn fjall_refuses_what_it_cannot_hold_instead_of_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        refuses_what_the_engine_cannot_hold(&FjallBackend::open(dir.path()).unwrap());
     }
 }

@@ -371,9 +371,7 @@ mod tests {
         store.remove_profile("u").unwrap();
         assert_eq!(store.profile("u").unwrap(), None);
         assert_eq!(store.profile_uids("", 10).unwrap(), ["u1", "w"]);
-        store
-            .put_device("dev", 1, &crate::Device { token: "t".into(), level: hongyan_proto::DeviceLevel::Slave })
-            .unwrap();
+        store.put_device("dev", 1, &crate::Device::new("t", hongyan_proto::DeviceLevel::Slave)).unwrap();
         assert_eq!(store.registered_uids(10).unwrap(), ["dev", "u1", "w"]);
         assert_eq!(store.registered_uids(2).unwrap(), ["dev", "u1"]);
 

@@ -19,11 +19,13 @@
 mod backend;
 mod codec;
 mod directory;
+mod health;
 mod log;
 mod tables;
 
-pub use backend::{FjallBackend, KvBackend, MemoryBackend, Order, Table, Write};
+pub use backend::{FjallBackend, KvBackend, MAX_KEY_LEN, MAX_VALUE_LEN, MemoryBackend, Order, Table, Write};
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
+pub use health::{Failure, Health};
 pub use log::{
     Appended, ChannelKey, Durability, JournalSink, Journaled, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned,
     StoredMessage,

@@ -13,7 +13,7 @@
 //! refuses everything after it, so nothing is acknowledged that is not stored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::backend::{KvBackend, Order, Table, Write};
+use crate::backend::{KvBackend, MAX_KEY_LEN, Order, Table, Write};
 use crate::codec::{ValueReader, push_str16};
+use crate::health::panic_message;
 use crate::{Result, StoreError};
 
 const FORMAT_V1: u8 = 1;
@@ -209,7 +210,6 @@ impl std::future::Future for PendingAppend {
 pub struct MessageLog {
     kv: Arc<dyn KvBackend>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    failed: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -339,13 +339,12 @@ impl MessageLog {
 
     fn start(kv: Arc<dyn KvBackend>, durability: Durability, journal: Option<Journal>) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let writer = Writer { kv: kv.clone(), durability, failed: failed.clone(), next_seq: HashMap::new(), journal };
+        let writer = Writer { kv: kv.clone(), durability, next_seq: HashMap::new(), journal };
         let handle = std::thread::Builder::new()
             .name("hongyan-log-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| StoreError::Engine(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { kv, jobs: Mutex::new(Some(tx)), failed, writer: Mutex::new(Some(handle)) })
+        Ok(Self { kv, jobs: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
     }
 
     /// Appends `message` to `channel`, returning once it is stored (and, in `fsync`
@@ -376,7 +375,9 @@ impl MessageLog {
         with_first: Vec<Write>,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
-        // Strings are stored with 2-byte lengths; refuse here, not in the writer thread.
+        // Refuse here, not in the writer thread: strings are stored with 2-byte lengths,
+        // and no key the writer builds may exceed what the engine takes. (Ids are capped
+        // far lower at the edge; this keeps the log safe whatever its caller checked.)
         let longest = [&message.from_uid, &message.client_msg_no, &channel.channel_id]
             .into_iter()
             .chain(message.topic.as_ref())
@@ -386,6 +387,12 @@ impl MessageLog {
         if longest > usize::from(u16::MAX) {
             return Err(StoreError::TooLong { what: "message id field" });
         }
+        // The resend index key is the longest: [type][len][channel][len][client_msg_no][from_uid].
+        let index_key_len = 5 + channel.channel_id.len() + message.client_msg_no.len() + message.from_uid.len();
+        if index_key_len > MAX_KEY_LEN {
+            return Err(StoreError::TooLong { what: "message key (channel id, client_msg_no and sender together)" });
+        }
+        crate::backend::check_writes(&with_first)?;
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
@@ -395,9 +402,14 @@ impl MessageLog {
         Ok(PendingAppend(answer))
     }
 
-    /// Whether a storage error has stopped the writer.
+    /// Whether a storage error has stopped the writer (or any other write to its store).
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+        self.kv.health().has_failed()
+    }
+
+    /// The store's health record, shared with every other user of the backend.
+    pub fn health(&self) -> &Arc<crate::Health> {
+        self.kv.health()
     }
 
     /// The highest seq stored in `channel` (0 when empty). Blocking.
@@ -584,7 +596,6 @@ fn lookup_client_msg_no(
 struct Writer {
     kv: Arc<dyn KvBackend>,
     durability: Durability,
-    failed: Arc<AtomicBool>,
     /// Next seq per channel touched since start, loaded from storage on first use.
     next_seq: HashMap<ChannelKey, u64>,
     journal: Option<Journal>,
@@ -612,7 +623,12 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit(batch);
+                // A panic anywhere in a commit (a callback, the journal sink) must not end
+                // the writer silently: it becomes the store's failure, and every later
+                // append is refused with an error instead of waiting forever.
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.commit(batch))) {
+                    self.kv.health().fail(format!("the log writer panicked: {}", panic_message(&*panic)));
+                }
                 unsynced = true;
             }
             if let Durability::Interval(every) = self.durability
@@ -626,18 +642,17 @@ impl Writer {
                 unsynced = false;
             }
         }
-        if unsynced && !self.failed.load(Ordering::Relaxed) {
+        if unsynced && !self.kv.health().has_failed() {
             let _ = self.kv.sync();
         }
     }
 
     fn fail(&self, e: &StoreError) {
-        tracing::error!(error = %e, "message log write failed; refusing every append from now on");
-        self.failed.store(true, Ordering::Relaxed);
+        self.kv.health().fail(format!("message log write failed: {e}"));
     }
 
     fn commit(&mut self, batch: Vec<Job>) {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.kv.health().has_failed() {
             for job in batch {
                 if let Some(on_commit) = job.on_commit {
                     on_commit(None);
@@ -646,26 +661,39 @@ impl Writer {
             }
             return;
         }
-        match self.plan(&batch) {
-            Ok((writes, results, journal_ids)) => {
-                let durable = self.durability == Durability::Fsync;
-                match self.kv.write(writes, durable) {
-                    Ok(()) => {
-                        for ((job, result), journal_id) in batch.into_iter().zip(results).zip(journal_ids) {
-                            if let (Some(journal), Some(id), Appended::New { seq, .. }) =
-                                (&self.journal, journal_id, result)
-                            {
-                                let journaled =
-                                    Journaled { id, channel: job.channel.clone(), seq, message: job.message.clone() };
-                                (journal.sink)(journaled);
-                            }
-                            if let Some(on_commit) = job.on_commit {
-                                on_commit(Some(result));
-                            }
-                            let _ = job.reply.send(Ok(result));
+        let durable = self.durability == Durability::Fsync;
+        // Planning reads storage and the write runs the engine: either may fail, and
+        // neither may take the writer thread down with a panic.
+        let planned = catch_unwind(AssertUnwindSafe(|| {
+            let (writes, results, journal_ids) = self.plan(&batch)?;
+            self.kv.write(writes, durable)?;
+            Ok((results, journal_ids))
+        }))
+        .unwrap_or_else(|panic| {
+            Err(StoreError::Engine(format!("the log writer panicked: {}", panic_message(&*panic))))
+        });
+        match planned {
+            Ok((results, journal_ids)) => {
+                for ((job, result), journal_id) in batch.into_iter().zip(results).zip(journal_ids) {
+                    // The message is stored whatever its listeners do; a panic in one of
+                    // them is a bug that stops the node (fail-stop), but this caller is
+                    // still told the truth.
+                    let heard = catch_unwind(AssertUnwindSafe(|| {
+                        if let (Some(journal), Some(id), Appended::New { seq, .. }) =
+                            (&self.journal, journal_id, result)
+                        {
+                            let journaled =
+                                Journaled { id, channel: job.channel.clone(), seq, message: job.message.clone() };
+                            (journal.sink)(journaled);
                         }
+                        if let Some(on_commit) = job.on_commit {
+                            on_commit(Some(result));
+                        }
+                    }));
+                    if let Err(panic) = heard {
+                        self.kv.health().fail(format!("a commit listener panicked: {}", panic_message(&*panic)));
                     }
-                    Err(e) => self.fail_batch(batch, &e),
+                    let _ = job.reply.send(Ok(result));
                 }
             }
             Err(e) => self.fail_batch(batch, &e),
@@ -986,6 +1014,9 @@ mod tests {
     }
 
     impl KvBackend for Failing {
+        fn health(&self) -> &Arc<crate::Health> {
+            self.inner.health()
+        }
         fn get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>> {
             self.inner.get(t, k)
         }
@@ -996,7 +1027,7 @@ mod tests {
             self.inner.scan_range(t, s, e, l, o)
         }
         fn write(&self, w: Vec<Write>, d: bool) -> Result<()> {
-            if self.ok.fetch_sub(1, Ordering::Relaxed) == 0 {
+            if self.ok.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
                 return Err(StoreError::Engine("disk full".into()));
             }
             self.inner.write(w, d)
@@ -1018,8 +1049,89 @@ mod tests {
         assert!(log.enqueue(g.clone(), msg(2, "s", "", "m"), Some(on_commit)).unwrap().await.is_err());
         assert_eq!(*outcome.lock().unwrap(), [None], "the callback hears of the failure too");
         assert!(log.has_failed());
+        assert!(log.health().failure().is_some_and(|f| f.reason.contains("disk full")), "the reason is kept");
         assert!(log.append(g.clone(), msg(3, "s", "", "m")).await.is_err(), "fail-stop");
         assert_eq!(log.last_seq(&g).unwrap(), 1);
+    }
+
+    /// A backend whose writes panic, as an engine does on input it cannot take.
+    #[derive(Debug, Default)]
+    struct Panicking {
+        inner: MemoryBackend,
+    }
+
+    impl KvBackend for Panicking {
+        fn health(&self) -> &Arc<crate::Health> {
+            self.inner.health()
+        }
+        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.inner.get(t, k)
+        }
+        fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_prefix(t, p, l)
+        }
+        fn scan_range(&self, t: Table, s: &[u8], e: &[u8], l: usize, o: Order) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.inner.scan_range(t, s, e, l, o)
+        }
+        fn write(&self, _: Vec<Write>, _: bool) -> Result<()> {
+            panic!("the engine gave up")
+        }
+        fn sync(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_engine_fails_the_batch_and_stops_the_log_without_killing_the_writer() {
+        let log = MessageLog::open(Arc::new(Panicking::default()), Durability::Fsync).unwrap();
+        let g = ChannelKey::new("g", 2);
+        let outcome = Arc::new(Mutex::new(Vec::new()));
+        let seen = outcome.clone();
+        let on_commit: OnCommit = Box::new(move |a| seen.lock().unwrap().push(a));
+        let first = log.enqueue(g.clone(), msg(1, "s", "c1", "m"), Some(on_commit)).unwrap().await;
+        assert!(matches!(first, Err(StoreError::Engine(ref m)) if m.contains("the engine gave up")), "{first:?}");
+        assert_eq!(*outcome.lock().unwrap(), [None], "the sender hears that nothing was stored");
+        assert!(log.health().failure().is_some_and(|f| f.reason.contains("panicked")));
+        // The writer is alive and answers at once: refused, not left waiting.
+        let later = tokio::time::timeout(Duration::from_secs(5), log.append(g, msg(2, "s", "c2", "m"))).await;
+        assert!(matches!(later, Ok(Err(StoreError::Engine(_)))), "{later:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_commit_callback_becomes_a_failure_not_a_silent_stop() {
+        let log = memory_log();
+        let g = ChannelKey::new("g", 2);
+        let on_commit: OnCommit = Box::new(|_| panic!("callback bug"));
+        let stored = log.enqueue(g.clone(), msg(1, "s", "", "m"), Some(on_commit)).unwrap().await;
+        assert_eq!(stored.unwrap().ids(), (1, 1), "the message was stored, and its sender is told so");
+        assert!(log.health().failure().is_some_and(|f| f.reason.contains("callback bug")));
+        let later = tokio::time::timeout(Duration::from_secs(5), log.append(g, msg(2, "s", "", "m"))).await;
+        assert!(matches!(later, Ok(Err(_))), "refused at once: {later:?}");
+    }
+
+    /// The one-packet outage: a client_msg_no at the protocol's string limit made the
+    /// resend-index key longer than the embedded engine takes, and the engine panicked
+    /// in the writer thread. On the real engine it is now refused, and the log lives on.
+    #[tokio::test]
+    async fn a_key_too_long_for_the_engine_is_refused_on_fjall_and_the_log_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = MessageLog::open(Arc::new(FjallBackend::open(dir.path()).unwrap()), Durability::Fsync).unwrap();
+        let g = ChannelKey::new("g", 2);
+        for cmn_len in [usize::from(u16::MAX), usize::from(u16::MAX) - 10] {
+            let huge = msg(1, "sender", &"n".repeat(cmn_len), "m");
+            assert!(matches!(log.append(g.clone(), huge).await, Err(StoreError::TooLong { .. })), "{cmn_len}");
+        }
+        assert_eq!(log.append(g.clone(), msg(2, "s", "ok", "m")).await.unwrap().ids(), (2, 1));
+        assert!(!log.has_failed());
+        // The first-message rows are checked too.
+        let bad_row = vec![Write::Put(Table::UidChanConversation, vec![b'k'; MAX_KEY_LEN + 1], vec![1])];
+        let h = ChannelKey::new("h", 2);
+        assert!(matches!(
+            log.enqueue_with_first(h.clone(), msg(3, "s", "", "m"), bad_row, None),
+            Err(StoreError::TooLong { .. })
+        ));
+        assert_eq!(log.append(h, msg(4, "s", "", "m")).await.unwrap().ids(), (4, 1));
+        assert!(!log.has_failed());
     }
 
     proptest::proptest! {

@@ -11,13 +11,44 @@ use crate::{Result, StoreError};
 /// Format byte of every value this version writes.
 pub(crate) const FORMAT_V1: u8 = 1;
 
-/// The registration of one (uid, device_flag): the token a login must present.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Format byte of a device row holding the token's SHA-256 digest (v1 rows held the
+/// token itself and are still read).
+const DEVICE_DIGEST: u8 = 2;
+
+/// The registration of one (uid, device_flag): what a login must present. Only the
+/// token's SHA-256 digest is kept, in memory and on disk; a copy of the data directory
+/// gives nobody a token to log in with.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Device {
-    /// The token.
-    pub token: String,
+    token_digest: [u8; 32],
     /// Master or slave.
     pub level: DeviceLevel,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("level", &self.level).finish_non_exhaustive()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl Device {
+    /// A registration of `token` at `level`.
+    pub fn new(token: &str, level: DeviceLevel) -> Self {
+        Self { token_digest: digest(token), level }
+    }
+
+    /// Whether `token` is the registered one, in time that does not depend on where
+    /// they differ. An empty token never matches.
+    pub fn token_matches(&self, token: &str) -> bool {
+        let presented = digest(token);
+        let differ = presented.iter().zip(&self.token_digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        !token.is_empty() && differ == 0
+    }
 }
 
 /// Attributes of a channel. On a person channel (type 1, id = uid) `ban` bans the user.
@@ -171,19 +202,21 @@ impl Store {
         };
         let mut r = ValueReader { rest: &value };
         let bad = || corrupt(Table::UidDevice, "device");
-        if r.u8() != Some(FORMAT_V1) {
-            return Err(bad());
-        }
+        let format = r.u8().ok_or_else(bad)?;
         let level = r.u8().and_then(DeviceLevel::from_u8).ok_or_else(bad)?;
-        let token = r.rest_str().ok_or_else(bad)?.to_owned();
-        Ok(Some(Device { token, level }))
+        let token_digest = match format {
+            DEVICE_DIGEST => r.rest.try_into().map_err(|_| bad())?,
+            FORMAT_V1 => digest(r.rest_str().ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        Ok(Some(Device { token_digest, level }))
     }
 
     /// Registers (or replaces) the token of (uid, device_flag), durably.
     pub fn put_device(&self, uid: &str, device_flag: u8, device: &Device) -> Result<()> {
-        let mut value = Vec::with_capacity(2 + device.token.len());
-        value.extend_from_slice(&[FORMAT_V1, device.level as u8]);
-        value.extend_from_slice(device.token.as_bytes());
+        let mut value = Vec::with_capacity(2 + device.token_digest.len());
+        value.extend_from_slice(&[DEVICE_DIGEST, device.level as u8]);
+        value.extend_from_slice(&device.token_digest);
         self.kv.write(vec![Write::Put(Table::UidDevice, device_key(uid, device_flag), value)], true)
     }
 
@@ -426,13 +459,15 @@ mod tests {
     fn conformance(store: &Store) {
         assert_eq!(store.device("u1", 1).unwrap(), None);
         assert!(!store.user_exists("u1").unwrap());
-        let master = Device { token: "t-1".into(), level: DeviceLevel::Master };
+        let master = Device::new("t-1", DeviceLevel::Master);
         store.put_device("u1", 1, &master).unwrap();
-        store.put_device("u10", 0, &Device { token: String::new(), level: DeviceLevel::Slave }).unwrap();
+        store.put_device("u10", 0, &Device::new("", DeviceLevel::Slave)).unwrap();
         assert_eq!(store.device("u1", 1).unwrap(), Some(master));
+        assert!(store.device("u1", 1).unwrap().unwrap().token_matches("t-1"));
+        assert!(!store.device("u1", 1).unwrap().unwrap().token_matches("t-2"));
         assert_eq!(store.device("u1", 0).unwrap(), None);
         assert!(store.user_exists("u1").unwrap());
-        assert_eq!(store.device("u10", 0).unwrap().unwrap().token, "");
+        assert!(!store.device("u10", 0).unwrap().unwrap().token_matches(""), "an empty token never logs in");
         store.remove_device("u1", 1).unwrap();
         assert_eq!(store.device("u1", 1).unwrap(), None);
         assert!(!store.user_exists("u1").unwrap(), "u10 must not count as u1");
@@ -510,11 +545,28 @@ mod tests {
         {
             let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));
             conformance(&store);
-            store.put_device("kept", 2, &Device { token: "tok".into(), level: DeviceLevel::Slave }).unwrap();
+            store.put_device("kept", 2, &Device::new("tok", DeviceLevel::Slave)).unwrap();
         }
         let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));
-        assert_eq!(store.device("kept", 2).unwrap().unwrap().token, "tok");
+        assert!(store.device("kept", 2).unwrap().unwrap().token_matches("tok"));
         assert_eq!(store.channel_info("u1", 1).unwrap().map(|i| i.ban), Some(true));
+    }
+
+    #[test]
+    fn tokens_are_stored_as_digests_and_old_plaintext_rows_still_log_in() {
+        let kv = Arc::new(MemoryBackend::new());
+        let store = Store::new(kv.clone());
+        store.put_device("u", 1, &Device::new("secret-token", DeviceLevel::Master)).unwrap();
+        let raw = kv.get(Table::UidDevice, &device_key("u", 1)).unwrap().unwrap();
+        assert!(!raw.windows(12).any(|w| w == b"secret-token"), "the token itself is not stored");
+        assert_eq!(raw.len(), 2 + 32);
+        // A row written by an earlier version holds the token itself.
+        let mut v1 = vec![FORMAT_V1, DeviceLevel::Slave as u8];
+        v1.extend_from_slice(b"old-token");
+        kv.write(vec![Write::Put(Table::UidDevice, device_key("v", 1), v1)], true).unwrap();
+        let old = store.device("v", 1).unwrap().unwrap();
+        assert!(old.token_matches("old-token") && !old.token_matches("old-toke"));
+        assert_eq!(old.level, DeviceLevel::Slave);
     }
 
     #[test]

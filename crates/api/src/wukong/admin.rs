@@ -127,6 +127,7 @@ pub(super) async fn varz(State(state): State<AppState>) -> Json<Value> {
         "retry_pending": state.core.retry_queue().len(),
         "mem_rss_bytes": rss,
         "cpus": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        "storage_failed": state.core.log().has_failed(),
+        "storage_failed": state.core.health().has_failed(),
+        "storage_failure": state.core.health().failure().map(|f| f.reason.clone()),
     }))
 }

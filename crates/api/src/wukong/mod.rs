@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
-use hongyan_gateway::{ID_RULE, is_valid_uid};
+use hongyan_gateway::{CLIENT_MSG_NO_RULE, ID_RULE, is_valid_client_msg_no, is_valid_uid};
 use hongyan_proto::{DeviceLevel, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
 use serde::Deserialize;
@@ -354,8 +354,8 @@ fn check_channel(channel_id: &str, channel_type: u8) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn health(State(state): State<AppState>) -> Response {
+    crate::health_response(&state.core)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -428,7 +428,7 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<V
         return Ok(Json(json!({"status": ReasonCode::Ban.as_u8()})));
     }
     let (uid, flag) = (req.uid.clone(), req.device_flag);
-    let device = Device { token: req.token, level };
+    let device = Device::new(&req.token, level);
     state.on_core(move |c| c.store().put_device(&uid, flag, &device).map_err(ApiError::Storage)).await?;
     if level == DeviceLevel::Master {
         let conns = state.registry.take(&req.uid, Some(flag));
@@ -737,9 +737,6 @@ fn decode_base64(field: &str, text: &str) -> Result<Bytes, ApiError> {
 /// Most uids one send to a list of subscribers may name.
 const MAX_SEND_SUBSCRIBERS: usize = 10_000;
 
-/// Longest client_msg_no an HTTP send may give (the SDKs' are about 40 bytes).
-const MAX_CLIENT_MSG_NO_LEN: usize = 255;
-
 /// A refused send as an HTTP answer: the reason's name, and its code as `status`
 /// where WuKongIM uses one.
 fn refused(e: hongyan_core::SendError) -> ApiError {
@@ -748,7 +745,10 @@ fn refused(e: hongyan_core::SendError) -> ApiError {
         hongyan_core::SendError::Datasource(why) => return ApiError::Unavailable(why),
     };
     match reason {
-        ReasonCode::SystemError => ApiError::Internal("the message could not be stored".into()),
+        ReasonCode::SystemError => {
+            ApiError::Storage(hongyan_store::StoreError::Engine("the message could not be stored".into()))
+        }
+        ReasonCode::NotAllowSend => ApiError::bad(format!("client_msg_no: {CLIENT_MSG_NO_RULE}")),
         ReasonCode::NotSupportChannelType => ApiError::bad("channel_type: unknown channel type"),
         ReasonCode::ChannelIdError => ApiError::bad(format!("channel_id: {ID_RULE}")),
         other => ApiError::bad(format!("message refused: {}", other.name())),
@@ -776,8 +776,8 @@ async fn message_send(State(state): State<AppState>, body: Bytes) -> Result<Json
     } else if req.channel_id.is_empty() {
         return Err(ApiError::bad("channel_id: required"));
     }
-    if req.client_msg_no.len() > MAX_CLIENT_MSG_NO_LEN {
-        return Err(ApiError::bad(format!("client_msg_no: at most {MAX_CLIENT_MSG_NO_LEN} bytes")));
+    if !is_valid_client_msg_no(&req.client_msg_no) {
+        return Err(ApiError::bad(format!("client_msg_no: {CLIENT_MSG_NO_RULE}")));
     }
     if !req.from_uid.is_empty() {
         check_uid("from_uid", &req.from_uid)?;

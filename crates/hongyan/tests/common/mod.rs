@@ -41,6 +41,20 @@ impl TestServer {
         Self { server, config, dir, http: reqwest::Client::new() }
     }
 
+    /// Like [`Self::start_with`], over a storage backend the test made from the data
+    /// directory it is given.
+    pub(crate) async fn start_on(
+        backend: impl FnOnce(&std::path::Path) -> std::sync::Arc<dyn hongyan_store::KvBackend>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        config.validate().unwrap();
+        let server = hongyan::start_on(config.clone(), backend(dir.path())).await.unwrap();
+        Self { server, config, dir, http: reqwest::Client::new() }
+    }
+
     pub(crate) fn tcp(&self) -> Target {
         Target::Tcp(self.server.gateway.tcp_addr.unwrap())
     }
