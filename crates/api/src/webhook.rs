@@ -108,10 +108,74 @@ struct Event {
     body: Vec<u8>,
 }
 
+/// Most inputs waiting for the pump, and their bytes. Stored messages wait for room
+/// (on the log's writer thread, which holds up senders through the core's pipeline
+/// budget); logins and unstored messages that find no room are dropped and counted.
+const PUMP_MAX_ITEMS: usize = 16_384;
+const PUMP_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// What an input holds, roughly, in bytes.
+fn input_size(input: &Input) -> usize {
+    const BASE: usize = 256;
+    match input {
+        Input::Stored(j) => BASE + j.message.payload.len() + j.message.client_msg_no.len(),
+        Input::Unstored { message, only_to, .. } => {
+            BASE + message.payload.len() + only_to.as_ref().map_or(0, |u| u.iter().map(|s| 24 + s.len()).sum())
+        }
+        Input::Presence(entry) => BASE + entry.len(),
+        Input::Stop => 0,
+    }
+}
+
+/// The bound on the pump's input: items and bytes queued.
+#[derive(Debug, Default)]
+struct Gate {
+    used: std::sync::Mutex<(usize, usize)>,
+    room: std::sync::Condvar,
+}
+
+impl Gate {
+    fn fits(used: (usize, usize), bytes: usize) -> bool {
+        // One input always fits into an empty queue, however large.
+        used.0 == 0 || (used.0 < PUMP_MAX_ITEMS && used.1 + bytes <= PUMP_MAX_BYTES)
+    }
+
+    /// Waits for room. Blocking: only for threads outside the async runtime.
+    fn enter(&self, bytes: usize) {
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while !Self::fits(*used, bytes) {
+            used = self.room.wait(used).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *used = (used.0 + 1, used.1 + bytes);
+    }
+
+    /// Takes room if there is some now.
+    fn try_enter(&self, bytes: usize) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fits = Self::fits(*used, bytes);
+        if fits {
+            *used = (used.0 + 1, used.1 + bytes);
+        }
+        fits
+    }
+
+    fn leave(&self, input: &Input) {
+        if matches!(input, Input::Stop) {
+            return; // sent without entering
+        }
+        let bytes = input_size(input);
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used = (used.0.saturating_sub(1), used.1.saturating_sub(bytes));
+        metrics::gauge!("hongyan_webhook_pump_queue").set(used.0 as f64);
+        self.room.notify_all();
+    }
+}
+
 /// The webhooks of one node. See the module documentation.
 #[derive(Debug)]
 pub struct Webhooks {
     input: Sender<Input>,
+    gate: Arc<Gate>,
     pump: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     lanes: tokio_util::task::TaskTracker,
     stop: CancellationToken,
@@ -123,20 +187,24 @@ pub struct Webhooks {
 pub struct JournalFeed {
     sender: Sender<Input>,
     receiver: Receiver<Input>,
+    gate: Arc<Gate>,
 }
 
 impl JournalFeed {
     /// A new feed.
     pub fn new() -> Self {
         let (sender, receiver) = std::sync::mpsc::channel();
-        Self { sender, receiver }
+        Self { sender, receiver, gate: Arc::default() }
     }
 
-    /// The sink to give the message log.
+    /// The sink to give the message log. It runs on the log's writer thread and waits
+    /// for room in the pump's bounded input.
     pub fn sink(&self) -> hongyan_store::JournalSink {
-        let sender = self.sender.clone();
+        let (sender, gate) = (self.sender.clone(), self.gate.clone());
         Box::new(move |journaled| {
-            let _ = sender.send(Input::Stored(journaled));
+            let input = Input::Stored(journaled);
+            gate.enter(input_size(&input));
+            let _ = sender.send(input);
         })
     }
 }
@@ -246,7 +314,7 @@ impl Webhooks {
             tracker.spawn(lane.run());
         }
         tracker.close();
-        let JournalFeed { sender, receiver } = feed;
+        let JournalFeed { sender, receiver, gate } = feed;
         let pump = Pump {
             settings,
             core,
@@ -257,12 +325,23 @@ impl Webhooks {
         };
         let handle = std::thread::Builder::new()
             .name("hongyan-webhook-pump".into())
-            .spawn(move || pump.run(&receiver, backlog))
+            .spawn({
+                let gate = gate.clone();
+                move || pump.run(&receiver, &gate, backlog)
+            })
             .map_err(|e| hongyan_store::StoreError::Engine(format!("cannot start the webhook pump: {e}")))?;
-        Ok(Arc::new(Self { input: sender, pump: std::sync::Mutex::new(Some(handle)), lanes: tracker, stop }))
+        Ok(Arc::new(Self { input: sender, gate, pump: std::sync::Mutex::new(Some(handle)), lanes: tracker, stop }))
     }
 
-    fn send(&self, input: Input) {
+    /// Hands an event from the async side to the pump, or drops it (counted) when the
+    /// pump's input is full: a login burst or a flood of unstored messages must not
+    /// grow memory or hold up the runtime.
+    fn offer(&self, input: Input, event: &'static str) {
+        let size = input_size(&input);
+        if !self.gate.try_enter(size) {
+            metrics::counter!("hongyan_webhook_dropped_total", "event" => event, "why" => "overload").increment(1);
+            return;
+        }
         let _ = self.input.send(input);
     }
 
@@ -270,7 +349,7 @@ impl Webhooks {
     /// (undelivered events stay queued for the next start). Blocking: call it after
     /// the message log is closed, off the async workers.
     pub fn stop(&self) {
-        self.send(Input::Stop);
+        let _ = self.input.send(Input::Stop);
         if let Some(handle) = self.pump.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             let _ = handle.join();
         }
@@ -287,15 +366,16 @@ impl Observer for Webhooks {
     fn presence(&self, conn: &Conn, online: bool, same_flag: usize, total: usize) {
         let entry =
             format!("{}-{}-{}-{}-{}-{}", conn.uid, conn.device_flag, u8::from(online), conn.id, same_flag, total);
-        self.send(Input::Presence(entry));
+        self.offer(Input::Presence(entry), ONLINE_STATUS);
     }
 
     fn unstored(&self, channel: &ChannelKey, message: &NewMessage, only_to: Option<&[String]>) {
-        self.send(Input::Unstored {
+        let input = Input::Unstored {
             channel: channel.clone(),
             message: message.clone(),
             only_to: only_to.map(<[String]>::to_vec),
-        });
+        };
+        self.offer(input, MSG_OFFLINE);
     }
 }
 
@@ -331,7 +411,7 @@ struct Pump {
 }
 
 impl Pump {
-    fn run(mut self, input: &Receiver<Input>, backlog: Vec<Journaled>) {
+    fn run(mut self, input: &Receiver<Input>, gate: &Gate, backlog: Vec<Journaled>) {
         if !backlog.is_empty() {
             info!(messages = backlog.len(), "webhooks: taking in messages journaled before the restart");
         }
@@ -345,14 +425,20 @@ impl Pump {
                     .min();
                 let wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
                 match input.recv_timeout(wait) {
-                    Ok(item) => round.push(item),
+                    Ok(item) => {
+                        gate.leave(&item);
+                        round.push(item);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => stopping = true,
                 }
             }
             while round.len() < 4096 {
                 match input.try_recv() {
-                    Ok(item) => round.push(item),
+                    Ok(item) => {
+                        gate.leave(&item);
+                        round.push(item);
+                    }
                     Err(_) => break,
                 }
             }

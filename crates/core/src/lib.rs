@@ -58,6 +58,12 @@ use crate::retry::{Acked, CommandPosition, RetryQueue, RetrySettings};
 /// the per-recipient encryption over the runtime's workers.
 const FANOUT_SHARDS: usize = 4;
 
+/// What a message costs the pipeline budget beyond its own bytes: the log's job, the
+/// commit callback, the delivery, the keys and rows that travel with it (measured at
+/// about 1 KiB under load). It also bounds the number of messages in the pipeline: at
+/// most `pipeline_bytes / MESSAGE_OVERHEAD`.
+const MESSAGE_OVERHEAD: usize = 1024;
+
 /// Settings of the core.
 #[derive(Clone, Debug)]
 pub struct CoreSettings {
@@ -75,6 +81,10 @@ pub struct CoreSettings {
     pub node_id: u64,
     /// How unacknowledged RECVs are retried.
     pub retry: RetrySettings,
+    /// Bytes of messages admitted but not yet delivered (in the log's queue, being
+    /// committed, waiting for or in fan-out), counting 1 KiB more than each payload. Past
+    /// it, senders wait: a connection's next packet is not read, an HTTP send waits.
+    pub pipeline_bytes: usize,
 }
 
 /// A message the app server sends over HTTP.
@@ -120,6 +130,8 @@ enum Submitted {
 /// Who gets the SENDACK of a message, and what it echoes.
 struct AckTo {
     conn: Arc<Conn>,
+    /// The connection's in-flight slot, given back once the SENDACK is queued.
+    _slot: SendSlot,
     flags: HeaderFlags,
     client_seq: u32,
     /// The id given at admission (a resend is answered with the original's).
@@ -135,6 +147,31 @@ struct Delivery {
     origin: u64,
     /// The recipients, when not the channel's (an online-only send to a list).
     only_to: Option<Vec<String>>,
+    /// The message's share of the pipeline budget, given back once it is delivered.
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The pipeline budget in bytes, within what one semaphore acquisition can take.
+fn pipeline_capacity(settings: &CoreSettings) -> usize {
+    settings.pipeline_bytes.clamp(MESSAGE_OVERHEAD, u32::MAX as usize)
+}
+
+/// One of a connection's SENDs in flight (admitted, SENDACK not yet queued). The
+/// session reads no further packet while all of them are taken, so a client faster
+/// than the server is slowed by TCP instead of buffered.
+struct SendSlot(Arc<Conn>);
+
+impl SendSlot {
+    async fn take(conn: &Arc<Conn>) -> Option<Self> {
+        conn.sends_in_flight.acquire().await.ok()?.forget();
+        Some(Self(conn.clone()))
+    }
+}
+
+impl Drop for SendSlot {
+    fn drop(&mut self) {
+        self.0.sends_in_flight.add_permits(1);
+    }
 }
 
 /// The messaging core. Shared by the gateway (as its [`SessionHandler`]) and the APIs.
@@ -145,7 +182,9 @@ pub struct Core {
     registry: Arc<Registry>,
     ids: Snowflake,
     settings: CoreSettings,
-    shards: Vec<mpsc::UnboundedSender<Delivery>>,
+    shards: Vec<mpsc::Sender<Delivery>>,
+    /// Bytes of messages in the pipeline (see [`CoreSettings::pipeline_bytes`]).
+    pipeline: Arc<tokio::sync::Semaphore>,
     retry: RetryQueue,
     /// System accounts, written through to storage: the send path reads only this.
     system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
@@ -172,6 +211,7 @@ impl std::fmt::Debug for Delivery {
 fn storage(e: StoreError) -> ReasonCode {
     match e {
         StoreError::Datasource(_) => warn!(error = %e, "the datasource failed while handling a message"),
+        StoreError::Busy(_) | StoreError::TooLong { .. } => tracing::debug!(error = %e, "message refused"),
         _ => error!(error = %e, "storage failed while handling a message"),
     }
     ReasonCode::SystemError
@@ -223,8 +263,12 @@ impl Core {
         let system_accounts = std::sync::RwLock::new(store.system_uids()?.into_iter().collect());
         let mut receivers = Vec::new();
         let mut shards = Vec::new();
+        // Every delivery holds a share of the pipeline budget, so a shard never holds
+        // more than the budget's message count; the channel's own bound says so too.
+        let pipeline_bytes = pipeline_capacity(&settings);
+        let most_messages = (pipeline_bytes / MESSAGE_OVERHEAD).max(1);
         for _ in 0..FANOUT_SHARDS {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(most_messages);
             shards.push(tx);
             receivers.push(rx);
         }
@@ -236,6 +280,7 @@ impl Core {
             ids: Snowflake::new(settings.node_id),
             settings,
             shards,
+            pipeline: Arc::new(tokio::sync::Semaphore::new(pipeline_bytes)),
             retry,
             system_accounts,
             channels: ChannelCache::default(),
@@ -268,6 +313,11 @@ impl Core {
                 metrics::counter!("hongyan_core_retry_dropped_total", "why" => "out_of_retries")
                     .increment(outcome.given_up as u64);
                 metrics::gauge!("hongyan_core_retry_pending").set(core.retry.len() as f64);
+                let in_use = pipeline_capacity(&core.settings).saturating_sub(core.pipeline.available_permits());
+                metrics::gauge!("hongyan_core_pipeline_bytes").set(in_use as f64);
+                let fanout: usize = core.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum();
+                metrics::gauge!("hongyan_core_fanout_queue_depth").set(fanout as f64);
+                metrics::gauge!("hongyan_log_queue_depth").set(core.log.queued() as f64);
             }
         });
         Ok(core)
@@ -369,7 +419,29 @@ impl Core {
         }
     }
 
-    fn shard(&self, channel: &ChannelKey) -> &mpsc::UnboundedSender<Delivery> {
+    /// Waits until `message` fits in the pipeline budget and takes its share.
+    async fn budget(&self, message: &NewMessage) -> tokio::sync::OwnedSemaphorePermit {
+        let size = MESSAGE_OVERHEAD
+            + message.payload.len()
+            + message.client_msg_no.len()
+            + message.topic.as_ref().map_or(0, String::len);
+        // A message larger than the whole budget takes all of it.
+        let cost = size.min(pipeline_capacity(&self.settings));
+        let started = std::time::Instant::now();
+        let permit = self
+            .pipeline
+            .clone()
+            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+            .await
+            .expect("invariant: the pipeline semaphore is never closed");
+        let waited = started.elapsed();
+        if waited > std::time::Duration::from_millis(1) {
+            metrics::histogram!("hongyan_core_pipeline_wait_seconds").record(waited.as_secs_f64());
+        }
+        permit
+    }
+
+    fn shard(&self, channel: &ChannelKey) -> &mpsc::Sender<Delivery> {
         let hash = crc32fast::hash(channel.channel_id.as_bytes()) as usize ^ usize::from(channel.channel_type);
         &self.shards[hash % self.shards.len()]
     }
@@ -523,6 +595,9 @@ impl Core {
     }
 
     async fn on_send(self: &Arc<Self>, conn: &Arc<Conn>, send: Send) {
+        // Wait for one of the connection's in-flight slots first: while they are all
+        // taken, the session reads nothing more from this client.
+        let Some(slot) = SendSlot::take(conn).await else { return };
         let message_id = self.ids.next_id();
         let ack = |message_id: i64, message_seq: u64, reason_code: ReasonCode| {
             let ack = Sendack {
@@ -564,8 +639,9 @@ impl Core {
         };
         // Admission is done. The SENDACK goes out from the log's commit callback, once
         // the append is durable, without holding up the connection's next packet.
-        let ack_to = AckTo { conn: conn.clone(), flags: send.flags, client_seq: send.client_seq, message_id };
-        match self.submit(channel, message, Some(ack_to), rows) {
+        let ack_to =
+            AckTo { conn: conn.clone(), _slot: slot, flags: send.flags, client_seq: send.client_seq, message_id };
+        match self.submit(channel, message, Some(ack_to), rows).await {
             Ok(Submitted::Stored(_)) => {}
             Ok(Submitted::OnlineOnly) => ack(message_id, 0, ReasonCode::Success),
             Err(reason) => ack(message_id, 0, reason),
@@ -574,9 +650,10 @@ impl Core {
 
     /// Stores (unless NoPersist) and delivers an admitted message; `ack_to` is the
     /// sending connection, which gets the SENDACK once the append is decided and not
-    /// its own message back. Enqueues synchronously, so calls are stored in the order
-    /// they are made.
-    fn submit(
+    /// its own message back. Waits for the message's share of the pipeline budget,
+    /// then enqueues without awaiting anything else, so calls from one connection are
+    /// stored in the order they are made.
+    async fn submit(
         &self,
         channel: ChannelKey,
         message: NewMessage,
@@ -588,6 +665,7 @@ impl Core {
             metrics::counter!("hongyan_core_sends_total", "result" => "bad_client_msg_no").increment(1);
             return Err(ReasonCode::NotAllowSend);
         }
+        let budget = self.budget(&message).await;
         if self.health().has_failed() {
             metrics::counter!("hongyan_core_sends_total", "result" => "storage_failed").increment(1);
             return Err(ReasonCode::SystemError);
@@ -598,7 +676,8 @@ impl Core {
             if let Some(observer) = self.observer() {
                 observer.unstored(&channel, &message, None);
             }
-            let _ = self.shard(&channel).send(Delivery { channel, message, seq: 0, origin, only_to: None });
+            let delivery = Delivery { channel, message, seq: 0, origin, only_to: None, _budget: budget };
+            let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(Submitted::OnlineOnly);
         }
         let on_commit: OnCommit = {
@@ -607,7 +686,10 @@ impl Core {
             Box::new(move |appended| {
                 let label = match appended {
                     Some(Appended::New { seq, .. }) => {
-                        let _ = shard.send(Delivery { channel, message, seq, origin, only_to: None });
+                        // On the writer thread: a full shard holds up the writer, which
+                        // holds up senders through the pipeline budget.
+                        let delivery = Delivery { channel, message, seq, origin, only_to: None, _budget: budget };
+                        let _ = shard.blocking_send(delivery);
                         "stored"
                     }
                     Some(Appended::Duplicate { .. }) => "duplicate",
@@ -712,11 +794,12 @@ impl Core {
             if let Some(observer) = self.observer() {
                 observer.unstored(&channel, &message, Some(&uids));
             }
-            let delivery = Delivery { channel, message, seq: 0, origin: 0, only_to: Some(uids) };
-            let _ = self.shard(&delivery.channel).send(delivery);
+            let budget = self.budget(&message).await;
+            let delivery = Delivery { channel, message, seq: 0, origin: 0, only_to: Some(uids), _budget: budget };
+            let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(AppSent { message_id, seq: 0, client_msg_no });
         }
-        let (message_id, seq) = match self.submit(channel, message, None, rows)? {
+        let (message_id, seq) = match self.submit(channel, message, None, rows).await? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(SendError::from_store)?,
         };
@@ -902,6 +985,7 @@ pub(crate) fn test_core_over(kv: Arc<dyn hongyan_store::KvBackend>) -> Arc<Core>
         system_uid: "____system".into(),
         node_id: 1,
         retry: RetrySettings::default(),
+        pipeline_bytes: 1 << 24,
     };
     Core::start(Store::new(kv), log, Arc::new(Registry::new()), settings).expect("core starts")
 }

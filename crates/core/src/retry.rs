@@ -192,6 +192,7 @@ mod tests {
             remote: "127.0.0.1:1".parse().unwrap(),
             connected_at_ms: 0,
             outbox: Outbox::new(OutboxLimits { max_frames: 64, max_bytes: 1 << 20 }),
+            sends_in_flight: tokio::sync::Semaphore::new(8),
         })
     }
 

@@ -47,6 +47,10 @@ pub struct GatewayConfig {
     pub encryption: bool,
     /// Largest WebSocket message accepted.
     pub ws_max_message_bytes: usize,
+    /// Most SENDs of one connection admitted and not yet acknowledged. While that many
+    /// wait for storage, the server reads nothing more from the connection, so TCP
+    /// slows the client down.
+    pub max_sends_in_flight: usize,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +72,7 @@ impl Default for GatewayConfig {
             trust_forwarded_for: false,
             encryption: true,
             ws_max_message_bytes: 2 * 1024 * 1024,
+            max_sends_in_flight: 128,
         }
     }
 }
@@ -115,11 +120,15 @@ impl GatewayConfig {
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("write_timeout_ms", self.write_timeout_ms),
             ("ws_max_message_bytes", self.ws_max_message_bytes as u64),
+            ("max_sends_in_flight", self.max_sends_in_flight as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(bad(key, "must be greater than 0"));
             }
+        }
+        if self.max_sends_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(bad("max_sends_in_flight", "is too large"));
         }
         if self.max_frame_bytes > hongyan_proto::MAX_ENCODABLE_REMAINING_LEN {
             return Err(bad("max_frame_bytes", "must be below 256 MiB (four length bytes)"));

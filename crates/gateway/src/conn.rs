@@ -66,6 +66,10 @@ pub struct Conn {
     pub connected_at_ms: i64,
     /// Frames waiting to be written.
     pub outbox: Outbox,
+    /// Slots for SENDs admitted whose SENDACK is not queued yet
+    /// (`gateway.max_sends_in_flight`). The handler takes one before admitting a SEND;
+    /// while none is free the session reads no further packet.
+    pub sends_in_flight: tokio::sync::Semaphore,
 }
 
 impl Conn {

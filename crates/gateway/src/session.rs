@@ -218,6 +218,7 @@ async fn log_in<T: Transport>(
         remote,
         connected_at_ms: now_ms(),
         outbox: Outbox::new(config.outbox_limits()),
+        sends_in_flight: tokio::sync::Semaphore::new(config.max_sends_in_flight),
     });
     Some((t, conn, connack, codec, buf))
 }
@@ -324,6 +325,7 @@ async fn serve<T: Transport>(
             buf = BytesMut::new();
         }
 
+        let before = buf.len();
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled() => return CloseReason::Shutdown.label(),
@@ -346,7 +348,9 @@ async fn serve<T: Transport>(
             },
             () = sleep_until(idle_deadline) => return "idle_timeout",
         }
-        let received = buf.len();
+        // What this read brought (not what the buffer holds: a partial frame would be
+        // counted again at every read).
+        let received = buf.len().saturating_sub(before);
         if received > 0 {
             metrics::counter!("hongyan_gateway_bytes_received_total", "transport" => label).increment(received as u64);
         }

@@ -271,11 +271,19 @@ pub struct DeliveryConfig {
     pub retry_max: u32,
     /// Most unacknowledged messages remembered per connection.
     pub retry_max_per_connection: usize,
+    /// Bytes of messages admitted and not yet delivered (each counts 1 KiB more than
+    /// its payload); past it senders wait instead of memory growing.
+    pub pipeline_bytes: usize,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        Self { retry_interval_ms: 60_000, retry_max: 5, retry_max_per_connection: 1024 }
+        Self {
+            retry_interval_ms: 60_000,
+            retry_max: 5,
+            retry_max_per_connection: 1024,
+            pipeline_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -602,6 +610,9 @@ impl Config {
         }
         if self.delivery.retry_interval_ms == 0 {
             return Err(invalid("delivery.retry_interval_ms", "must be greater than 0"));
+        }
+        if self.delivery.pipeline_bytes < 1024 * 1024 || self.delivery.pipeline_bytes > u32::MAX as usize {
+            return Err(invalid("delivery.pipeline_bytes", "must be from 1 MiB to 4 GiB"));
         }
         if self.delivery.retry_max_per_connection == 0 {
             return Err(invalid("delivery.retry_max_per_connection", "must be greater than 0"));

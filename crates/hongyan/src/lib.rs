@@ -137,6 +137,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
                 max_retries: config.delivery.retry_max,
                 max_per_connection: config.delivery.retry_max_per_connection,
             },
+            pipeline_bytes: config.delivery.pipeline_bytes,
         },
     )
     .context("loading system accounts")?;

@@ -12,6 +12,11 @@ use crate::{Result, StoreError};
 /// Longest key any backend takes (the embedded engine's limit, kept by every backend so
 /// that tests on memory refuse what production refuses).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Each keyspace's write buffer (memtable) before it is flushed to a table file. The
+/// engine's default (64 MiB) lets the four tables a message writes hold a quarter of a
+/// gigabyte under a burst of sends; this keeps memory under overload within budget.
+const MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Longest value any backend takes.
 pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
 
@@ -209,7 +214,10 @@ impl FjallBackend {
         let db = Database::builder(dir).open().map_err(engine)?;
         let keyspaces = Table::ALL
             .iter()
-            .map(|t| db.keyspace(t.name(), KeyspaceCreateOptions::default).map_err(engine))
+            .map(|t| {
+                db.keyspace(t.name(), || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+                    .map_err(engine)
+            })
             .collect::<Result<_>>()?;
         Ok(Self { db, keyspaces, health: Arc::new(Health::new()) })
     }

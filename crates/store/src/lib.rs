@@ -27,8 +27,8 @@ pub use backend::{FjallBackend, KvBackend, MAX_KEY_LEN, MAX_VALUE_LEN, MemoryBac
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
 pub use health::{Failure, Health};
 pub use log::{
-    Appended, ChannelKey, Durability, JournalSink, Journaled, MessageLog, NewMessage, OnCommit, PendingAppend, Pruned,
-    StoredMessage,
+    Appended, ChannelKey, Durability, JournalSink, Journaled, MAX_QUEUED, MessageLog, NewMessage, OnCommit,
+    PendingAppend, Pruned, StoredMessage,
 };
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 
@@ -52,6 +52,10 @@ pub enum StoreError {
         /// What did not decode.
         what: &'static str,
     },
+    /// Too much is queued already; nothing was done. Try again later (a refusal, not a
+    /// storage failure).
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// An external source of records (the datasource) did not answer usefully.
     #[error("datasource failed: {0}")]
     Datasource(String),

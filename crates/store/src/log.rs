@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -30,6 +31,10 @@ use crate::{Result, StoreError};
 const FORMAT_V1: u8 = 1;
 /// Most appends one commit takes; more wait for the next.
 const MAX_BATCH: usize = 4096;
+/// Most appends queued for the writer at once. The core's pipeline budget keeps the
+/// queue far below this; the cap makes the log bounded on its own too: past it an
+/// append is refused ([`StoreError::Busy`]), never buffered.
+pub const MAX_QUEUED: usize = 1 << 18;
 
 /// A channel as stored: its type and its stored id (for person channels, the
 /// `a@b` id shared by both sides).
@@ -210,6 +215,8 @@ impl std::future::Future for PendingAppend {
 pub struct MessageLog {
     kv: Arc<dyn KvBackend>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Appends queued and not yet committed.
+    queued: Arc<AtomicUsize>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -339,12 +346,13 @@ impl MessageLog {
 
     fn start(kv: Arc<dyn KvBackend>, durability: Durability, journal: Option<Journal>) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { kv: kv.clone(), durability, next_seq: HashMap::new(), journal };
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = Writer { kv: kv.clone(), durability, next_seq: HashMap::new(), journal, queued: queued.clone() };
         let handle = std::thread::Builder::new()
             .name("hongyan-log-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| StoreError::Engine(format!("cannot start the log writer: {e}")))?;
-        Ok(Self { kv, jobs: Mutex::new(Some(tx)), writer: Mutex::new(Some(handle)) })
+        Ok(Self { kv, jobs: Mutex::new(Some(tx)), queued, writer: Mutex::new(Some(handle)) })
     }
 
     /// Appends `message` to `channel`, returning once it is stored (and, in `fsync`
@@ -396,10 +404,20 @@ impl MessageLog {
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
-        sender
-            .send(Job { channel, message, with_first, on_commit, reply })
-            .map_err(|_| StoreError::Engine("the log writer has stopped".into()))?;
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Busy("the message log's queue is full"));
+        }
+        if sender.send(Job { channel, message, with_first, on_commit, reply }).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Engine("the log writer has stopped".into()));
+        }
         Ok(PendingAppend(answer))
+    }
+
+    /// Appends queued and not yet committed.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Whether a storage error has stopped the writer (or any other write to its store).
@@ -596,6 +614,7 @@ fn lookup_client_msg_no(
 struct Writer {
     kv: Arc<dyn KvBackend>,
     durability: Durability,
+    queued: Arc<AtomicUsize>,
     /// Next seq per channel touched since start, loaded from storage on first use.
     next_seq: HashMap<ChannelKey, u64>,
     journal: Option<Journal>,
@@ -623,12 +642,17 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
+                let (taken, started) = (batch.len(), Instant::now());
+                metrics::histogram!("hongyan_log_batch_messages").record(taken as f64);
                 // A panic anywhere in a commit (a callback, the journal sink) must not end
                 // the writer silently: it becomes the store's failure, and every later
                 // append is refused with an error instead of waiting forever.
                 if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.commit(batch))) {
                     self.kv.health().fail(format!("the log writer panicked: {}", panic_message(&*panic)));
                 }
+                metrics::histogram!("hongyan_log_commit_seconds").record(started.elapsed().as_secs_f64());
+                let left = self.queued.fetch_sub(taken, Ordering::Relaxed) - taken;
+                metrics::gauge!("hongyan_log_queue_depth").set(left as f64);
                 unsynced = true;
             }
             if let Durability::Interval(every) = self.durability
