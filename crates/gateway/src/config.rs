@@ -47,6 +47,19 @@ pub struct GatewayConfig {
     pub encryption: bool,
     /// Largest WebSocket message accepted.
     pub ws_max_message_bytes: usize,
+    /// Largest frame accepted before login (the CONNECT). A client that announces more
+    /// is disconnected before anything is buffered for it.
+    pub max_connect_frame_bytes: usize,
+    /// Most connections that have not completed their login, on all listeners. More
+    /// are closed at accept.
+    pub max_unauthenticated: usize,
+    /// Most connections not yet logged in from one IP address (the TCP peer; not
+    /// checked with `proxy_protocol` or `trust_forwarded_for`, where the peer is a
+    /// proxy).
+    pub max_unauthenticated_per_ip: usize,
+    /// Most connections one uid may hold on this node (counted after the kick rules);
+    /// a login beyond it is refused with CONNACK 22 RateLimit.
+    pub max_connections_per_uid: usize,
     /// Most SENDs of one connection admitted and not yet acknowledged. While that many
     /// wait for storage, the server reads nothing more from the connection, so TCP
     /// slows the client down.
@@ -73,6 +86,10 @@ impl Default for GatewayConfig {
             encryption: true,
             ws_max_message_bytes: 2 * 1024 * 1024,
             max_sends_in_flight: 128,
+            max_connect_frame_bytes: 4 * 1024,
+            max_unauthenticated: 8_192,
+            max_unauthenticated_per_ip: 256,
+            max_connections_per_uid: 64,
         }
     }
 }
@@ -121,6 +138,10 @@ impl GatewayConfig {
             ("write_timeout_ms", self.write_timeout_ms),
             ("ws_max_message_bytes", self.ws_max_message_bytes as u64),
             ("max_sends_in_flight", self.max_sends_in_flight as u64),
+            ("max_connect_frame_bytes", self.max_connect_frame_bytes as u64),
+            ("max_unauthenticated", self.max_unauthenticated as u64),
+            ("max_unauthenticated_per_ip", self.max_unauthenticated_per_ip as u64),
+            ("max_connections_per_uid", self.max_connections_per_uid as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -129,6 +150,9 @@ impl GatewayConfig {
         }
         if self.max_sends_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(bad("max_sends_in_flight", "is too large"));
+        }
+        if self.max_connect_frame_bytes > self.max_frame_bytes {
+            return Err(bad("max_connect_frame_bytes", "must not exceed max_frame_bytes"));
         }
         if self.max_frame_bytes > hongyan_proto::MAX_ENCODABLE_REMAINING_LEN {
             return Err(bad("max_frame_bytes", "must be below 256 MiB (four length bytes)"));

@@ -13,6 +13,7 @@ mod config;
 mod conn;
 mod listener;
 mod outbox;
+mod preauth;
 mod proxy;
 mod registry;
 mod session;
@@ -92,7 +93,8 @@ impl Gateway {
             Some(_) => Some(tls_acceptor(&config)?),
             None => None,
         };
-        let shared = Arc::new(session::Shared { config, registry, handler, node_id, shutdown });
+        let shared =
+            Arc::new(session::Shared { config, registry, handler, node_id, shutdown, preauth: Arc::default() });
         let tracker = TaskTracker::new();
         let mut gateway = Self { tcp_addr: None, ws_addr: None, wss_addr: None, tracker: tracker.clone() };
         for (key, addr, kind) in [

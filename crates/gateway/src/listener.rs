@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::conn::TransportKind;
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{self, Shared, handshake_result};
-use crate::transport::{TcpTransport, WsTransport};
+use crate::transport::{Capped, TcpTransport, WsTransport};
 
 /// Binds a listener with a backlog deep enough for reconnect storms.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -52,8 +52,12 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = MIN_BACKOFF;
+                let Some(admission) = admit(&shared, peer) else {
+                    drop(stream); // closed at once: no task, no buffer
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(set_up(stream, peer, kind, shared.clone(), tls.clone()));
+                tracker.spawn(set_up(stream, peer, kind, shared.clone(), tls.clone(), admission));
             }
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
@@ -69,16 +73,36 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// A place among the connections not logged in yet, with the deadline of the whole
+/// set-up; `None` (counted) when the caps are reached. The per-address cap counts the
+/// TCP peer, which behind a proxy is the proxy: it is not applied then.
+fn admit(shared: &Shared, peer: SocketAddr) -> Option<Box<session::Admission>> {
+    let config = &shared.config;
+    let behind_proxy = config.proxy_protocol || config.trust_forwarded_for;
+    let ip = (!behind_proxy).then(|| peer.ip());
+    match shared.preauth.admit(ip, config.max_unauthenticated, config.max_unauthenticated_per_ip) {
+        // Boxed: the set-up task outlives the login, and this should not.
+        Ok(ticket) => Some(Box::new(session::Admission {
+            deadline: tokio::time::Instant::now() + config.auth_timeout(),
+            _ticket: ticket,
+        })),
+        Err(why) => {
+            handshake_result(why);
+            None
+        }
+    }
+}
+
 /// Runs one set-up phase (PROXY header, TLS) within `limit`. A failure is counted as
 /// `failed` (or `timeout`) and yields `None`. Callers box it, so its state is freed when
 /// it ends instead of living in the connection's task.
 async fn phase<T>(
-    limit: Duration,
+    deadline: tokio::time::Instant,
     work: impl std::future::Future<Output = io::Result<T>>,
     peer: SocketAddr,
     failed: &'static str,
 ) -> Option<T> {
-    match timeout(limit, work).await {
+    match timeout_at(deadline, work).await {
         Ok(Ok(value)) => Some(value),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, phase = failed, "connection set-up failed");
@@ -92,7 +116,8 @@ async fn phase<T>(
     }
 }
 
-/// Everything between accept and the session, bounded by the pre-auth timeout.
+/// Everything between accept and the session, bounded by one deadline (the pre-auth
+/// timeout from accept) that the login shares.
 ///
 /// Each phase is boxed: an async fn's state is as large as its largest state, and this
 /// task lives as long as the connection. Unboxed, every idle TCP connection would keep
@@ -103,32 +128,43 @@ async fn set_up(
     kind: TransportKind,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
+    admission: Box<session::Admission>,
 ) {
-    let deadline = shared.config.auth_timeout();
     let mut remote = peer;
     if shared.config.proxy_protocol {
-        match Box::pin(phase(deadline, read_proxy_header(&mut stream), peer, "bad_proxy_header")).await {
+        match Box::pin(phase(admission.deadline, read_proxy_header(&mut stream), peer, "bad_proxy_header")).await {
             Some(source) => remote = source.unwrap_or(peer),
             None => return,
         }
     }
     match kind {
         TransportKind::Tcp => {
-            Box::pin(session::run(TcpTransport::new(stream), remote, kind, shared, BytesMut::new())).await;
+            let transport = TcpTransport::new(stream);
+            Box::pin(session::run(transport, remote, kind, shared, BytesMut::new(), admission)).await;
         }
-        TransportKind::Ws => Box::pin(set_up_ws(stream, remote, shared)).await,
+        TransportKind::Ws => Box::pin(set_up_ws(stream, remote, shared, admission)).await,
         TransportKind::Wss => {
             if let Some(acceptor) = tls {
-                Box::pin(set_up_wss(stream, peer, remote, shared, acceptor)).await;
+                Box::pin(set_up_wss(stream, peer, remote, shared, acceptor, admission)).await;
             }
         }
     }
 }
 
+/// What a WebSocket client may send before its login: the upgrade request (headers
+/// included) and the CONNECT in one message.
+fn pre_login_bytes(shared: &Shared) -> usize {
+    const UPGRADE_REQUEST: usize = 8 * 1024;
+    const WS_FRAMING: usize = 64;
+    UPGRADE_REQUEST + shared.config.max_connect_frame_bytes + WS_FRAMING
+}
+
 /// The WebSocket upgrade, then the session.
-async fn set_up_ws(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) {
-    if let Some((ws, remote)) = Box::pin(upgrade(stream, remote, &shared)).await {
-        Box::pin(session::run(WsTransport::new(ws), remote, TransportKind::Ws, shared, BytesMut::new())).await;
+async fn set_up_ws(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>, admission: Box<session::Admission>) {
+    let stream = Capped::new(stream, pre_login_bytes(&shared));
+    if let Some((ws, remote)) = Box::pin(upgrade(stream, remote, &shared, admission.deadline)).await {
+        let transport = WsTransport::new(ws);
+        Box::pin(session::run(transport, remote, TransportKind::Ws, shared, BytesMut::new(), admission)).await;
     }
 }
 
@@ -139,14 +175,16 @@ async fn set_up_wss(
     remote: SocketAddr,
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
+    admission: Box<session::Admission>,
 ) {
-    let Some(tls_stream) =
-        Box::pin(phase(shared.config.auth_timeout(), acceptor.accept(stream), peer, "tls_failed")).await
+    let Some(tls_stream) = Box::pin(phase(admission.deadline, acceptor.accept(stream), peer, "tls_failed")).await
     else {
         return;
     };
-    if let Some((ws, remote)) = Box::pin(upgrade(tls_stream, remote, &shared)).await {
-        Box::pin(session::run(WsTransport::new(ws), remote, TransportKind::Wss, shared, BytesMut::new())).await;
+    let stream = Capped::new(tls_stream, pre_login_bytes(&shared));
+    if let Some((ws, remote)) = Box::pin(upgrade(stream, remote, &shared, admission.deadline)).await {
+        let transport = WsTransport::new(ws);
+        Box::pin(session::run(transport, remote, TransportKind::Wss, shared, BytesMut::new(), admission)).await;
     }
 }
 
@@ -169,6 +207,7 @@ async fn upgrade<S>(
     stream: S,
     remote: SocketAddr,
     shared: &Shared,
+    deadline: tokio::time::Instant,
 ) -> Option<(tokio_tungstenite::WebSocketStream<S>, SocketAddr)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -184,7 +223,7 @@ where
         Ok(resp)
     };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(shared)));
-    match timeout(shared.config.auth_timeout(), upgrade).await {
+    match timeout_at(deadline, upgrade).await {
         Ok(Ok(ws)) => Some((ws, forwarded.map_or(remote, |ip| SocketAddr::new(ip, remote.port())))),
         Ok(Err(e)) => {
             debug!(%remote, error = %e, "WebSocket upgrade failed");
@@ -248,8 +287,10 @@ mod tests {
             handler: Arc::new(crate::session::tests_support::AcceptAll),
             node_id: 1,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            preauth: Arc::default(),
         });
-        let fut = set_up(stream, "127.0.0.1:1".parse().unwrap(), TransportKind::Tcp, shared, None);
+        let admission = admit(&shared, "127.0.0.1:1".parse().unwrap()).unwrap();
+        let fut = set_up(stream, "127.0.0.1:1".parse().unwrap(), TransportKind::Tcp, shared, None, admission);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 256, "set_up future is {size} bytes; it lives as long as the connection");
     }

@@ -79,29 +79,27 @@ impl Registry {
         }
         let list = shard.entry(conn.uid.clone()).or_default();
         let mut displaced = Vec::new();
-        list.retain(|other| {
-            if other.device_flag != conn.device_flag {
-                return true;
+        list.retain(|other| match displacement(other, conn.device_flag, &conn.device_id, conn.level) {
+            Some(d) => {
+                displaced.push((other.clone(), d));
+                false
             }
-            let same_device = other.device_id == conn.device_id;
-            let verdict = match (conn.level, same_device) {
-                (_, true) => Some(Displacement::Replace),
-                (DeviceLevel::Master, false) => Some(Displacement::Kick),
-                (DeviceLevel::Slave, false) => None,
-            };
-            match verdict {
-                Some(d) => {
-                    displaced.push((other.clone(), d));
-                    false
-                }
-                None => true,
-            }
+            None => true,
         });
         list.push(conn);
         drop(shard);
         self.len.fetch_add(1, Ordering::Relaxed);
         self.len.fetch_sub(displaced.len(), Ordering::Relaxed);
         displaced
+    }
+
+    /// How many of `uid`'s connections would stay online after a login with these
+    /// properties (the kick rules displace the rest).
+    pub fn count_after_login(&self, uid: &str, device_flag: u8, device_id: &str, level: DeviceLevel) -> usize {
+        let shard = self.shard(uid);
+        shard.get(uid).map_or(0, |list| {
+            list.iter().filter(|other| displacement(other, device_flag, device_id, level).is_none()).count()
+        })
     }
 
     /// Removes `conn` if it is still registered.
@@ -182,6 +180,20 @@ impl Registry {
     /// Whether no connection is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What a login with these properties does to `other`, a connection of the same uid:
+/// only the same device flag is affected; the same device id is replaced; a master
+/// login kicks the other devices; slave logins coexist.
+fn displacement(other: &Conn, device_flag: u8, device_id: &str, level: DeviceLevel) -> Option<Displacement> {
+    if other.device_flag != device_flag {
+        return None;
+    }
+    match (level, &*other.device_id == device_id) {
+        (_, true) => Some(Displacement::Replace),
+        (DeviceLevel::Master, false) => Some(Displacement::Kick),
+        (DeviceLevel::Slave, false) => None,
     }
 }
 

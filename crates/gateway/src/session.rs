@@ -13,7 +13,7 @@ use hongyan_proto::{
     Codec, Connect, DecodeError, DeviceLevel, Disconnect, KeyPair, Packet, PacketType, ReasonCode, ServerHandshake,
     generate_salt,
 };
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
@@ -56,6 +56,18 @@ pub(crate) struct Shared {
     pub(crate) handler: Arc<dyn SessionHandler>,
     pub(crate) node_id: u64,
     pub(crate) shutdown: CancellationToken,
+    /// Connections not logged in yet.
+    pub(crate) preauth: Arc<crate::preauth::PreAuth>,
+}
+
+/// What a connection brings from accept to the end of its login: the one deadline that
+/// covers every set-up phase (PROXY header, TLS, WebSocket upgrade, CONNECT and its
+/// authentication), and its place among the connections not logged in yet, given back
+/// when the login ends either way.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) deadline: Instant,
+    pub(crate) _ticket: crate::preauth::Ticket,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -133,8 +145,9 @@ pub(crate) async fn run<T: Transport>(
     kind: TransportKind,
     shared: Arc<Shared>,
     buf: BytesMut,
+    admission: Box<Admission>,
 ) {
-    let Some((t, conn, connack, codec, buf)) = Box::pin(log_in(t, remote, kind, &shared, buf)).await else {
+    let Some((t, conn, connack, codec, buf)) = Box::pin(log_in(t, remote, kind, &shared, buf, admission)).await else {
         return;
     };
     let span =
@@ -150,11 +163,13 @@ async fn log_in<T: Transport>(
     kind: TransportKind,
     shared: &Shared,
     mut buf: BytesMut,
+    admission: Box<Admission>,
 ) -> Option<LoggedIn<T>> {
     let config = &shared.config;
-    let mut codec = Codec::default().with_max_frame_len(config.max_frame_bytes);
+    // Before login a frame may be no larger than a CONNECT needs.
+    let mut codec = Codec::default().with_max_frame_len(config.max_connect_frame_bytes);
 
-    let connect = match timeout(config.auth_timeout(), read_first(&mut t, &mut buf, &codec)).await {
+    let connect = match timeout_at(admission.deadline, read_first(&mut t, &mut buf, &codec)).await {
         Ok(First::Connect(c)) => c,
         Ok(First::Gone(why)) => {
             handshake_result(why);
@@ -175,11 +190,18 @@ async fn log_in<T: Transport>(
     } else if !is_valid_client_msg_no(&connect.device_id) {
         Err(("bad_device_id", ReasonCode::AuthFail))
     } else {
-        match shared.handler.authenticate(&connect).await {
-            Err(ReasonCode::Ban) => Err(("banned", ReasonCode::Ban)),
-            Err(reason) => Err(("auth_fail", reason)),
-            Ok(level) if !config.encryption => Ok((level, handshake.accept_unencrypted(), None)),
-            Ok(level) => {
+        match timeout_at(admission.deadline, shared.handler.authenticate(&connect)).await {
+            Err(_) => Err(("timeout", ReasonCode::SystemError)),
+            Ok(Err(ReasonCode::Ban)) => Err(("banned", ReasonCode::Ban)),
+            Ok(Err(reason)) => Err(("auth_fail", reason)),
+            Ok(Ok(level))
+                if shared.registry.count_after_login(&connect.uid, connect.device_flag, &connect.device_id, level)
+                    >= config.max_connections_per_uid =>
+            {
+                Err(("too_many_connections", ReasonCode::RateLimit))
+            }
+            Ok(Ok(level)) if !config.encryption => Ok((level, handshake.accept_unencrypted(), None)),
+            Ok(Ok(level)) => {
                 let keys_and_salt = KeyPair::generate().and_then(|k| Ok((k, generate_salt()?)));
                 match keys_and_salt.and_then(|(keys, salt)| handshake.accept(&connect.client_key, &keys, salt)) {
                     Ok((connack, cipher)) => Ok((level, connack, Some(cipher))),
@@ -203,6 +225,8 @@ async fn log_in<T: Transport>(
         }
     };
 
+    codec.set_max_frame_len(config.max_frame_bytes);
+    t.logged_in();
     // Keep what the connection needs; the token and key strings are freed here rather
     // than held by this future for the connection's lifetime.
     let Connect { uid, device_id, device_flag, .. } = connect;
@@ -423,6 +447,12 @@ mod tests {
         }
     }
 
+    /// A place for a test connection, with the default deadline from now.
+    fn admission(shared: &Shared) -> Box<Admission> {
+        let ticket = shared.preauth.admit(None, usize::MAX, usize::MAX).unwrap();
+        Box::new(Admission { deadline: Instant::now() + shared.config.auth_timeout(), _ticket: ticket })
+    }
+
     /// Starts a session on one end of a pipe and logs in from the other.
     async fn logged_in() -> (DuplexStream, Arc<Registry>) {
         let (server_end, mut client) = tokio::io::duplex(4096);
@@ -433,9 +463,11 @@ mod tests {
             handler: Arc::new(AcceptAll),
             node_id: 1,
             shutdown: CancellationToken::new(),
+            preauth: Arc::default(),
         });
         let remote = "127.0.0.1:9".parse().unwrap();
-        tokio::spawn(run(Duplex(server_end), remote, TransportKind::Tcp, shared, BytesMut::new()));
+        let admission = admission(&shared);
+        tokio::spawn(run(Duplex(server_end), remote, TransportKind::Tcp, shared, BytesMut::new(), admission));
         let hs = ClientHandshake::new(KeyPair::generate().unwrap(), 5);
         let codec = Codec::default();
         let connect = codec.encode_to_bytes(&Packet::Connect(hs.connect("u", "t", 0, "d", 0))).unwrap();
@@ -494,8 +526,11 @@ mod tests {
             handler: Arc::new(AcceptAll),
             node_id: 1,
             shutdown: CancellationToken::new(),
+            preauth: Arc::default(),
         });
-        let fut = run(Duplex(server_end), "127.0.0.1:9".parse().unwrap(), TransportKind::Tcp, shared, BytesMut::new());
+        let admission = admission(&shared);
+        let remote = "127.0.0.1:9".parse().unwrap();
+        let fut = run(Duplex(server_end), remote, TransportKind::Tcp, shared, BytesMut::new(), admission);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "session future is {size} bytes; it lives as long as the connection");
     }

@@ -30,6 +30,91 @@ pub(crate) trait Transport: Send + 'static {
 
     /// Closes the connection, politely where the transport has a way to.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
+
+    /// The login succeeded: lift whatever cap held the bytes read before it.
+    fn logged_in(&mut self) {}
+}
+
+/// A byte stream that yields at most `remaining` bytes until [`Capped::lift`]: what a
+/// WebSocket client may send before its login (the upgrade request and the CONNECT).
+/// The WebSocket layer buffers a whole message before handing it on, so a cap on
+/// the packet decoder alone would come too late; this one closes the connection
+/// (a read error) the moment a client sends more than a login needs.
+#[derive(Debug)]
+pub(crate) struct Capped<S> {
+    inner: S,
+    remaining: usize,
+}
+
+impl<S> Capped<S> {
+    pub(crate) fn new(inner: S, limit: usize) -> Self {
+        Self { inner, remaining: limit }
+    }
+
+    pub(crate) fn lift(&mut self) {
+        self.remaining = usize::MAX;
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more bytes before login than a login needs",
+            )));
+        }
+        if self.remaining == usize::MAX {
+            return std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let allowed = buf.remaining().min(self.remaining);
+        let mut limited = tokio::io::ReadBuf::new(buf.initialize_unfilled_to(allowed));
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let read = limited.filled().len();
+        buf.advance(read);
+        self.remaining -= read;
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// Plain TCP: reads wait for readiness first, so an idle connection holds no buffer.
@@ -49,7 +134,9 @@ impl Transport for TcpTransport {
         loop {
             self.stream.readable().await?;
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+                // Grow with what has arrived (doubling a large frame's buffer as its
+                // bytes come in), never with what a header announces.
+                buf.reserve(READ_CHUNK.max(buf.len()));
             }
             match self.stream.try_read_buf(buf) {
                 Ok(0) => return Ok(false),
@@ -99,7 +186,11 @@ fn ws_io(e: WsError) -> io::Error {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<Capped<S>> {
+    fn logged_in(&mut self) {
+        self.ws.get_mut().lift();
+    }
+
     async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<bool> {
         loop {
             match self.ws.next().await {

@@ -357,7 +357,12 @@ async fn tokens_survive_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_held_authenticated() {
     const N: usize = 5_000;
-    let server = TestServer::start_with(|c| c.gateway.idle_timeout_secs = 600).await;
+    // One uid on 5,000 devices: far over the default per-uid cap, raised here.
+    let server = TestServer::start_with(|c| {
+        c.gateway.idle_timeout_secs = 600;
+        c.gateway.max_connections_per_uid = N;
+    })
+    .await;
     server.register("many", "t", device_flag::APP, 0).await;
     let target = server.tcp();
     let mut clients = Vec::with_capacity(N);

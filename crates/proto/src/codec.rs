@@ -55,6 +55,11 @@ impl Codec {
         self.version
     }
 
+    /// Changes the cap on a frame's remaining length (e.g. raising it after login).
+    pub fn set_max_frame_len(&mut self, max: usize) {
+        self.max_frame_len = max.min(MAX_ENCODABLE_REMAINING_LEN);
+    }
+
     /// Switches to the negotiated version after the handshake.
     pub fn set_version(&mut self, version: ProtocolVersion) {
         self.version = version;
@@ -90,8 +95,9 @@ impl Codec {
         }
         let frame_len = 1 + len_bytes + body_len;
         if src.len() < frame_len {
-            // Within the cap, so reserving the rest of this frame is bounded.
-            src.reserve(frame_len - src.len());
+            // Nothing is reserved for the announced length: buffers grow with the bytes
+            // that arrive, so a client that announces a large frame and stalls costs
+            // only what it sent.
             return Ok(None);
         }
         let frame = src.split_to(frame_len).freeze();
@@ -577,6 +583,14 @@ mod tests {
             Err(DecodeError::FrameTooLarge { packet: PacketType::Send, len: 101, max: 100 })
         );
         assert!(buf.capacity() < 100, "reserved {} bytes for a refused frame", buf.capacity());
+    }
+
+    #[test]
+    fn an_announced_frame_is_not_reserved_before_its_bytes_arrive() {
+        let codec = Codec::default();
+        let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x40][..]); // SEND announcing 1 MiB
+        assert_eq!(codec.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() < 1024, "reserved {} bytes for bytes that never came", buf.capacity());
     }
 
     #[test]

@@ -263,9 +263,9 @@ fn huge_announced_length_allocates_nothing() {
 }
 
 #[test]
-fn frame_just_under_the_cap_reserves_only_that_frame() {
+fn a_frame_within_the_cap_reserves_nothing_before_its_bytes_arrive() {
     let codec = Codec::default().with_max_frame_len(10_000);
     let mut buf = BytesMut::from(&[0xc0, 0x90, 0x4e][..]); // EVENT announcing 10,000 bytes
     assert_eq!(codec.decode(&mut buf), Ok(None));
-    assert!(buf.capacity() >= 10_003 && buf.capacity() <= 2 * 10_003);
+    assert!(buf.capacity() < 64, "a client that announces and stalls costs what it sent");
 }
