@@ -120,6 +120,37 @@ pub async fn fail_stop(
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
+/// Whether `headers` carry `token` as the manager token: the `token` header (WuKongIM's)
+/// or `Authorization: Bearer` (what Prometheus scrapers send), compared in constant time.
+pub fn presents_token(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let presented = header("token").or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")));
+    presented.is_some_and(|p| hongyan_core::eq_constant_time(p, token))
+}
+
+/// A layer for every HTTP listener: a request with a body must say it is JSON
+/// (`application/json`, or a `+json` type). Browsers send cross-site form posts
+/// (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`) without
+/// asking first; requiring JSON means a web page cannot drive an API on loopback.
+pub async fn require_json(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let headers = request.headers();
+    let has_body = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map_or(headers.contains_key(axum::http::header::TRANSFER_ENCODING), |len| len.trim() != "0");
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let is_json = content_type.is_some_and(|t| {
+        let essence = t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    });
+    if (has_body || content_type.is_some()) && !is_json {
+        let body = serde_json::json!({"msg": "content-type: must be application/json", "status": 415});
+        return (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, axum::Json(body)).into_response();
+    }
+    next.run(request).await
+}
+
 /// What every handler can reach.
 #[derive(Clone, Debug)]
 pub struct AppState {

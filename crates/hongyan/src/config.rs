@@ -221,6 +221,14 @@ pub struct ApiConfig {
     /// `/user/onlinestatus` answers: `uids` (LiMaoIM: the uids online) or `devices`
     /// (WuKongIM v2: one entry per online connection).
     pub onlinestatus_format: hongyan_api::OnlineStatusFormat,
+    /// Time a client has to send a request's headers (on every HTTP listener).
+    pub header_timeout_ms: u64,
+    /// Time for a whole request, body and answer; longer gets 408.
+    pub request_timeout_ms: u64,
+    /// Open HTTP connections per listener; more are closed at accept.
+    pub max_connections: usize,
+    /// Requests handled at once per listener; more wait their turn.
+    pub max_concurrent_requests: usize,
 }
 
 /// `[manager]`.
@@ -392,6 +400,10 @@ impl Default for ApiConfig {
             addr: String::new(),
             max_body_bytes: 1024 * 1024,
             onlinestatus_format: hongyan_api::OnlineStatusFormat::Uids,
+            header_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 4_096,
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -511,6 +523,18 @@ impl Config {
         if !(1..=1023).contains(&self.node_id) {
             return Err(invalid("node_id", "must be between 1 and 1023"));
         }
+        if self.manager_token.is_empty() {
+            // An API others can reach, with no token, is a server anyone controls.
+            for (key, addr) in [("api.addr", self.api_addr()?), ("manager.addr", self.manager_addr()?)] {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        key,
+                        "listens beyond this machine, but no manager_token is set (anyone who could reach it would \
+                         control the server): set manager_token, or listen on 127.0.0.1",
+                    ));
+                }
+            }
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -616,6 +640,16 @@ impl Config {
         }
         if self.delivery.retry_max_per_connection == 0 {
             return Err(invalid("delivery.retry_max_per_connection", "must be greater than 0"));
+        }
+        for (key, value) in [
+            ("api.header_timeout_ms", self.api.header_timeout_ms),
+            ("api.request_timeout_ms", self.api.request_timeout_ms),
+            ("api.max_connections", self.api.max_connections as u64),
+            ("api.max_concurrent_requests", self.api.max_concurrent_requests as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
         }
         if self.api.max_body_bytes == 0 {
             return Err(invalid("api.max_body_bytes", "must be greater than 0"));

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod http;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -99,6 +100,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 /// Like [`start`], over a storage backend the caller opened (`config.data_dir` is not
 /// used for storage then).
 pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Result<Server> {
+    // Before anything listens: among other things, no API beyond loopback without a token.
+    config.validate()?;
     let metrics = metrics_handle();
     let store = Store::new(backend.clone());
     // Stored messages reach the webhooks through the log's journal, which costs a row
@@ -174,13 +177,6 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
 
     let api_addr = config.api_addr()?;
     let manager_addr = config.manager_addr()?;
-    if config.manager_token.is_empty() {
-        for (what, addr) in [("api.addr", api_addr), ("manager.addr", manager_addr)] {
-            if !addr.ip().is_loopback() {
-                warn!(%addr, "{what} listens beyond this machine with no manager_token: anyone who can reach it controls the server");
-            }
-        }
-    }
     let settings = ApiSettings {
         manager_token: config.manager_token.clone(),
         system_uid: config.system_uid.clone(),
@@ -225,7 +221,10 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         api = api.nest("/easemob", hongyan_api::easemob::router(state.clone()));
         if !config.easemob.addr.is_empty() {
             let addr: SocketAddr = config.easemob.addr.parse().context("easemob.addr")?;
-            easemob = Some((addr, hongyan_api::easemob::router(state.clone()).layer(fail_stop.clone())));
+            let router = hongyan_api::easemob::router(state.clone())
+                .layer(fail_stop.clone())
+                .layer(axum::middleware::from_fn(hongyan_api::require_json));
+            easemob = Some((addr, router));
         }
     }
     let mut openim = None;
@@ -233,13 +232,29 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         api = api.nest("/openim", hongyan_api::openim::router(state.clone()));
         if !config.openim.addr.is_empty() {
             let addr: SocketAddr = config.openim.addr.parse().context("openim.addr")?;
-            openim = Some((addr, hongyan_api::openim::router(state).layer(fail_stop.clone())));
+            let router = hongyan_api::openim::router(state)
+                .layer(fail_stop.clone())
+                .layer(axum::middleware::from_fn(hongyan_api::require_json));
+            openim = Some((addr, router));
         }
     }
-    let api = api.layer(fail_stop);
+    let api = api.layer(fail_stop).layer(axum::middleware::from_fn(hongyan_api::require_json));
     let health_core = core.clone();
+    // With a manager token, /metrics needs it too; without one the manager listener is
+    // on loopback (Config::validate), open to local scrapers only.
+    let metrics_token = (!config.manager_token.is_empty()).then(|| config.manager_token.clone());
     let manager = axum::Router::new()
-        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
+        .route(
+            "/metrics",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let allowed = metrics_token.as_deref().is_none_or(|t| hongyan_api::presents_token(&headers, t));
+                std::future::ready(if allowed {
+                    axum::response::IntoResponse::into_response(metrics.render())
+                } else {
+                    axum::response::IntoResponse::into_response(axum::http::StatusCode::UNAUTHORIZED)
+                })
+            }),
+        )
         .route("/health", axum::routing::get(move || std::future::ready(hongyan_api::health_response(&health_core))));
 
     let http = TaskTracker::new();
@@ -252,19 +267,20 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
     if let Some((addr, router)) = easemob {
         listeners.push(("easemob.addr", addr, router));
     }
+    let limits = http::HttpLimits {
+        header_timeout: Duration::from_millis(config.api.header_timeout_ms),
+        request_timeout: Duration::from_millis(config.api.request_timeout_ms),
+        max_connections: config.api.max_connections,
+        max_concurrent_requests: config.api.max_concurrent_requests,
+    };
     for (key, addr, router) in listeners {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
         let local = listener.local_addr()?;
         info!(%local, "{key} listening");
         bound.push(local);
         listeners_bound.push((key, local));
-        let stop = shutdown.clone();
-        http.spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "{key} server failed");
-            }
-        });
+        let router = http::bounded(router, limits, config.node_id);
+        http.spawn(http::serve(listener, router, limits, key, shutdown.clone()));
     }
     http.close();
     let addr_of = |key: &str| listeners_bound.iter().find(|(k, _)| *k == key).map(|(_, a)| *a);

@@ -304,7 +304,7 @@ async fn require_manager_token(
     next: Next,
 ) -> Response {
     let expected = &state.settings.manager_token;
-    if !expected.is_empty() && headers.get("token").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    if !expected.is_empty() && !crate::presents_token(&headers, expected) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(req).await

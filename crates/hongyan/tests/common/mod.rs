@@ -100,7 +100,11 @@ impl TestServer {
 
     pub(crate) async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.server.manager_addr);
-        self.http.get(url).send().await.unwrap().text().await.unwrap()
+        let mut req = self.http.get(url);
+        if !self.config.manager_token.is_empty() {
+            req = req.bearer_auth(&self.config.manager_token);
+        }
+        req.send().await.unwrap().text().await.unwrap()
     }
 
     /// Stops the server and waits until every connection is closed.
