@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::ratelimit::ClientIp;
 
 /// One configured app.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub struct Easemob {
     /// Calls per second per app to the token endpoint.
     token_calls_per_sec: u32,
     /// Token lifetime when the request gives no `ttl`.
-    default_ttl: Duration,
+    ttl: TokenTtl,
     windows: Mutex<HashMap<(usize, String), Window>>,
 }
 
@@ -65,8 +66,8 @@ type Window = (Instant, u32);
 
 impl Easemob {
     /// The dialect over `apps`.
-    pub fn new(apps: Vec<EasemobApp>, calls_per_sec: u32, token_calls_per_sec: u32, default_ttl: Duration) -> Self {
-        Self { apps, calls_per_sec, token_calls_per_sec, default_ttl, windows: Mutex::new(HashMap::new()) }
+    pub fn new(apps: Vec<EasemobApp>, calls_per_sec: u32, token_calls_per_sec: u32, ttl: TokenTtl) -> Self {
+        Self { apps, calls_per_sec, token_calls_per_sec, ttl, windows: Mutex::new(HashMap::new()) }
     }
 
     fn app(&self, org: &str, app: &str) -> Option<(usize, &EasemobApp)> {
@@ -185,6 +186,7 @@ impl IntoResponse for EmError {
 }
 
 /// What every thread call knows about its request, for the envelope.
+#[derive(Clone)]
 struct Call {
     app: EasemobApp,
     method: Method,
@@ -194,6 +196,25 @@ struct Call {
 }
 
 impl Call {
+    /// The app as a thread's tenant: `org/app`.
+    fn tenant(&self) -> String {
+        format!("{}/{}", self.app.org, self.app.app)
+    }
+
+    /// Whether this app may see `thread`: its own, or one that belongs to no app.
+    fn sees(&self, thread: &Thread) -> bool {
+        thread.tenant.is_empty() || thread.tenant == self.tenant()
+    }
+
+    /// Fails as a missing thread does unless `id` is a thread this app may see: app A's
+    /// token can neither see nor change app B's threads, nor learn that they exist.
+    fn check_thread(&self, core: &hongyan_core::Core, id: &str) -> Result<(), EmError> {
+        match core.thread(id)? {
+            Some(thread) if self.sees(&thread) => Ok(()),
+            _ => Err(EmError::group(StatusCode::NOT_FOUND, "thread not found.")),
+        }
+    }
+
     /// The success envelope with `fields` (data, entities, properties) beside it.
     fn answer(&self, fields: Value) -> Json<Value> {
         let mut body = json!({
@@ -246,8 +267,8 @@ impl FromRequestParts<AppState> for Call {
         let mut segments = parts.uri.path().trim_start_matches('/').split('/');
         let (org, app) = (segments.next().unwrap_or_default(), segments.next().unwrap_or_default());
         let (index, found) = em.app(org, app).ok_or_else(not_found_app)?;
-        let route = parts.extensions.get::<MatchedPath>().map_or("", MatchedPath::as_str);
-        em.admit(index, &format!("{} {route}", parts.method), em.calls_per_sec)?;
+        // The token is checked before the call is counted: a caller without a valid
+        // token cannot spend the app's budget and lock its real servers out.
         let token = parts
             .headers
             .get("authorization")
@@ -268,6 +289,8 @@ impl FromRequestParts<AppState> for Call {
         if claims.org != found.org || claims.app != found.app {
             return Err(EmError::unauthorized("Unable to authenticate due to corrupt access token"));
         }
+        let route = parts.extensions.get::<MatchedPath>().map_or("", MatchedPath::as_str);
+        em.admit(index, &format!("{} {route}", parts.method), em.calls_per_sec)?;
         let uri = parts.extensions.get::<OriginalUri>().map_or_else(|| parts.uri.clone(), |u| u.0.clone());
         Ok(Call {
             app: found.clone(),
@@ -311,10 +334,25 @@ struct TokenReq {
 
 /// `POST /{org}/{app}/token` with `client_credentials`: `{access_token, expires_in,
 /// application}`, not enveloped. `ttl` 0 means the token never expires.
-async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, String)>, body: Bytes) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Path((org, app)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     let answer = (|| {
         let em = easemob(&state)?;
         let (index, found) = em.app(&org, &app).ok_or_else(not_found_app)?;
+        // Per address first: guessing a client secret from one place is slow, and does
+        // not spend the app's budget that its real servers need.
+        if ip.is_some_and(|ip| !state.settings.token_limit.allow(ip)) {
+            return Err(EmError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "resource_limited",
+                "ServiceUnavailableException",
+                "This address has made too many token requests; slow down",
+            ));
+        }
         em.admit(index, "token", em.token_calls_per_sec)?;
         let req: TokenReq = parse(&body)?;
         let illegal =
@@ -335,7 +373,7 @@ async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, St
         if !hongyan_core::eq_constant_time(&req.client_secret, &found.client_secret) {
             return Err(invalid("client_secret does not match"));
         }
-        let ttl = req.ttl.map_or(em.default_ttl, Duration::from_secs);
+        let ttl = em.ttl.granted(req.ttl);
         let now = hongyan_core::now_ms() / 1000;
         // ttl 0: never expires (as far as a JWT can say).
         let exp = if ttl.is_zero() { 253_402_300_799 } else { now.saturating_add(ttl.as_secs() as i64) };
@@ -353,6 +391,30 @@ async fn token(State(state): State<AppState>, Path((org, app)): Path<(String, St
     match answer {
         Ok(body) => Json(body).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// How long app tokens live.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenTtl {
+    /// When the request names no ttl.
+    pub default: Duration,
+    /// The longest a request may ask for; longer asks get this.
+    pub max: Duration,
+    /// Whether `ttl: 0` (never expires, in Easemob's API) is honoured; otherwise it
+    /// gets `max`.
+    pub allow_unexpiring: bool,
+}
+
+impl TokenTtl {
+    /// The ttl a token request gets: 0 means never expires.
+    fn granted(self, asked: Option<u64>) -> Duration {
+        match asked {
+            None => self.default.min(self.max),
+            Some(0) if self.allow_unexpiring => Duration::ZERO,
+            Some(0) => self.max,
+            Some(secs) => Duration::from_secs(secs).min(self.max),
+        }
     }
 }
 
@@ -391,6 +453,7 @@ async fn create_thread(State(state): State<AppState>, call: Call, body: Bytes) -
         }
     }
     let message_id: i64 = req.msg_id.parse().map_err(|_| EmError::group(StatusCode::NOT_FOUND, "msg not exist."))?;
+    let tenant = call.tenant();
     let id = state
         .on_core::<_, EmError>(move |core| {
             let group = hongyan_store::ChannelKey::new(req.group_id.clone(), hongyan_core::channel::GROUP);
@@ -422,6 +485,7 @@ async fn create_thread(State(state): State<AppState>, call: Call, body: Bytes) -
                 owner: req.owner,
                 message_id: req.msg_id,
                 created_ms: hongyan_core::now_ms(),
+                tenant,
             };
             core.create_thread(thread)?;
             Ok(id)
@@ -444,7 +508,13 @@ async fn rename_thread(
 ) -> Result<Json<Value>, EmError> {
     let req: RenameReq = parse(&body)?;
     check_name(&req.name)?;
-    let name = state.on_core::<_, EmError>(move |core| Ok(core.rename_thread(&id, &req.name)?.name)).await?;
+    let scope = call.clone();
+    let name = state
+        .on_core::<_, EmError>(move |core| {
+            scope.check_thread(core, &id)?;
+            Ok(core.rename_thread(&id, &req.name)?.name)
+        })
+        .await?;
     Ok(call.answer(json!({"data": {"name": name}})))
 }
 
@@ -454,7 +524,13 @@ async fn delete_thread(
     call: Call,
     Path((_, _, id)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, EmError> {
-    state.on_core::<_, EmError>(move |core| Ok(core.delete_thread(&id)?)).await?;
+    let scope = call.clone();
+    state
+        .on_core::<_, EmError>(move |core| {
+            scope.check_thread(core, &id)?;
+            Ok(core.delete_thread(&id)?)
+        })
+        .await?;
     Ok(call.answer(json!({"data": {"status": "ok"}})))
 }
 
@@ -537,7 +613,13 @@ async fn list_members(
     PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
     page_limit(&q)?;
-    let members = state.on_core::<_, EmError>(move |core| Ok(core.thread_members(&id)?)).await?;
+    let scope = call.clone();
+    let members = state
+        .on_core::<_, EmError>(move |core| {
+            scope.check_thread(core, &id)?;
+            Ok(core.thread_members(&id)?)
+        })
+        .await?;
     let (members, cursor) = page(members, Clone::clone, &PageQuery { sort: None, ..q })?;
     Ok(call.answer(json!({"data": {"affiliations": members}, "properties": {"cursor": cursor.unwrap_or_default()}})))
 }
@@ -569,7 +651,13 @@ async fn add_members(
 ) -> Result<Json<Value>, EmError> {
     let req: UsernamesReq = parse(&body)?;
     check_usernames(&req)?;
-    state.on_core::<_, EmError>(move |core| Ok(core.add_thread_members(&id, &req.usernames)?)).await?;
+    let scope = call.clone();
+    state
+        .on_core::<_, EmError>(move |core| {
+            scope.check_thread(core, &id)?;
+            Ok(core.add_thread_members(&id, &req.usernames)?)
+        })
+        .await?;
     Ok(call.answer(json!({"data": {"status": "ok"}})))
 }
 
@@ -587,8 +675,10 @@ async fn remove_members(
     if !req.usernames.is_empty() {
         check_usernames(&req)?;
     }
+    let scope = call.clone();
     let results = state
         .on_core::<_, EmError>(move |core| {
+            scope.check_thread(core, &id)?;
             let members: std::collections::HashSet<String> = core.thread_members(&id)?.into_iter().collect();
             let present: Vec<String> = req.usernames.iter().filter(|u| members.contains(*u)).cloned().collect();
             core.remove_thread_members(&id, &present)?;
@@ -616,7 +706,8 @@ async fn list_threads(
     PageParams(q): PageParams,
 ) -> Result<Json<Value>, EmError> {
     page_limit(&q)?;
-    let threads = state.on_core::<_, EmError>(|core| Ok(core.all_threads()?)).await?;
+    let mut threads = state.on_core::<_, EmError>(|core| Ok(core.all_threads()?)).await?;
+    threads.retain(|t| call.sees(t));
     let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
     let (threads, cursor) = page(threads, created_key, &PageQuery { sort, ..q })?;
     let entities: Vec<Value> = threads.iter().map(|t| json!({"id": t.id})).collect();
@@ -639,7 +730,8 @@ async fn joined_threads(
             "Service resource not found",
         ));
     }
-    let joined = state.on_core::<_, EmError>(move |core| Ok(core.threads_of(&username, group.as_deref())?)).await?;
+    let mut joined = state.on_core::<_, EmError>(move |core| Ok(core.threads_of(&username, group.as_deref())?)).await?;
+    joined.retain(|(t, _)| call.sees(t));
     let sort = Some(q.sort.clone().unwrap_or_else(|| "desc".into()));
     let key = |(t, at): &(Thread, i64)| format!("{:020}#{}", (*at).max(0), t.id);
     let (joined, cursor) = page(joined, key, &PageQuery { sort, ..q })?;

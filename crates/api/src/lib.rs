@@ -10,6 +10,7 @@ pub mod datasource;
 pub mod easemob;
 mod error;
 pub mod openim;
+pub mod ratelimit;
 pub mod webhook;
 pub mod wukong;
 
@@ -69,6 +70,8 @@ pub struct ApiSettings {
     pub openim: Option<openim::OpenImSettings>,
     /// The Easemob dialect (its apps and rate-limit counters); `None` when it is off.
     pub easemob: Option<Arc<easemob::Easemob>>,
+    /// Requests per client address to the endpoints that trade a secret for a token.
+    pub token_limit: Arc<ratelimit::PerAddress>,
 }
 
 /// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.

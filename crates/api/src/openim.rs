@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::ratelimit::ClientIp;
 
 /// The dialect's settings.
 #[derive(Clone, Debug)]
@@ -269,7 +270,11 @@ struct UserTokenReq {
 }
 
 /// `auth/user_token`: an admin token for a configured admin uid.
-async fn user_token(State(state): State<AppState>, body: Bytes) -> Answer {
+async fn user_token(State(state): State<AppState>, ClientIp(ip): ClientIp, body: Bytes) -> Answer {
+    // Per address: the secret cannot be guessed at the speed of the network.
+    if ip.is_some_and(|ip| !state.settings.token_limit.allow(ip)) {
+        return Err(OpenImError { code: code::NO_ACCESS, msg: "too many token requests from this address".into() });
+    }
     let req: UserTokenReq = parse(&body)?;
     let settings = settings(&state)?;
     let platform = platform_name(req.platform).ok_or_else(|| OpenImError::args("platform: 1 to 8 (8: admin)"))?;

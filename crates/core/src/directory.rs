@@ -285,6 +285,7 @@ mod tests {
             owner: owner.into(),
             message_id: "1".into(),
             created_ms: 1,
+            tenant: String::new(),
         }
     }
 

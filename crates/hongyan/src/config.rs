@@ -138,6 +138,9 @@ impl Default for DatasourceConfig {
     }
 }
 
+/// Shortest secret that signs tokens (OpenIM's secret, Easemob client secrets).
+const MIN_SECRET_LEN: usize = 16;
+
 /// `[easemob]`: on when at least one app is configured.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -152,6 +155,10 @@ pub struct EasemobConfig {
     pub token_calls_per_sec: u32,
     /// Lifetime of a token when the request gives no `ttl`.
     pub token_ttl_secs: u64,
+    /// The longest lifetime a token request may ask for; longer asks get this.
+    pub max_token_ttl_secs: u64,
+    /// Honour `ttl: 0` (a token that never expires). Off: it gets the maximum.
+    pub allow_unexpiring_tokens: bool,
 }
 
 impl Default for EasemobConfig {
@@ -162,6 +169,8 @@ impl Default for EasemobConfig {
             calls_per_sec: 100,
             token_calls_per_sec: 300,
             token_ttl_secs: 604_800,
+            max_token_ttl_secs: 2_592_000,
+            allow_unexpiring_tokens: false,
         }
     }
 }
@@ -229,6 +238,9 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Requests handled at once per listener; more wait their turn.
     pub max_concurrent_requests: usize,
+    /// Requests per second from one address to the endpoints that trade a secret for a
+    /// token (OpenIM `auth/user_token`, Easemob `token`); bursts of twice that.
+    pub token_requests_per_sec_per_ip: u32,
 }
 
 /// `[manager]`.
@@ -404,6 +416,7 @@ impl Default for ApiConfig {
             request_timeout_ms: 30_000,
             max_connections: 4_096,
             max_concurrent_requests: 256,
+            token_requests_per_sec_per_ip: 5,
         }
     }
 }
@@ -517,6 +530,26 @@ impl Config {
         Ok(config)
     }
 
+    /// Settings that are set but do nothing, for start-up warnings.
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let mut ignored = Vec::new();
+        let default = OpenImConfig::default();
+        if !self.openim.enabled {
+            let set = [
+                ("openim.secret", self.openim.secret != default.secret),
+                ("openim.admin_user_ids", self.openim.admin_user_ids != default.admin_user_ids),
+                ("openim.addr", self.openim.addr != default.addr),
+                ("openim.token_expire_days", self.openim.token_expire_days != default.token_expire_days),
+            ];
+            ignored.extend(
+                set.iter()
+                    .filter(|(_, changed)| *changed)
+                    .map(|(key, _)| format!("{key} is set but openim.enabled is false: the OpenIM dialect is off")),
+            );
+        }
+        ignored
+    }
+
     /// Checks ranges and combinations the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: &str| ConfigError::Invalid { key: key.into(), problem: problem.into() };
@@ -559,6 +592,9 @@ impl Config {
             if self.openim.secret.is_empty() {
                 return Err(invalid("openim.secret", "must be set when openim.enabled is true"));
             }
+            if self.openim.secret.len() < MIN_SECRET_LEN {
+                return Err(invalid("openim.secret", "must be at least 16 bytes (it signs the admin tokens)"));
+            }
             if self.openim.admin_user_ids.is_empty() {
                 return Err(invalid(
                     "openim.admin_user_ids",
@@ -586,9 +622,18 @@ impl Config {
             if a.client_id.is_empty() || a.client_secret.is_empty() {
                 return Err(invalid(&key, "client_id and client_secret must be set"));
             }
+            if a.client_secret.len() < MIN_SECRET_LEN {
+                return Err(invalid(&key, "client_secret must be at least 16 bytes (it signs the app's tokens)"));
+            }
             if !apps.insert((&a.org, &a.app)) {
                 return Err(invalid(&key, "the same org and app twice"));
             }
+        }
+        if self.easemob.max_token_ttl_secs == 0 || self.easemob.token_ttl_secs > self.easemob.max_token_ttl_secs {
+            return Err(invalid(
+                "easemob.max_token_ttl_secs",
+                "must be at least 1 and at least easemob.token_ttl_secs",
+            ));
         }
         if self.easemob.calls_per_sec == 0 || self.easemob.token_calls_per_sec == 0 {
             return Err(invalid("easemob.calls_per_sec", "rate limits must be greater than 0"));
@@ -646,6 +691,7 @@ impl Config {
             ("api.request_timeout_ms", self.api.request_timeout_ms),
             ("api.max_connections", self.api.max_connections as u64),
             ("api.max_concurrent_requests", self.api.max_concurrent_requests as u64),
+            ("api.token_requests_per_sec_per_ip", u64::from(self.api.token_requests_per_sec_per_ip)),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -783,11 +829,35 @@ mod tests {
     fn openim_needs_a_secret_and_an_admin() {
         let e = Config::from_toml("[openim]\nenabled = true").unwrap_err().to_string();
         assert!(e.contains("openim.secret"), "{e}");
-        let e = Config::from_toml("[openim]\nenabled = true\nsecret = \"s\"").unwrap_err().to_string();
+        let e = Config::from_toml("[openim]\nenabled = true\nsecret = \"short\"").unwrap_err().to_string();
+        assert!(e.contains("openim.secret: must be at least 16 bytes"), "{e}");
+        let secret = "secret = \"sixteen-byte-secret\"";
+        let e = Config::from_toml(&format!("[openim]\nenabled = true\n{secret}")).unwrap_err().to_string();
         assert!(e.contains("openim.admin_user_ids"), "{e}");
-        let c = Config::from_toml("[openim]\nenabled = true\nsecret = \"s\"\nadmin_user_ids = [\"boss\"]").unwrap();
+        let c = Config::from_toml(&format!("[openim]\nenabled = true\n{secret}\nadmin_user_ids = [\"boss\"]")).unwrap();
         assert_eq!(c.openim.addr, "0.0.0.0:10000");
-        Config::from_toml("[openim]\nsecret = \"\"").unwrap();
+        assert!(c.ignored_settings().is_empty());
+        // Configured while the dialect is off: it loads, with a warning to show.
+        let off = Config::from_toml(&format!("[openim]\n{secret}")).unwrap();
+        assert_eq!(
+            off.ignored_settings(),
+            ["openim.secret is set but openim.enabled is false: the OpenIM dialect is off"]
+        );
+    }
+
+    #[test]
+    fn easemob_secrets_must_be_long_and_token_lifetimes_bounded() {
+        let app = |secret: &str| {
+            format!(
+                "[easemob]\napps = [{{ org = \"o\", app = \"a\", client_id = \"id\", client_secret = \"{secret}\" }}]"
+            )
+        };
+        let e = Config::from_toml(&app("fifteen-bytes!!")).unwrap_err().to_string();
+        assert!(e.contains("client_secret must be at least 16 bytes"), "{e}");
+        Config::from_toml(&app("sixteen-bytes!!!")).unwrap();
+        let long = format!("{}\ntoken_ttl_secs = 100\nmax_token_ttl_secs = 50", app("sixteen-bytes!!!"));
+        let e = Config::from_toml(&long).unwrap_err().to_string();
+        assert!(e.contains("easemob.max_token_ttl_secs"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Result<Server> {
     // Before anything listens: among other things, no API beyond loopback without a token.
     config.validate()?;
+    for ignored in config.ignored_settings() {
+        warn!("{ignored}");
+    }
     let metrics = metrics_handle();
     let store = Store::new(backend.clone());
     // Stored messages reach the webhooks through the log's journal, which costs a row
@@ -203,9 +206,14 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
                 apps,
                 config.easemob.calls_per_sec,
                 config.easemob.token_calls_per_sec,
-                Duration::from_secs(config.easemob.token_ttl_secs),
+                hongyan_api::easemob::TokenTtl {
+                    default: Duration::from_secs(config.easemob.token_ttl_secs),
+                    max: Duration::from_secs(config.easemob.max_token_ttl_secs),
+                    allow_unexpiring: config.easemob.allow_unexpiring_tokens,
+                },
             ))
         }),
+        token_limit: Arc::new(hongyan_api::ratelimit::PerAddress::new(config.api.token_requests_per_sec_per_ip)),
         openim: config.openim.enabled.then(|| hongyan_api::openim::OpenImSettings {
             secret: config.openim.secret.clone(),
             admin_user_ids: config.openim.admin_user_ids.clone(),

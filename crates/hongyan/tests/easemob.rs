@@ -16,9 +16,13 @@ use serde_json::{Value, json};
 
 const ORG: &str = "acme";
 const APP: &str = "chat";
-const SECRET: &str = "client-secret-1";
+const SECRET: &str = "client-secret-0001";
 
 async fn server_with(calls_per_sec: u32) -> TestServer {
+    server_tweaked(calls_per_sec, |_| {}).await
+}
+
+async fn server_tweaked(calls_per_sec: u32, tweak: impl FnOnce(&mut hongyan::Config)) -> TestServer {
     TestServer::start_with(|c| {
         c.easemob.addr = "127.0.0.1:0".into();
         c.easemob.calls_per_sec = calls_per_sec;
@@ -28,6 +32,7 @@ async fn server_with(calls_per_sec: u32) -> TestServer {
             client_id: "client-1".into(),
             client_secret: SECRET.into(),
         }];
+        tweak(c);
     })
     .await
 }
@@ -166,7 +171,7 @@ async fn tokens_and_authentication() {
         .await;
     assert_eq!(status, 200);
     let url = format!("http://{}/easemob/{ORG}/{APP}/thread", server.server.api_addr);
-    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap_or_else(|| panic!("{token}")));
     let resp = reqwest::Client::new().get(url).header("Authorization", bearer).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200, "thread calls work under the prefix too");
     let listed: Value = resp.json().await.unwrap();
@@ -352,6 +357,111 @@ async fn a_burst_over_the_limit_gets_429_and_calls_under_it_succeed() {
     assert_eq!(em.get("/threads/user/x").await.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(em.get("/thread").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_apps_token_neither_sees_nor_changes_another_apps_threads() {
+    const OTHER_SECRET: &str = "other-secret-0002";
+    let server = server_tweaked(100, |c| {
+        c.easemob.apps.push(EasemobAppConfig {
+            org: ORG.into(),
+            app: "other".into(),
+            client_id: "client-2".into(),
+            client_secret: OTHER_SECRET.into(),
+        });
+    })
+    .await;
+    let mine = em(&server).await;
+    let parent = group_with_message(&server, "g1", &["own", "pal"]).await;
+    let body = json!({"name": "ours", "msg_id": parent, "owner": "own", "group_id": "g1"});
+    let (status, created) = mine.post("/thread", body).await;
+    assert_eq!(status, 200, "{created}");
+    let thread = created["data"]["thread_id"].as_str().unwrap().to_owned();
+
+    // The other app's token, on the other app's paths.
+    let base = format!("http://{}/{ORG}/other", server.server.easemob_addr.unwrap());
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{base}/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": "client-2", "client_secret": OTHER_SECRET}))
+        .send()
+        .await
+        .unwrap();
+    let token: Value = answer.json().await.unwrap();
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap_or_else(|| panic!("{token}")));
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let mut req = http.request(method, format!("{base}{path}")).header("Authorization", &bearer);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, listed) = call(reqwest::Method::GET, "/thread".into(), None).await;
+    assert_eq!((s, listed["entities"].as_array().map(Vec::len)), (200, Some(0)), "{listed}");
+    let (s, joined) = call(reqwest::Method::GET, "/threads/user/own".into(), None).await;
+    assert_eq!((s, joined["entities"].as_array().map(Vec::len)), (200, Some(0)), "{joined}");
+    for (method, path, body) in [
+        (reqwest::Method::GET, format!("/thread/{thread}/users"), None),
+        (reqwest::Method::PUT, format!("/thread/{thread}"), Some(json!({"name": "theirs"}))),
+        (reqwest::Method::POST, format!("/thread/{thread}/users"), Some(json!({"usernames": ["pal"]}))),
+        (reqwest::Method::DELETE, format!("/thread/{thread}/users"), Some(json!({"usernames": ["own"]}))),
+        (reqwest::Method::DELETE, format!("/thread/{thread}"), None),
+    ] {
+        let (s, answer) = call(method.clone(), path.clone(), body).await;
+        assert_eq!((s, answer["error_description"].as_str()), (404, Some("thread not found.")), "{method} {path}");
+    }
+    // Nothing changed, and its own app still sees it.
+    let (s, listed) = mine.get("/thread").await;
+    assert_eq!((s, listed["entities"][0]["id"].as_str()), (200, Some(thread.as_str())), "{listed}");
+    let (_, members) = mine.get(&format!("/thread/{thread}/users")).await;
+    assert_eq!(members["data"]["affiliations"], json!(["own"]), "{members}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_token_spends_nothing_of_the_apps_budget() {
+    let server = server_with(3).await;
+    let mut em = em(&server).await;
+    let good = std::mem::replace(&mut em.token, "garbage".into());
+    for _ in 0..10 {
+        assert_eq!(em.get("/thread").await.0, 401);
+    }
+    em.token = good;
+    for _ in 0..3 {
+        assert_eq!(em.get("/thread").await.0, 200, "the app's real server still has its whole budget");
+    }
+    assert_eq!(em.get("/thread").await.0, 429);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_lifetimes_are_capped_unless_unexpiring_tokens_are_allowed() {
+    let server = server_with(100).await;
+    let ask = |ttl: u64| json!({"grant_type": "client_credentials", "client_id": "client-1", "client_secret": SECRET, "ttl": ttl});
+    for ttl in [0, 1_000_000_000] {
+        let (status, answer) = token_call(&server, ask(ttl)).await;
+        assert_eq!((status, answer["expires_in"].as_u64()), (200, Some(2_592_000)), "asked {ttl}");
+    }
+    server.stop().await;
+    let server = server_tweaked(100, |c| c.easemob.allow_unexpiring_tokens = true).await;
+    let (status, answer) = token_call(&server, ask(0)).await;
+    assert_eq!((status, answer["expires_in"].as_u64()), (200, Some(0)), "explicitly allowed: never expires");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_requests_are_limited_per_client_address() {
+    let server = server_tweaked(100, |c| c.api.token_requests_per_sec_per_ip = 1).await;
+    let ask = json!({"grant_type": "client_credentials", "client_id": "client-1", "client_secret": "a-wrong-guess"});
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(token_call(&server, ask.clone()).await.0);
+    }
+    assert_eq!(statuses, [400, 400, 429, 429], "a burst of two, then one a second");
     server.stop().await;
 }
 

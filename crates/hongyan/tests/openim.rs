@@ -14,7 +14,12 @@ const SECRET: &str = "s3cret-for-tests";
 const ADMIN: &str = "imAdmin";
 
 async fn server() -> TestServer {
+    server_tweaked(|_| {}).await
+}
+
+async fn server_tweaked(tweak: impl FnOnce(&mut hongyan::Config)) -> TestServer {
     TestServer::start_with(|c| {
+        tweak(c);
         c.auth.person_whitelist = true;
         c.openim.enabled = true;
         c.openim.addr = "127.0.0.1:0".into();
@@ -52,6 +57,21 @@ fn forge(secret: &str, uid: &str, exp_offset: i64, nbf_offset: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
+}
+
+#[tokio::test]
+async fn admin_token_requests_are_limited_per_client_address() {
+    let server = server_tweaked(|c| c.api.token_requests_per_sec_per_ip = 1).await;
+    let guess = json!({"secret": "a-wrong-guess-0000", "platform": 8, "userID": ADMIN});
+    let mut messages = Vec::new();
+    for _ in 0..4 {
+        let answer = call(&server, "/auth/user_token", None, guess.clone()).await;
+        assert_ne!(answer["errCode"], 0);
+        messages.push(answer["errMsg"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(messages[..2], ["secret: wrong", "secret: wrong"], "a burst of two is checked");
+    assert_eq!(messages[2..], ["too many token requests from this address"; 2], "then one a second");
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -94,6 +94,10 @@ pub struct Thread {
     pub message_id: String,
     /// When it was created, milliseconds since the epoch.
     pub created_ms: i64,
+    /// Who it belongs to among the tenants of a dialect that has several (the Easemob
+    /// app `org/app` that created it); empty when it belongs to none (created through a
+    /// dialect without tenants, or before threads had one), and then every tenant sees it.
+    pub tenant: String,
 }
 
 fn str16_checked(out: &mut Vec<u8>, s: &str, what: &'static str) -> Result<()> {
@@ -178,6 +182,7 @@ fn encode_thread(t: &Thread) -> Result<Vec<u8>> {
         str16_checked(&mut v, s, what)?;
     }
     str16_checked(&mut v, &t.message_id, "thread message id")?;
+    str16_checked(&mut v, &t.tenant, "thread tenant")?;
     Ok(v)
 }
 
@@ -189,7 +194,10 @@ fn decode_thread(id: &str, value: &[u8]) -> Result<Thread> {
     }
     let created_ms = r.i64().ok_or_else(bad)?;
     let mut text = || r.str16().map(str::to_owned).ok_or_else(bad);
-    Ok(Thread { id: id.to_owned(), created_ms, group_id: text()?, name: text()?, owner: text()?, message_id: text()? })
+    let (group_id, name, owner, message_id) = (text()?, text()?, text()?, text()?);
+    // Rows written before threads had a tenant end here.
+    let tenant = if r.rest.is_empty() { String::new() } else { r.str16().map(str::to_owned).ok_or_else(bad)? };
+    Ok(Thread { id: id.to_owned(), created_ms, group_id, name, owner, message_id, tenant })
 }
 
 fn group_thread_prefix(group_id: &str) -> Vec<u8> {
@@ -399,6 +407,7 @@ mod tests {
             owner: "boss".into(),
             message_id: "123".into(),
             created_ms: 1_700_000_000_000,
+            tenant: "acme/chat".into(),
         };
         store.apply(store.thread_writes(&t).unwrap()).unwrap();
         let t2 = Thread { id: "t2".into(), ..t.clone() };
@@ -407,6 +416,11 @@ mod tests {
         assert_eq!(store.group_threads("g").unwrap(), ["t1", "t2"]);
         assert_eq!(store.all_threads().unwrap().iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t1", "t2"]);
         assert!(store.group_threads("g2").unwrap().is_empty());
+        // A row from before threads had a tenant reads as belonging to none.
+        let mut old = encode_thread(&Thread { tenant: String::new(), ..t.clone() }).unwrap();
+        old.truncate(old.len() - 2);
+        store.apply(vec![Write::Put(Table::ThreadInfo, b"t0".to_vec(), old)]).unwrap();
+        assert_eq!(store.thread("t0").unwrap().map(|t| t.tenant), Some(String::new()));
         store.apply(store.thread_removal(&t)).unwrap();
         assert_eq!(store.thread("t1").unwrap(), None);
         assert_eq!(store.group_threads("g").unwrap(), ["t2"]);
