@@ -790,9 +790,18 @@ async fn send_msg(State(state): State<AppState>, body: Bytes) -> Answer {
             check_uid("recvID", &req.recv_id)?;
             (req.recv_id.clone(), hongyan_core::channel::PERSON)
         }
+        // Seed 003: "recvID: the receiver; for a group chat, the group's id". v2 servers
+        // also take `groupID`; when both are given they must agree.
         2 => {
-            check_uid("groupID", &req.group_id)?;
-            (req.group_id.clone(), hongyan_core::channel::GROUP)
+            let group = match (req.recv_id.is_empty(), req.group_id.is_empty()) {
+                (false, false) if req.recv_id != req.group_id => {
+                    return Err(OpenImError::args("recvID: for a group chat, the group id (groupID differs)"));
+                }
+                (false, _) => ("recvID", &req.recv_id),
+                (true, _) => ("groupID", &req.group_id),
+            };
+            check_uid(group.0, group.1)?;
+            (group.1.clone(), hongyan_core::channel::GROUP)
         }
         _ => return Err(OpenImError::args("sessionType: 1 (single) or 2 (group)")),
     };

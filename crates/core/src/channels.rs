@@ -240,8 +240,8 @@ impl Core {
     }
 
     /// Deletes a channel (not a person channel): disbanded and its member lists emptied
-    /// in one atomic batch, then its chat and command history deleted but for each
-    /// one's newest message, which keeps the seq counters. Blocking.
+    /// in one atomic batch, then its chat and command history deleted, the newest
+    /// messages too; the seq counters stay (the log's floors). Blocking.
     pub fn delete_channel(&self, key: &ChannelKey) -> Result<(), StoreError> {
         let store = self.store();
         let (id, ty) = (key.channel_id.as_str(), key.channel_type);

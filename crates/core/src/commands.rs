@@ -124,6 +124,41 @@ impl Core {
     }
 }
 
+/// The id of a temporary channel made for the send to a list whose message id is `id`.
+pub(crate) fn temp_channel_id(message_id: i64) -> String {
+    format!("tmp{message_id:x}")
+}
+
+impl Core {
+    /// Removes the temporary channels of sends to a list of uids made more than
+    /// `max_age` ago: their members (and command cursors), messages and attributes. Their
+    /// age is in their id (the send's snowflake). Returns how many went. Blocking.
+    pub fn expire_temp_channels(&self, max_age: std::time::Duration) -> Result<usize, StoreError> {
+        let store = self.store();
+        let now = crate::ids::Snowflake::epoch_ms();
+        let max_age = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let mut after: Option<String> = None;
+        let mut removed = 0;
+        while let Some(id) =
+            store.next_channel_with(hongyan_store::MemberList::Subscribers, crate::channel::TEMP, after.as_deref())?
+        {
+            let made = id.strip_prefix("tmp").and_then(|hex| i64::from_str_radix(hex, 16).ok());
+            if let Some(message_id) = made
+                && now.saturating_sub(crate::ids::Snowflake::millis_of(message_id)) > max_age
+            {
+                let key = ChannelKey::new(id.clone(), crate::channel::TEMP);
+                self.delete_channel(&key)?;
+                store.apply(vec![store.channel_info_removal(&id, crate::channel::TEMP)])?;
+                self.channels.changed(&key);
+                removed += 1;
+            }
+            after = Some(id);
+        }
+        metrics::counter!("hongyan_core_temp_channels_expired_total").increment(removed as u64);
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

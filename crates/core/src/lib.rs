@@ -58,6 +58,9 @@ use crate::retry::{Acked, CommandPosition, RetryQueue, RetrySettings};
 /// the per-recipient encryption over the runtime's workers.
 const FANOUT_SHARDS: usize = 4;
 
+/// Where the message id reservation is kept (`Store::meta_u64`).
+const IDS_RESERVED: &str = "ids_reserved_until_ms";
+
 /// What a message costs the pipeline budget beyond its own bytes: the log's job, the
 /// commit callback, the delivery, the keys and rows that travel with it (measured at
 /// about 1 KiB under load). It also bounds the number of messages in the pipeline: at
@@ -261,6 +264,14 @@ impl Core {
         settings: CoreSettings,
     ) -> Result<Arc<Self>, StoreError> {
         let system_accounts = std::sync::RwLock::new(store.system_uids()?.into_iter().collect());
+        // Message ids continue after the last run's reservation, whatever the clock says.
+        let reserved_until = store.meta_u64(IDS_RESERVED)?.unwrap_or(0);
+        let reserve: crate::ids::Reserve = {
+            let store = store.clone();
+            Box::new(move |until| store.put_meta_u64(IDS_RESERVED, until).is_ok())
+        };
+        let ids = Snowflake::resume(settings.node_id, reserved_until, reserve)
+            .ok_or_else(|| StoreError::Engine("cannot store the message id reservation".into()))?;
         let mut receivers = Vec::new();
         let mut shards = Vec::new();
         // Every delivery holds a share of the pipeline budget, so a shard never holds
@@ -277,7 +288,7 @@ impl Core {
             store,
             log,
             registry,
-            ids: Snowflake::new(settings.node_id),
+            ids,
             settings,
             shards,
             pipeline: Arc::new(tokio::sync::Semaphore::new(pipeline_bytes)),
@@ -300,6 +311,17 @@ impl Core {
                 }
             });
         }
+        let weak = Arc::downgrade(&core);
+        tokio::spawn(async move {
+            // Keep the id reservation ahead of the clock, off the async workers.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::ids::RESERVE_AHEAD_MS / 4));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { break };
+                let _ = tokio::task::spawn_blocking(move || core.ids.extend()).await;
+            }
+        });
         let weak = Arc::downgrade(&core);
         let scan_every = (core.settings.retry.interval / 2).max(std::time::Duration::from_millis(100));
         tokio::spawn(async move {
@@ -510,6 +532,10 @@ impl Core {
         };
         let channel_type = send.channel_type;
         if channel_type == 0 || channel_type > MAX_TYPE {
+            return Err(ReasonCode::NotSupportChannelType);
+        }
+        if channel_type == crate::channel::TEMP {
+            // Temporary channels exist for the app server's sends to a list of uids.
             return Err(ReasonCode::NotSupportChannelType);
         }
         let Some(target) = target.filter(|_| is_valid_uid(&send.channel_id)) else {
@@ -762,7 +788,7 @@ impl Core {
             }
             uids.sort_unstable();
             uids.dedup();
-            let temp = ChannelKey::new(format!("tmp{message_id:x}"), crate::channel::TEMP);
+            let temp = ChannelKey::new(commands::temp_channel_id(message_id), crate::channel::TEMP);
             if request.header.no_persist {
                 // Online only: nothing is stored, not even the temporary channel.
                 only_to = Some(uids);
@@ -1098,7 +1124,7 @@ mod tests {
         core.log().append(g_cmd.clone(), old_message(10, 4 * day)).await.unwrap();
 
         let pruned = core.sweep_retention(&[(2, day)]).unwrap();
-        assert_eq!((pruned.channels, pruned.messages), (2, 3));
+        assert_eq!((pruned.channels, pruned.messages), (2, 4));
         let seqs = |c: &ChannelKey| {
             core.log()
                 .read(c, 1, 0, 10, hongyan_store::Order::Ascending)
@@ -1108,7 +1134,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(seqs(&g), [3]);
-        assert_eq!(seqs(&g_cmd), [2], "the newest command stays, old as it is");
+        assert_eq!(seqs(&g_cmd), Vec::<u64>::new(), "old commands go, the newest too");
+        assert_eq!(core.log().last_seq(&g_cmd).unwrap(), 2, "while the command seqs carry on");
         assert_eq!(seqs(&p), [1, 2, 3], "person chats have no retention here");
     }
 }

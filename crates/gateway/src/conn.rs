@@ -73,9 +73,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// The codec for this connection's version.
+    /// The codec for this connection's version, for what the server writes. Outgoing
+    /// frames are not held to the inbound cap: a RECV carries more fields than the SEND
+    /// it comes from, so a SEND that fits `max_frame_bytes` must still be deliverable.
     pub fn codec(&self) -> Codec {
-        Codec::new(self.version)
+        Codec::new(self.version).with_max_frame_len(hongyan_proto::MAX_ENCODABLE_REMAINING_LEN)
     }
 
     /// Encodes `packet` for this connection and queues it.

@@ -294,6 +294,9 @@ pub struct DeliveryConfig {
     /// Bytes of messages admitted and not yet delivered (each counts 1 KiB more than
     /// its payload); past it senders wait instead of memory growing.
     pub pipeline_bytes: usize,
+    /// Temporary channels of sends to a list of uids are removed this long after the
+    /// send (checked every `storage.retention_sweep_interval_secs`).
+    pub temp_channel_ttl_secs: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -303,6 +306,7 @@ impl Default for DeliveryConfig {
             retry_max: 5,
             retry_max_per_connection: 1024,
             pipeline_bytes: 64 * 1024 * 1024,
+            temp_channel_ttl_secs: 604_800,
         }
     }
 }

@@ -169,6 +169,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         warn!("auth.token_auth is off: anyone can log in as anyone");
     }
     spawn_retention(&core, &config, &shutdown);
+    spawn_temp_channel_expiry(&core, &config, &shutdown);
     let gateway = Gateway::start(
         config.gateway.clone(),
         registry.clone(),
@@ -357,6 +358,20 @@ fn spawn_retention(core: &Arc<Core>, config: &Config, shutdown: &CancellationTok
         }
         Ok(_) => {}
         Err(e) => warn!(error = %e, "retention sweep failed; retrying at the next interval"),
+    });
+}
+
+/// Removes expired temporary channels (sends to a list of uids) at start-up and then
+/// every retention sweep interval.
+fn spawn_temp_channel_expiry(core: &Arc<Core>, config: &Config, shutdown: &CancellationToken) {
+    let every = Duration::from_secs(config.storage.retention_sweep_interval_secs);
+    let ttl = Duration::from_secs(config.delivery.temp_channel_ttl_secs);
+    spawn_periodic(core, every, shutdown, "temporary channel expiry", move |core| {
+        match core.expire_temp_channels(ttl) {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "temporary channels expired"),
+            Err(e) => warn!(error = %e, "temporary channel expiry failed; retrying at the next interval"),
+        }
     });
 }
 

@@ -119,8 +119,17 @@ async fn lists_clear_and_channels_delete() {
     let ack = common::send_text(&mut m1, ("club", 2), 2, "c2", "hi", Default::default()).await;
     assert_eq!(ack.reason_code, ReasonCode::Disband);
     let (_, history) = server.post("/channel/messagesync", g.clone()).await;
-    let texts: Vec<String> = history["messages"].as_array().unwrap().iter().map(text_of).collect();
-    assert_eq!(texts, ["three"], "only the newest stays, keeping the seq counter");
+    assert_eq!(history["messages"], json!([]), "the whole history is gone, the newest message too");
+    let (_, seq) = server.get("/channel/max_message_seq?channel_id=club&channel_type=2").await;
+    assert_eq!(seq, json!({"message_seq": 3}), "the seq counter stays");
+    // Created again under the same id, the channel carries on from there.
+    assert_eq!(
+        server.post("/channel", json!({"channel_id": "club", "channel_type": 2, "subscribers": ["m1"]})).await.0,
+        200
+    );
+    let again =
+        send(&server, json!({"from_uid": "m1", "channel_id": "club", "channel_type": 2, "payload": b64("four")})).await;
+    assert_eq!(again["message_seq"], 4);
     let (status, answer) = server.post("/channel/delete", json!({"channel_id": "m1", "channel_type": 1})).await;
     assert_eq!(status, 400, "{answer}");
     server.stop().await;

@@ -141,6 +141,7 @@ async fn sends_to_a_list_of_subscribers() {
     let (recv, text) = receive(&mut fay).await;
     assert_eq!((text.as_str(), recv.channel_type, recv.message_seq), ("notice", 8, 1));
     assert!(recv.flags.sync_once);
+    let notice_channel = recv.channel_id.clone();
     nothing_more(&mut fay).await; // a uid named twice gets it once
     assert_eq!(pending(&server, "gus").await, ["notice"], "offline members sync it");
 
@@ -159,6 +160,22 @@ async fn sends_to_a_list_of_subscribers() {
         assert_eq!(status, 400, "{answer}");
         assert!(answer["msg"].as_str().unwrap().starts_with("subscribers"), "{answer}");
     }
+
+    // A client cannot post into the temporary channel it received the notice from.
+    let ack = common::send_text(&mut fay, (&notice_channel, 8), 1, "r", "reply", Default::default()).await;
+    assert_eq!(ack.reason_code, hongyan_proto::ReasonCode::NotSupportChannelType);
+    // Temporary channels expire: younger than the limit they stay, older they go whole.
+    let temp = hongyan_store::ChannelKey::new(notice_channel, 8);
+    assert_eq!(server.server.core.expire_temp_channels(Duration::from_secs(3600)).unwrap(), 0);
+    assert!(server.server.core.channel_state(&temp).unwrap().subscribers.contains("gus"), "still there");
+    assert_eq!(server.server.core.expire_temp_channels(Duration::ZERO).unwrap(), 1, "the stored one");
+    let state = server.server.core.channel_state(&temp).unwrap();
+    assert!(state.subscribers.is_empty(), "members gone");
+    assert!(pending(&server, "gus").await.is_empty(), "and what they had not synced");
+    let commands = hongyan_core::channel::command_channel(&temp);
+    assert!(server.server.log.read(&commands, 1, 0, 10, hongyan_store::Order::Ascending).unwrap().is_empty());
+    assert!(server.server.core.store().channel_info(&temp.channel_id, 8).unwrap().is_none(), "attributes too");
+    assert_eq!(server.server.core.expire_temp_channels(Duration::ZERO).unwrap(), 0, "nothing left");
     server.stop().await;
 }
 

@@ -490,3 +490,37 @@ async fn oversized_ids_and_client_msg_nos_are_refused_and_harm_nothing() {
     assert_eq!((status, answer), (200, json!([])));
     server.stop().await;
 }
+
+/// A SEND that just fits the frame limit becomes a RECV a little larger (more fields):
+/// it is still delivered, not dropped for being over the limit the server reads with.
+#[tokio::test]
+async fn a_send_at_the_frame_limit_is_delivered_as_a_larger_recv() {
+    let server = TestServer::start().await;
+    users(&server, &["fay", "gus"]).await;
+    let mut fay = online(&server.tcp(), "fay", "d", 5).await;
+    let mut gus = online(&server.tcp(), "gus", "d", 5).await;
+    gus.set_max_frame_len(2 * hongyan_proto::DEFAULT_MAX_FRAME_LEN);
+    // The longest text whose sealed SEND still encodes under the 1 MiB default.
+    let codec = hongyan_proto::Codec::new(fay.version());
+    let fits = |len: usize| {
+        let mut packet = Send {
+            client_seq: 1,
+            client_msg_no: "big".into(),
+            channel_id: "gus".into(),
+            channel_type: 1,
+            ..Send::default()
+        };
+        fay.cipher.as_ref().unwrap().seal_send(&mut packet, &vec![b'x'; len]);
+        codec.encode_to_bytes(&Packet::Send(packet)).is_ok()
+    };
+    let mut len = hongyan_proto::DEFAULT_MAX_FRAME_LEN * 3 / 4;
+    while !fits(len) {
+        len -= 64;
+    }
+    let text = "x".repeat(len);
+    let ack = send(&mut fay, "gus", 1, 1, "big", &text).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let (recv, got) = common::receive(&mut gus).await;
+    assert_eq!((recv.message_seq, got.len()), (1, len));
+    server.stop().await;
+}

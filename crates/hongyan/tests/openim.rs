@@ -211,6 +211,22 @@ async fn groups_and_messages_reach_binary_clients() {
     assert_eq!(recv.message_id.to_string(), sent["msgID"].as_str().unwrap());
     let (_, history) = server.post("/channel/messagesync", json!({"channel_id": group, "channel_type": 2})).await;
     assert_eq!(history["messages"].as_array().unwrap().iter().map(text_of).collect::<Vec<_>>(), [text]);
+    // Seed 003's shape: the group id in recvID.
+    let send = json!({
+        "operationID": "y", "sendID": "owner", "recvID": group, "sessionType": 2, "contentType": 101,
+        "content": {"text": "by recvID"}
+    });
+    let sent = call(&server, "/manager/send_msg", t, send).await;
+    assert_eq!(sent["errCode"], 0, "{sent}");
+    let (recv, text) = receive(&mut m1).await;
+    assert_eq!(recv.channel_id, group);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"type": 1, "content": "by recvID"}));
+    let clash = json!({
+        "operationID": "z", "sendID": "owner", "recvID": group, "groupID": "another", "sessionType": 2,
+        "contentType": 101, "content": {"text": "?"}
+    });
+    let refused = call(&server, "/manager/send_msg", t, clash).await;
+    assert_eq!(refused["errCode"], 803, "{refused}");
 
     // Invitations and kicks with per-user results.
     let invite = json!({"groupID": group, "invitedUserIDList": ["m3", "bad@id"], "reason": "hi", "operationID": "x"});

@@ -92,11 +92,16 @@ pub enum Table {
     Journal,
     /// (lane, event id) → event: webhook events waiting to be delivered.
     HookQueue,
+    /// name → value: this node's own bookkeeping (e.g. how far message ids are reserved).
+    Meta,
+    /// channel → the highest seq it ever had, once messages up to it were deleted: the
+    /// seq counter outlives the messages.
+    ChanSeqFloor,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 19] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -114,6 +119,8 @@ impl Table {
         Table::GroupProfile,
         Table::Journal,
         Table::HookQueue,
+        Table::Meta,
+        Table::ChanSeqFloor,
     ];
 
     /// The table's name on disk.
@@ -136,6 +143,8 @@ impl Table {
             Self::GroupProfile => "group_profile",
             Self::Journal => "seq_journal",
             Self::HookQueue => "laneid_hook",
+            Self::Meta => "name_meta",
+            Self::ChanSeqFloor => "chan_seqfloor",
         }
     }
 }

@@ -292,12 +292,26 @@ fn seq_from_key(key: &[u8]) -> Result<u64> {
         .ok_or(StoreError::Corrupt { table: Table::ChanSeqMessage.name(), what: "key" })
 }
 
+/// The channel's highest seq: its newest stored message's, or, when messages up to the
+/// newest were deleted (retention, channel deletion), the floor kept for it.
 fn last_seq(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
     let start = channel.prefix();
     let mut end = start.clone();
     end.extend_from_slice(&[0xff; 9]);
-    match kv.scan_range(Table::ChanSeqMessage, &start, &end, 1, Order::Descending)?.first() {
-        Some((key, _)) => seq_from_key(key),
+    let stored = match kv.scan_range(Table::ChanSeqMessage, &start, &end, 1, Order::Descending)?.first() {
+        Some((key, _)) => seq_from_key(key)?,
+        None => 0,
+    };
+    Ok(stored.max(seq_floor(kv, channel)?))
+}
+
+fn seq_floor(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
+    match kv.get(Table::ChanSeqFloor, &channel.prefix())? {
+        Some(value) => value
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt { table: Table::ChanSeqFloor.name(), what: "seq" }),
         None => Ok(0),
     }
 }
@@ -503,10 +517,10 @@ impl MessageLog {
     }
 
     /// Retention: removes the messages of every channel of the stored type
-    /// `channel_type` stored before `cutoff_ms`, oldest first, except each channel's
-    /// newest message, which keeps the seq counter where it is. Their resend index
-    /// entries go with them. Appends may run meanwhile: they only add newer seqs.
-    /// Blocking; works in batches of at most 1,024 deletions.
+    /// `channel_type` stored before `cutoff_ms`, oldest first, the newest included; the
+    /// channel's seq counter is kept apart (`chan_seqfloor`), so seqs never restart.
+    /// Their resend index entries go with them. Appends may run meanwhile: they only add
+    /// newer seqs. Blocking; works in batches of at most 1,536 deletions.
     pub fn prune_older_than(&self, channel_type: u8, cutoff_ms: i64) -> Result<Pruned> {
         let mut pruned = Pruned::default();
         let mut from = vec![channel_type];
@@ -527,24 +541,25 @@ impl MessageLog {
     }
 
     /// Removes `channel`'s messages stored before `cutoff_ms` from seq `first` on, oldest
-    /// first, never its newest. Returns how many went. Blocking.
+    /// first. Deleting the newest writes its seq as the channel's floor in the same
+    /// batch. Returns how many went. Blocking.
     fn prune_channel(&self, channel: &ChannelKey, first: u64, cutoff_ms: i64) -> Result<usize> {
         const PAGE: usize = 512;
         let last = last_seq(&*self.kv, channel)?;
         let mut next = first;
         let mut removed_here = 0;
-        while next < last {
+        while next <= last {
             let page = self.kv.scan_range(
                 Table::ChanSeqMessage,
                 &channel.message_key(next),
-                &channel.message_key(last),
+                &channel.message_key(last + 1),
                 PAGE,
                 Order::Ascending,
             )?;
             if page.is_empty() {
                 break;
             }
-            let mut writes = Vec::with_capacity(2 * page.len());
+            let mut writes = Vec::with_capacity(3 * page.len() + 1);
             let mut stop = false;
             for (key, value) in &page {
                 let message = decode(value)?;
@@ -552,13 +567,18 @@ impl MessageLog {
                     stop = true;
                     break;
                 }
+                let seq = seq_from_key(key)?;
                 writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
                 writes.push(Write::Delete(Table::MsgIdChanSeq, message.message_id.to_be_bytes().to_vec()));
                 if !message.client_msg_no.is_empty() {
                     let index = channel.client_msg_no_key(&message.from_uid, &message.client_msg_no);
                     writes.push(Write::Delete(Table::ChanClientMsgNo, index));
                 }
-                next = seq_from_key(key)? + 1;
+                if seq == last {
+                    // The counter outlives the newest message.
+                    writes.push(Write::Put(Table::ChanSeqFloor, channel.prefix(), last.to_be_bytes().to_vec()));
+                }
+                next = seq + 1;
             }
             let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
             if count > 0 {
@@ -572,8 +592,8 @@ impl MessageLog {
         Ok(removed_here)
     }
 
-    /// Deletes `channel`'s history but its newest message (which keeps the seq counter,
-    /// so a channel created again under the same id continues its seqs). Blocking.
+    /// Deletes `channel`'s whole history; its seq counter stays, so a channel created
+    /// again under the same id continues its seqs. Blocking.
     pub fn clear_channel(&self, channel: &ChannelKey) -> Result<usize> {
         self.prune_channel(channel, 1, i64::MAX)
     }
@@ -914,7 +934,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retention_removes_old_messages_but_keeps_the_newest_and_the_counter() {
+    async fn retention_removes_old_messages_the_newest_too_but_keeps_the_counter() {
         let kv = Arc::new(MemoryBackend::new());
         let log = MessageLog::open(kv.clone(), Durability::Fsync).unwrap();
         let (g, cmd, h, p) =
@@ -931,12 +951,13 @@ mod tests {
 
         let cutoff = 1_700_000_000_000 + 4; // ids 1..=3 are older
         let pruned = log.prune_older_than(2, cutoff).unwrap();
-        assert_eq!(pruned, Pruned { channels: 2, messages: 4 });
+        assert_eq!(pruned, Pruned { channels: 2, messages: 5 });
         let seqs = |c: &ChannelKey| {
             log.read(c, 1, 0, 100, Order::Ascending).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>()
         };
         assert_eq!(seqs(&g), [4, 5]);
-        assert_eq!(seqs(&h), [2], "the newest stays though it is old");
+        assert_eq!(seqs(&h), Vec::<u64>::new(), "the newest goes too when it is old");
+        assert_eq!(log.last_seq(&h).unwrap(), 2, "but the counter stays");
         assert_eq!(seqs(&cmd), [1], "command channels are their own channels");
         assert_eq!(seqs(&p), [1, 2], "other types are untouched");
         assert!(log.by_client_msg_no(&g, "s", "c1").unwrap().is_none(), "the resend index went too");
@@ -946,13 +967,15 @@ mod tests {
         assert_eq!(log.read_by_client_msg_no(&g, "c4").unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
         assert!(log.read_by_client_msg_no(&g, "c").unwrap().is_empty(), "a prefix of a client_msg_no is not it");
         drop(log);
-        // Seqs continue after a restart.
+        // Seqs continue after a restart, from the counter of an emptied channel too.
         let log = MessageLog::open(kv, Durability::Fsync).unwrap();
         assert_eq!(log.append(h.clone(), msg(9, "s", "", "m")).await.unwrap().ids(), (9, 3));
-        assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned { channels: 1, messages: 1 });
-        // Clearing a channel keeps only its newest message.
-        assert_eq!(log.clear_channel(&g).unwrap(), 1);
-        assert_eq!(log.read(&g, 1, 0, 10, Order::Ascending).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [5]);
+        assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned::default(), "nothing old is left");
+        // Clearing a channel deletes everything; its seqs carry on.
+        assert_eq!(log.clear_channel(&g).unwrap(), 2);
+        assert!(log.read(&g, 1, 0, 10, Order::Ascending).unwrap().is_empty());
+        assert!(log.by_message_id(5).unwrap().is_none());
+        assert_eq!(log.append(g.clone(), msg(10, "s", "c1", "m")).await.unwrap().ids(), (10, 6), "c1 is free again");
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use hongyan_proto::DeviceLevel;
 
-use crate::backend::{KvBackend, Table, Write};
+use crate::backend::{KvBackend, Order, Table, Write};
 use crate::codec::{ValueReader, push_str16};
 use crate::{Result, StoreError};
 
@@ -257,6 +257,32 @@ impl Store {
     pub fn channel_info_write(&self, channel_id: &str, channel_type: u8, info: ChannelInfo) -> Write {
         Write::Put(Table::ChannelInfo, channel_key(channel_id, channel_type), vec![FORMAT_V1, info.bits()])
     }
+
+    /// The write that forgets a channel's attributes altogether.
+    pub fn channel_info_removal(&self, channel_id: &str, channel_type: u8) -> Write {
+        Write::Delete(Table::ChannelInfo, channel_key(channel_id, channel_type))
+    }
+
+    /// The first channel of `channel_type` after `after` (or the first of all) with an
+    /// entry on `list`: one key read per channel, however many members it has.
+    pub fn next_channel_with(&self, list: MemberList, channel_type: u8, after: Option<&str>) -> Result<Option<String>> {
+        let start = match after {
+            Some(id) => {
+                let mut key = list_prefix(id, channel_type);
+                key.extend_from_slice(&[0xff; 256]);
+                key
+            }
+            None => vec![channel_type],
+        };
+        let end = vec![channel_type.saturating_add(1)];
+        let Some((key, _)) = self.kv.scan_range(list.table(), &start, &end, 1, Order::Ascending)?.into_iter().next()
+        else {
+            return Ok(None);
+        };
+        let mut r = ValueReader { rest: key.get(1..).unwrap_or_default() };
+        let id = r.str16().ok_or_else(|| corrupt(list.table(), "channel id"))?;
+        Ok(Some(id.to_owned()))
+    }
 }
 
 impl Store {
@@ -324,6 +350,18 @@ impl Store {
             .into_iter()
             .map(|(k, _)| String::from_utf8(k).map_err(|_| corrupt(Table::UidSystem, "uid")))
             .collect()
+    }
+
+    /// A number this node keeps for itself under `name`, if set.
+    pub fn meta_u64(&self, name: &str) -> Result<Option<u64>> {
+        let Some(value) = self.kv.get(Table::Meta, name.as_bytes())? else { return Ok(None) };
+        let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| corrupt(Table::Meta, "number"))?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
+    /// Sets such a number, durably.
+    pub fn put_meta_u64(&self, name: &str, value: u64) -> Result<()> {
+        self.kv.write(vec![Write::Put(Table::Meta, name.as_bytes().to_vec(), value.to_be_bytes().to_vec())], true)
     }
 
     /// Adds or removes system accounts, durably.
@@ -498,6 +536,14 @@ mod tests {
         assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
         assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());
         assert!(!store.has_members(MemberList::Whitelist, "g1", 2).unwrap());
+    }
+
+    #[test]
+    fn meta_numbers_round_trip() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        assert_eq!(store.meta_u64("n").unwrap(), None);
+        store.put_meta_u64("n", 42).unwrap();
+        assert_eq!(store.meta_u64("n").unwrap(), Some(42));
     }
 
     #[test]

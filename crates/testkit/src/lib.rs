@@ -243,6 +243,11 @@ impl Client {
         Ok((client, connack))
     }
 
+    /// Changes the cap on frames this client decodes (and encodes).
+    pub fn set_max_frame_len(&mut self, max: usize) {
+        self.codec.set_max_frame_len(max);
+    }
+
     /// The version packets are encoded with.
     pub fn version(&self) -> ProtocolVersion {
         self.codec.version()
