@@ -10,44 +10,62 @@ use hongyan_core::hooks::{Datasource, RemoteChannel};
 use hongyan_store::{ChannelInfo, ChannelKey, StoreError};
 use serde_json::{Value, json};
 
+/// Largest datasource answer read; a larger one is a failure (a 100,000-member list is
+/// about 2 MiB).
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// The HTTP datasource.
 #[derive(Debug)]
 pub struct HttpDatasource {
     url: String,
     ttl: Duration,
+    secret: String,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    next_request: std::sync::atomic::AtomicU64,
 }
 
 impl HttpDatasource {
     /// A datasource at `url`; answers are kept for `ttl`, calls time out after
-    /// `timeout`. Must be created inside the server's runtime, whose reactor its
-    /// (blocking) calls use.
-    pub fn new(url: String, ttl: Duration, timeout: Duration) -> Result<Self, StoreError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+    /// `timeout`; with a `secret`, requests are signed as webhooks are (the command as
+    /// the event, a request id as the event id). Must be created inside the server's
+    /// runtime, whose reactor its (blocking) calls use.
+    pub fn new(url: String, ttl: Duration, timeout: Duration, secret: String) -> Result<Self, StoreError> {
+        let client = crate::webhook::app_server_client(timeout)
             .map_err(|e| StoreError::Datasource(format!("HTTP client: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Datasource("created outside a tokio runtime".into()))?;
-        Ok(Self { url, ttl, client, runtime })
+        let first = u64::try_from(hongyan_core::now_ms()).unwrap_or(0) << 16;
+        Ok(Self { url, ttl, secret, client, runtime, next_request: first.into() })
     }
 
     async fn ask(&self, cmd: &str, data: Value) -> Result<Value, StoreError> {
         let fail = |why: String| StoreError::Datasource(format!("{cmd}: {why}"));
-        let response = self
+        let body = serde_json::to_vec(&json!({"cmd": cmd, "data": data})).map_err(|e| fail(e.to_string()))?;
+        let id = self.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string();
+        let mut request = self
             .client
             .post(&self.url)
-            .json(&json!({"cmd": cmd, "data": data}))
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+            .header("content-type", "application/json")
+            .header("x-hongyan-event-id", &id)
+            .body(body.clone());
+        if !self.secret.is_empty() {
+            request = crate::webhook::sign(request, &self.secret, cmd, &id, &body);
+        }
+        let mut response = request.send().await.map_err(|e| fail(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
             return Err(fail(format!("HTTP {}", status.as_u16())));
         }
-        let text = response.text().await.map_err(|e| fail(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| fail(format!("answer is not JSON: {e}")))
+        // Read no more than the cap, whatever the answer says its length is.
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
+            if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(fail(format!("answer larger than {MAX_ANSWER_BYTES} bytes")));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&answer).map_err(|e| fail(format!("answer is not JSON: {e}")))
     }
 
     async fn uids(&self, cmd: &str, data: Value) -> Result<Vec<String>, StoreError> {

@@ -83,6 +83,9 @@ pub struct WebhookSettings {
     pub retry_max: Duration,
     /// Events older than this are dropped instead of retried.
     pub max_age: Duration,
+    /// Most bytes of events waiting in the durable queue; past it, new events are dropped
+    /// (counted) until the receiver catches up.
+    pub max_queue_bytes: u64,
     /// HMAC-SHA256 key for `X-Hongyan-Signature`; empty for none.
     pub secret: String,
     /// The node id, sent as `source_id` in `msg.offline`.
@@ -219,6 +222,13 @@ struct Queue {
     kv: Arc<dyn KvBackend>,
     next_id: AtomicU64,
     pending: AtomicI64,
+    /// Bytes of the events in the queue (values as stored).
+    pending_bytes: AtomicI64,
+    /// Past this many bytes, new events are dropped (counted) rather than queued.
+    max_bytes: i64,
+    /// When the last "queue full" warning was logged (ms), so a full queue logs once a
+    /// minute, not once per event.
+    full_warned_ms: AtomicI64,
     wake: Vec<Notify>,
 }
 
@@ -257,11 +267,33 @@ impl Queue {
         Some(Event { key, id, created_ms, name, body: value.get(10..)?.to_vec() })
     }
 
-    fn put(&self, lane: u8, name: &str, body: &Value, writes: &mut Vec<Write>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// Queues an event in `writes`, unless the queue is full (`webhook.max_queue_bytes`):
+    /// then the event is dropped and counted, so a receiver that is down for long
+    /// cannot fill the disk — and messaging, which never waits for webhooks, goes on.
+    /// Returns whether it was queued.
+    fn put(&self, lane: u8, name: &'static str, body: &Value, writes: &mut Vec<Write>) -> bool {
         let body = serde_json::to_vec(body).unwrap_or_default();
-        writes.push(Write::Put(Table::HookQueue, Self::key(lane, id), Self::encode(name, &body)));
-        metrics::counter!("hongyan_webhook_queued_total", "event" => name.to_owned()).increment(1);
+        let value = Self::encode(name, &body);
+        let size = value.len() as i64;
+        if self.pending_bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+            metrics::counter!("hongyan_webhook_dropped_total", "event" => name, "why" => "queue_full").increment(1);
+            let now = hongyan_core::now_ms();
+            if now - self.full_warned_ms.load(Ordering::Relaxed) >= 60_000 {
+                self.full_warned_ms.store(now, Ordering::Relaxed);
+                warn!(
+                    event = name,
+                    max_bytes = self.max_bytes,
+                    "webhook queue full (webhook.max_queue_bytes): new events are dropped until the receiver catches up"
+                );
+            }
+            return false;
+        }
+        // Counted now, while the batch is written: the next put sees it.
+        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        writes.push(Write::Put(Table::HookQueue, Self::key(lane, id), value));
+        metrics::counter!("hongyan_webhook_queued_total", "event" => name).increment(1);
+        true
     }
 }
 
@@ -277,14 +309,24 @@ impl Webhooks {
     ) -> Result<Arc<Self>, hongyan_store::StoreError> {
         let lanes = FIRST_OFFLINE_LANE + settings.offline_lanes.max(1);
         let mut next_id = 1;
-        let mut pending = 0i64;
+        let (mut pending, mut pending_bytes) = (0i64, 0i64);
+        // What waits from before: counted a page at a time, never loaded whole.
         for lane in 0..lanes {
-            let rows = kv.scan_prefix(Table::HookQueue, &[lane], usize::MAX)?;
-            pending += rows.len() as i64;
-            if let Some((key, _)) = rows.last()
-                && let Some(id) = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
-            {
-                next_id = next_id.max(id + 1);
+            let mut from = vec![lane];
+            let end = vec![lane, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+            loop {
+                let rows = kv.scan_range(Table::HookQueue, &from, &end, 1024, hongyan_store::Order::Ascending)?;
+                let Some((last, _)) = rows.last() else { break };
+                pending += rows.len() as i64;
+                pending_bytes += rows.iter().map(|(_, v)| v.len() as i64).sum::<i64>();
+                if let Some(id) = last.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
+                    next_id = next_id.max(id + 1);
+                }
+                from = last.clone();
+                from.push(0);
+                if rows.len() < 1024 {
+                    break;
+                }
             }
         }
         if pending > 0 {
@@ -294,12 +336,13 @@ impl Webhooks {
             kv,
             next_id: AtomicU64::new(next_id),
             pending: AtomicI64::new(pending),
+            pending_bytes: AtomicI64::new(pending_bytes),
+            max_bytes: i64::try_from(settings.max_queue_bytes).unwrap_or(i64::MAX),
+            full_warned_ms: AtomicI64::new(0),
             wake: (0..lanes).map(|_| Notify::new()).collect(),
         });
         let stop = CancellationToken::new();
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .build()
+        let client = app_server_client(settings.timeout)
             .map_err(|e| hongyan_store::StoreError::Engine(format!("webhook HTTP client: {e}")))?;
         let tracker = tokio_util::task::TaskTracker::new();
         let settings = Arc::new(settings);
@@ -593,13 +636,13 @@ impl Lane {
             for (key, value) in rows {
                 let Some(event) = Queue::decode(key.clone(), &value) else {
                     error!(lane, "an undecodable webhook event was dropped");
-                    self.remove(key).await;
+                    self.remove(key, value.len()).await;
                     continue;
                 };
                 if !self.deliver(&event).await {
                     return; // stopping; the event stays queued
                 }
-                self.remove(event.key).await;
+                self.remove(event.key, value.len()).await;
             }
         }
     }
@@ -634,15 +677,16 @@ impl Lane {
     }
 
     async fn post(&self, event: &Event) -> Result<(), String> {
+        let id = event.id.to_string();
         let mut request = self
             .client
             .post(&self.settings.url)
             .query(&[("event", event.name)])
             .header("content-type", "application/json")
-            .header("x-hongyan-event-id", event.id.to_string())
+            .header("x-hongyan-event-id", &id)
             .body(event.body.clone());
         if !self.settings.secret.is_empty() {
-            request = request.header("x-hongyan-signature", signature(&self.settings.secret, &event.body));
+            request = sign(request, &self.settings.secret, event.name, &id, &event.body);
         }
         match request.send().await {
             Ok(response) if response.status().is_success() => Ok(()),
@@ -651,7 +695,7 @@ impl Lane {
         }
     }
 
-    async fn remove(&self, key: Vec<u8>) {
+    async fn remove(&self, key: Vec<u8>, size: usize) {
         let queue = self.queue.clone();
         let removed = tokio::task::spawn_blocking(move || {
             // Not fsynced: after a power loss the event is posted again, which
@@ -663,16 +707,45 @@ impl Lane {
             error!(error = %e, "a delivered webhook event could not be removed; it will be posted again");
         }
         let left = self.queue.pending.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.queue.pending_bytes.fetch_sub(size as i64, Ordering::Relaxed);
         metrics::gauge!("hongyan_webhook_pending").set(left.max(0) as f64);
     }
 }
 
-/// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// `v1=<hex>`: the HMAC-SHA256, under `secret`, of `<timestamp>.<event>.<id>.<body>`.
+/// Signing the time, the event's name and its id with the body makes a captured post
+/// useless elsewhere: a receiver that refuses old timestamps and ids it has seen
+/// cannot be replayed to, and an event cannot pass for another.
+pub fn signature(secret: &str, timestamp: i64, event: &str, id: &str, body: &[u8]) -> String {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("invariant: HMAC takes any key length");
+    for part in [timestamp.to_string().as_bytes(), event.as_bytes(), id.as_bytes()] {
+        mac.update(part);
+        mac.update(b".");
+    }
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("v1={hex}")
+}
+
+/// Adds `X-Hongyan-Timestamp` (seconds, now) and `X-Hongyan-Signature` to a request
+/// whose event name and id are given (webhook posts and datasource requests alike).
+pub(crate) fn sign(
+    request: reqwest::RequestBuilder,
+    secret: &str,
+    event: &str,
+    id: &str,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let timestamp = hongyan_core::now_ms() / 1000;
+    request
+        .header("x-hongyan-timestamp", timestamp.to_string())
+        .header("x-hongyan-signature", signature(secret, timestamp, event, id, body))
+}
+
+/// An HTTP client for the app server: no redirects followed (a 3xx is a failure, so
+/// a compromised or misconfigured receiver cannot point Hongyan at another host).
+pub(crate) fn app_server_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()
 }

@@ -77,7 +77,10 @@ pub struct WebhookConfig {
     pub retry_max_ms: u64,
     /// Events still failing after this long are dropped (counted and logged).
     pub max_age_secs: u64,
-    /// Signs each post: `X-Hongyan-Signature: sha256=<HMAC-SHA256 of the body>`.
+    /// Most bytes of events waiting in the durable queue; past it new events are
+    /// dropped (counted, logged once a minute) until the receiver catches up.
+    pub max_queue_bytes: u64,
+    /// Signs each post: `X-Hongyan-Signature: v1=<HMAC-SHA256 of "ts.event.id.body">`.
     pub secret: String,
 }
 
@@ -95,6 +98,7 @@ impl Default for WebhookConfig {
             retry_initial_ms: 500,
             retry_max_ms: 60_000,
             max_age_secs: 86_400,
+            max_queue_bytes: 256 * 1024 * 1024,
             secret: String::new(),
         }
     }
@@ -130,11 +134,13 @@ pub struct DatasourceConfig {
     pub cache_ttl_secs: u64,
     /// One request's time limit.
     pub timeout_ms: u64,
+    /// Signs requests as webhook posts are signed (`X-Hongyan-Signature`); empty: none.
+    pub secret: String,
 }
 
 impl Default for DatasourceConfig {
     fn default() -> Self {
-        Self { url: String::new(), cache_ttl_secs: 60, timeout_ms: 3_000 }
+        Self { url: String::new(), cache_ttl_secs: 60, timeout_ms: 3_000, secret: String::new() }
     }
 }
 
@@ -660,6 +666,7 @@ impl Config {
         let w = &self.webhook;
         for (key, value) in [
             ("webhook.batch_max", w.batch_max as u64),
+            ("webhook.max_queue_bytes", w.max_queue_bytes),
             ("webhook.batch_interval_ms", w.batch_interval_ms),
             ("webhook.offline_max_uids", w.offline_max_uids as u64),
             ("webhook.offline_lanes", u64::from(w.offline_lanes)),

@@ -152,6 +152,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
             config.datasource.url.clone(),
             Duration::from_secs(config.datasource.cache_ttl_secs),
             Duration::from_millis(config.datasource.timeout_ms),
+            config.datasource.secret.clone(),
         )?;
         core.set_datasource(Arc::new(source));
         spawn_system_account_refresh(&core, Duration::from_secs(config.datasource.cache_ttl_secs.max(1)), &shutdown);
@@ -330,6 +331,7 @@ fn webhook_settings(config: &Config) -> hongyan_api::webhook::WebhookSettings {
         retry_initial: Duration::from_millis(w.retry_initial_ms),
         retry_max: Duration::from_millis(w.retry_max_ms),
         max_age: Duration::from_secs(w.max_age_secs),
+        max_queue_bytes: w.max_queue_bytes,
         secret: w.secret.clone(),
         node_id: config.node_id,
         system_uid: config.system_uid.clone(),

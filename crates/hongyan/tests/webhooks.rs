@@ -26,6 +26,7 @@ struct Hit {
     event: String,
     id: u64,
     signature: Option<String>,
+    timestamp: Option<String>,
     raw: Vec<u8>,
     body: Value,
     /// What the receiver answered.
@@ -43,6 +44,9 @@ struct Receiver {
     /// `broken` fails with 500.
     remote: Mutex<BTreeMap<String, Vec<String>>>,
     datasource_calls: AtomicUsize,
+    /// Datasource requests whose signature (under `ds-secret`) verified / did not.
+    signed: AtomicUsize,
+    unsigned: AtomicUsize,
 }
 
 impl Receiver {
@@ -81,6 +85,7 @@ async fn hook(
         event: query.get("event").cloned().unwrap_or_default(),
         id: header("x-hongyan-event-id").unwrap().parse().unwrap(),
         signature: header("x-hongyan-signature"),
+        timestamp: header("x-hongyan-timestamp"),
         raw: raw.to_vec(),
         body: serde_json::from_slice(&raw).unwrap(),
         accepted,
@@ -88,10 +93,41 @@ async fn hook(
     if accepted { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR }
 }
 
-async fn datasource(State(rx): State<Arc<Receiver>>, axum::Json(req): axum::Json<Value>) -> (StatusCode, String) {
+async fn datasource(
+    State(rx): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    raw: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     rx.datasource_calls.fetch_add(1, Ordering::SeqCst);
+    let req: Value = serde_json::from_slice(&raw).unwrap();
     let cmd = req["cmd"].as_str().unwrap().to_owned();
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let verified = match (header("x-hongyan-timestamp"), header("x-hongyan-event-id"), header("x-hongyan-signature")) {
+        (Some(ts), Some(id), Some(signature)) => {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"ds-secret-0000000").unwrap();
+            mac.update(format!("{ts}.{cmd}.{id}.").as_bytes());
+            mac.update(&raw);
+            let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            signature == format!("v1={hex}")
+        }
+        _ => false,
+    };
+    if verified { &rx.signed } else { &rx.unsigned }.fetch_add(1, Ordering::SeqCst);
     rx.asked.lock().unwrap().push((cmd.clone(), req["data"].clone()));
+    let channel = req["data"]["channel_id"].as_str().unwrap_or_default().to_owned();
+    if channel == "redirected" {
+        // Somewhere else: a datasource must not follow.
+        return (StatusCode::TEMPORARY_REDIRECT, [("location", "/ds")], "").into_response();
+    }
+    if channel == "huge" && cmd == "getSubscribers" {
+        let many: Vec<String> = (0..1_200_000).map(|i| format!("member-{i:08}")).collect();
+        return (StatusCode::OK, json!(many).to_string()).into_response();
+    }
+    datasource_answer(&rx, req, cmd).into_response()
+}
+
+fn datasource_answer(rx: &Receiver, req: Value, cmd: String) -> (StatusCode, String) {
     if cmd == "getSystemUIDs" {
         return (StatusCode::OK, json!(["sysbot"]).to_string());
     }
@@ -232,11 +268,23 @@ async fn events_have_wukongims_shapes_and_are_signed() {
     // Every post is signed and has its own id.
     let hits = rx.hits.lock().unwrap().clone();
     let mut ids = BTreeSet::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     for hit in &hits {
+        // What a receiver does (docs/webhooks.md): recompute over time, event, id and
+        // body, and refuse a stale timestamp.
+        let timestamp = hit.timestamp.as_deref().expect("every signed post has a timestamp");
+        assert!((now - timestamp.parse::<i64>().unwrap()).abs() < 300, "fresh: {timestamp}");
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        mac.update(format!("{timestamp}.{}.{}.", hit.event, hit.id).as_bytes());
         mac.update(&hit.raw);
         let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hit.signature.as_deref(), Some(format!("sha256={hex}").as_str()));
+        assert_eq!(hit.signature.as_deref(), Some(format!("v1={hex}").as_str()));
+        // The same body under another event name or id does not verify.
+        let mut forged = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        forged.update(format!("{timestamp}.msg.notify.{}.", hit.id + 1).as_bytes());
+        forged.update(&hit.raw);
+        let forged: String = forged.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(hit.signature.as_deref(), Some(format!("v1={forged}").as_str()));
         assert!(ids.insert(hit.id), "event ids are unique");
     }
     let metrics = server.metrics().await;
@@ -432,6 +480,19 @@ async fn datasource_channels_reach_their_members_and_failures_are_reported() {
     let ack = common::send_text(&mut bot, ("remote", 2), 1, "r-4", "announcement", red_dot()).await;
     assert_eq!(ack.reason_code, ReasonCode::Success);
 
+    // A redirect is a failure, not followed; an answer over the size cap is a failure.
+    for channel in ["redirected", "huge"] {
+        let body = json!({"from_uid": "ann", "channel_id": channel, "channel_type": 2, "payload": b64("x")});
+        let (status, answer) = server.post("/message/send", body).await;
+        assert_eq!(status, 503, "{channel}: {answer}");
+    }
+    assert_eq!(
+        rx.asked.lock().unwrap().iter().filter(|(_, d)| d["channel_id"] == "redirected").count(),
+        4,
+        "each of the four commands asked once; nothing followed the redirect"
+    );
+    assert_eq!(rx.signed.load(Ordering::SeqCst), 0, "no secret configured: nothing signed");
+
     // A channel the datasource fails on: the send fails with a clear error, nothing is stored.
     let body = json!({"from_uid": "ann", "channel_id": "broken", "channel_type": 2, "payload": b64("x")});
     let (status, answer) = server.post("/message/send", body).await;
@@ -444,6 +505,24 @@ async fn datasource_channels_reach_their_members_and_failures_are_reported() {
         .post("/channel/messagesync", json!({"login_uid": "ann", "channel_id": "broken", "channel_type": 2}))
         .await;
     assert_eq!((status, answer["messages"].as_array().map(Vec::len)), (200, Some(0)));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasource_requests_are_signed_like_webhooks() {
+    let (rx, addr) = start_receiver().await;
+    rx.remote.lock().unwrap().insert("remote".into(), vec!["ann".into()]);
+    let server = TestServer::start_with(|c| {
+        c.datasource.url = format!("http://{addr}/ds");
+        c.datasource.secret = "ds-secret-0000000".into();
+        c.auth.token_auth = false;
+    })
+    .await;
+    let mut ann = online(&server.tcp(), "ann", device_flag::APP).await;
+    let ack = common::send_text(&mut ann, ("remote", 2), 1, "r-1", "signed", red_dot()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(rx.signed.load(Ordering::SeqCst) >= 4, "every command of the channel's load is signed");
+    assert_eq!(rx.unsigned.load(Ordering::SeqCst), 0);
     server.stop().await;
 }
 
@@ -469,6 +548,56 @@ async fn events_failing_past_their_max_age_are_dropped_and_counted() {
     assert!(rx.accepted("msg.offline").is_empty() && rx.accepted("user.onlinestatus").is_empty(), "events not chosen");
     let metrics = server.metrics().await;
     assert!(metrics.contains("hongyan_webhook_dropped_total{event=\"msg.notify\"} 1"), "{metrics}");
+    server.stop().await;
+}
+
+/// A receiver that is down cannot fill the disk: past `webhook.max_queue_bytes` new
+/// events are dropped and counted, messaging goes on, and what was queued is delivered
+/// once the receiver is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_new_events_and_messaging_goes_on() {
+    let (rx, addr) = start_receiver().await;
+    let server = hooked_server(addr, |c| {
+        c.webhook.events = vec!["msg.notify".into()];
+        c.webhook.batch_max = 1;
+        c.webhook.max_queue_bytes = 2_048;
+    })
+    .await;
+    group(&server, "gq", &["s", "r"]).await;
+    rx.failing.store(true, Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(http_send(&server, "s", "gq", 2, &format!("message {i} with some text in it")).await);
+    }
+    let dropped = || async {
+        let metrics = server.metrics().await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("hongyan_webhook_dropped_total") && l.contains("why=\"queue_full\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    while dropped().await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "nothing was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rx.failing.store(false, Ordering::SeqCst);
+    // Wait until every message is either delivered or counted as dropped.
+    let started = Instant::now();
+    loop {
+        let delivered = rx.notified().len();
+        if delivered as f64 + dropped().await >= 30.0 {
+            assert!(delivered > 0 && delivered < 30, "some were queued and delivered, the rest dropped: {delivered}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "events neither delivered nor dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every message itself was stored.
+    let (_, history) =
+        server.post("/channel/messagesync", json!({"channel_id": "gq", "channel_type": 2, "limit": 100})).await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 30);
     server.stop().await;
 }
 
