@@ -216,3 +216,95 @@ async fn all_connections_together_are_held_to_the_pipeline_budget() {
     assert_eq!(stored.unwrap().len(), 12);
     server.stop().await;
 }
+
+/// The embedded engine whose durable writes (write + fsync) do not return while the
+/// gate is closed: the data is on disk, but the engine has not said so yet.
+#[derive(Debug, Default)]
+struct HeldFsync {
+    inner: std::sync::OnceLock<FjallBackend>,
+    closed: Mutex<bool>,
+    opened: Condvar,
+    /// Set while a durable write is held.
+    holding: std::sync::atomic::AtomicBool,
+}
+
+impl KvBackend for HeldFsync {
+    fn health(&self) -> &Arc<Health> {
+        self.inner.get().unwrap().health()
+    }
+    fn get(&self, t: Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
+        self.inner.get().unwrap().get(t, k)
+    }
+    fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.get().unwrap().scan_prefix(t, p, l)
+    }
+    fn scan_range(
+        &self,
+        t: Table,
+        s: &[u8],
+        e: &[u8],
+        l: usize,
+        o: Order,
+    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.get().unwrap().scan_range(t, s, e, l, o)
+    }
+    fn write(&self, w: Vec<Write>, durable: bool) -> hongyan_store::Result<()> {
+        let is_message = w.iter().any(|w| matches!(w, Write::Put(Table::ChanSeqMessage, ..)));
+        let written = self.inner.get().unwrap().write(w, durable);
+        if is_message && durable {
+            let mut closed = self.closed.lock().unwrap();
+            self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+            self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+        written
+    }
+    fn sync(&self) -> hongyan_store::Result<()> {
+        self.inner.get().unwrap().sync()
+    }
+}
+
+/// In `fsync` mode a SENDACK is never sent before its batch's write and fsync have
+/// returned: while the engine holds a durable write, the connection gets its PONG but
+/// no SENDACK; the SENDACK follows once the write returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sendack_before_the_fsync_returns() {
+    let backend = Arc::new(HeldFsync::default());
+    let made = backend.clone();
+    let server = TestServer::start_on(
+        move |dir| {
+            made.inner.set(FjallBackend::open(dir).unwrap()).unwrap();
+            made
+        },
+        |c| c.storage.durability = hongyan::config::DurabilityMode::Fsync,
+    )
+    .await;
+    struct Release(Arc<HeldFsync>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            *self.0.closed.lock().unwrap() = false;
+            self.0.opened.notify_all();
+        }
+    }
+    let _release = Release(backend.clone());
+    for uid in ["hal", "ivy"] {
+        server.register(uid, "t", device_flag::APP, 0).await;
+    }
+    let (mut hal, _) = Client::connect(&server.tcp(), "hal", "t", device_flag::APP, "d", 5).await.unwrap();
+    *backend.closed.lock().unwrap() = true;
+    let frame = sends(&hal, "ivy", 1, 16).remove(0);
+    hal.send_raw(frame).await.unwrap();
+    until("the engine holds the durable write", || backend.holding.load(std::sync::atomic::Ordering::SeqCst)).await;
+    // Anything the server had queued for this connection comes before the PONG.
+    hal.send(&Packet::Ping).await.unwrap();
+    match hal.recv().await.unwrap() {
+        Packet::Pong => {}
+        other => panic!("nothing may be acknowledged before the fsync returns, got {other:?}"),
+    }
+    *backend.closed.lock().unwrap() = false;
+    backend.opened.notify_all();
+    assert_eq!(acks(&mut hal, 1).await, [1], "the SENDACK follows the fsync");
+    server.stop().await;
+}

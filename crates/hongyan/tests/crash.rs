@@ -58,8 +58,14 @@ async fn interval_mode_also_survives_sigkill() {
     survives_sigkill("interval").await;
 }
 
+/// SIGKILL/restart cycles: 4 in the suite; `CRASH_TEST_ROUNDS=20` (or more) for the
+/// long run (`docs/operations.md`).
+fn rounds() -> u64 {
+    std::env::var("CRASH_TEST_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4)
+}
+
 async fn survives_sigkill(durability: &str) {
-    const ROUNDS: u64 = 4;
+    let rounds = rounds();
     const WINDOW: u32 = 16;
     let dir = tempfile::tempdir().unwrap();
     let tcp = free_port();
@@ -68,7 +74,7 @@ async fn survives_sigkill(durability: &str) {
     let mut acked: BTreeMap<String, u64> = BTreeMap::new(); // client_msg_no → seq from its SENDACK
     let mut unacked: BTreeSet<u64> = BTreeSet::new(); // message numbers sent without an ack yet
     let mut next_number = 0u64;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut child = spawn_server(dir.path(), tcp, durability);
         let mut client = connect(&target).await;
         let cipher = client.cipher.clone().unwrap();
@@ -139,5 +145,5 @@ async fn survives_sigkill(durability: &str) {
         assert_eq!(by_cmn.get(cmn.as_str()), Some(&vec![*seq]), "{cmn} was acknowledged at seq {seq}");
     }
     assert!(acked.len() > 100, "the test sent too little to mean anything: {}", acked.len());
-    println!("{durability}: {} acknowledged, {} stored, over {ROUNDS} kills", acked.len(), stored.len());
+    println!("{durability}: {} acknowledged, {} stored, over {rounds} kills", acked.len(), stored.len());
 }
