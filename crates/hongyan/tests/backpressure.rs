@@ -10,29 +10,44 @@ mod common;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{Hooked, TestServer, WriteHook, writes_a_message};
 use hongyan_proto::{Packet, ReasonCode, Send, device_flag};
-use hongyan_store::{FjallBackend, Health, KvBackend, Order, Table, Write};
+use hongyan_store::Order;
 use hongyan_testkit::Client;
 
-/// The embedded engine, with message-log writes held while the gate is closed.
-#[derive(Debug)]
-struct Gated {
-    inner: FjallBackend,
+/// A gate storage writes can be held at.
+#[derive(Debug, Default)]
+struct Gate {
     closed: Mutex<bool>,
     opened: Condvar,
+    /// Set while a write is held.
+    holding: std::sync::atomic::AtomicBool,
 }
 
-impl Gated {
+impl Gate {
     fn set(&self, closed: bool) {
         *self.closed.lock().unwrap() = closed;
         self.opened.notify_all();
+    }
+
+    /// Waits while the gate is closed.
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+        while *closed {
+            closed = self.opened.wait(closed).unwrap();
+        }
+        self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn holding(&self) -> bool {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 /// Opens the gate when the test ends, however it ends: a failed assertion must not
 /// leave the log's writer (and so the test's shutdown) waiting forever.
-struct OpenOnDrop(Arc<Gated>);
+struct OpenOnDrop(Arc<Gate>);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
@@ -40,57 +55,17 @@ impl Drop for OpenOnDrop {
     }
 }
 
-impl KvBackend for Gated {
-    fn health(&self) -> &Arc<Health> {
-        self.inner.health()
-    }
-    fn get(&self, t: Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
-        self.inner.get(t, k)
-    }
-    fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(t, p, l)
-    }
-    fn scan_range(
-        &self,
-        t: Table,
-        s: &[u8],
-        e: &[u8],
-        l: usize,
-        o: Order,
-    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(t, s, e, l, o)
-    }
-    fn write(&self, w: Vec<Write>, durable: bool) -> hongyan_store::Result<()> {
-        if w.iter().any(|w| matches!(w, Write::Put(Table::ChanSeqMessage, ..))) {
-            let mut closed = self.closed.lock().unwrap();
-            while *closed {
-                closed = self.opened.wait(closed).unwrap();
-            }
+/// A server whose message-log writes wait at the gate before reaching the engine.
+async fn gated_server(tweak: impl FnOnce(&mut hongyan::Config)) -> (TestServer, Arc<Gate>, OpenOnDrop) {
+    let gate = Arc::new(Gate::default());
+    let held = gate.clone();
+    let hook: WriteHook = Box::new(move |write, writes, _| {
+        if writes_a_message(writes) {
+            held.pass();
         }
-        self.inner.write(w, durable)
-    }
-    fn sync(&self) -> hongyan_store::Result<()> {
-        self.inner.sync()
-    }
-}
-
-async fn gated_server(tweak: impl FnOnce(&mut hongyan::Config)) -> (TestServer, Arc<Gated>, OpenOnDrop) {
-    let slot = Arc::new(std::sync::OnceLock::<Arc<Gated>>::new());
-    let made = slot.clone();
-    let server = TestServer::start_on(
-        move |dir| {
-            let kv = Arc::new(Gated {
-                inner: FjallBackend::open(dir).unwrap(),
-                closed: Mutex::new(false),
-                opened: Condvar::new(),
-            });
-            made.set(kv.clone()).unwrap();
-            kv
-        },
-        tweak,
-    )
-    .await;
-    let gate = slot.get().unwrap().clone();
+        write()
+    });
+    let server = TestServer::start_on(move |dir| Hooked::open(dir, hook), tweak).await;
     (server, gate.clone(), OpenOnDrop(gate))
 }
 
@@ -217,94 +192,45 @@ async fn all_connections_together_are_held_to_the_pipeline_budget() {
     server.stop().await;
 }
 
-/// The embedded engine whose durable writes (write + fsync) do not return while the
-/// gate is closed: the data is on disk, but the engine has not said so yet.
-#[derive(Debug, Default)]
-struct HeldFsync {
-    inner: std::sync::OnceLock<FjallBackend>,
-    closed: Mutex<bool>,
-    opened: Condvar,
-    /// Set while a durable write is held.
-    holding: std::sync::atomic::AtomicBool,
-}
-
-impl KvBackend for HeldFsync {
-    fn health(&self) -> &Arc<Health> {
-        self.inner.get().unwrap().health()
-    }
-    fn get(&self, t: Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
-        self.inner.get().unwrap().get(t, k)
-    }
-    fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.get().unwrap().scan_prefix(t, p, l)
-    }
-    fn scan_range(
-        &self,
-        t: Table,
-        s: &[u8],
-        e: &[u8],
-        l: usize,
-        o: Order,
-    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.get().unwrap().scan_range(t, s, e, l, o)
-    }
-    fn write(&self, w: Vec<Write>, durable: bool) -> hongyan_store::Result<()> {
-        let is_message = w.iter().any(|w| matches!(w, Write::Put(Table::ChanSeqMessage, ..)));
-        let written = self.inner.get().unwrap().write(w, durable);
-        if is_message && durable {
-            let mut closed = self.closed.lock().unwrap();
-            self.holding.store(true, std::sync::atomic::Ordering::SeqCst);
-            while *closed {
-                closed = self.opened.wait(closed).unwrap();
-            }
-            self.holding.store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-        written
-    }
-    fn sync(&self) -> hongyan_store::Result<()> {
-        self.inner.get().unwrap().sync()
-    }
-}
-
 /// In `fsync` mode a SENDACK is never sent before its batch's write and fsync have
 /// returned: while the engine holds a durable write, the connection gets its PONG but
 /// no SENDACK; the SENDACK follows once the write returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_sendack_before_the_fsync_returns() {
-    let backend = Arc::new(HeldFsync::default());
-    let made = backend.clone();
+    // The engine writes and fsyncs; then the write does not return while the gate is
+    // closed: the message is on disk, but the writer has not heard so yet.
+    let gate = Arc::new(Gate::default());
+    let held = gate.clone();
+    let hook: WriteHook = Box::new(move |write, writes, durable| {
+        let written = write();
+        if durable && writes_a_message(writes) {
+            held.pass();
+        }
+        written
+    });
     let server = TestServer::start_on(
-        move |dir| {
-            made.inner.set(FjallBackend::open(dir).unwrap()).unwrap();
-            made
+        move |dir| Hooked::open(dir, hook),
+        |c| {
+            c.storage.durability = hongyan::config::DurabilityMode::Fsync;
         },
-        |c| c.storage.durability = hongyan::config::DurabilityMode::Fsync,
     )
     .await;
-    struct Release(Arc<HeldFsync>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            *self.0.closed.lock().unwrap() = false;
-            self.0.opened.notify_all();
-        }
-    }
-    let _release = Release(backend.clone());
+    let _open = OpenOnDrop(gate.clone());
     for uid in ["hal", "ivy"] {
         server.register(uid, "t", device_flag::APP, 0).await;
     }
     let (mut hal, _) = Client::connect(&server.tcp(), "hal", "t", device_flag::APP, "d", 5).await.unwrap();
-    *backend.closed.lock().unwrap() = true;
+    gate.set(true);
     let frame = sends(&hal, "ivy", 1, 16).remove(0);
     hal.send_raw(frame).await.unwrap();
-    until("the engine holds the durable write", || backend.holding.load(std::sync::atomic::Ordering::SeqCst)).await;
+    until("the engine holds the durable write", || gate.holding()).await;
     // Anything the server had queued for this connection comes before the PONG.
     hal.send(&Packet::Ping).await.unwrap();
     match hal.recv().await.unwrap() {
         Packet::Pong => {}
         other => panic!("nothing may be acknowledged before the fsync returns, got {other:?}"),
     }
-    *backend.closed.lock().unwrap() = false;
-    backend.opened.notify_all();
+    gate.set(false);
     assert_eq!(acks(&mut hal, 1).await, [1], "the SENDACK follows the fsync");
     server.stop().await;
 }

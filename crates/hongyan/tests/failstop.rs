@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, b64, receive, send_text};
+use common::{Hooked, TestServer, WriteHook, b64, receive, send_text};
 use hongyan_proto::{HeaderFlags, ReasonCode, device_flag};
-use hongyan_store::{FjallBackend, Health, KvBackend, Order, StoreError, Table, Write};
+use hongyan_store::{Order, StoreError};
 use hongyan_testkit::Client;
 use serde_json::json;
 
@@ -133,60 +133,18 @@ async fn a_huge_device_id_is_refused_at_login() {
     server.stop().await;
 }
 
-/// The embedded engine with a switch that makes its writes fail as a full disk does,
-/// recording the failure as the engine's own guard does.
-#[derive(Debug)]
-struct Breakable {
-    inner: FjallBackend,
-    broken: AtomicBool,
-}
-
-impl KvBackend for Breakable {
-    fn health(&self) -> &Arc<Health> {
-        self.inner.health()
-    }
-    fn get(&self, t: Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
-        self.inner.get(t, k)
-    }
-    fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(t, p, l)
-    }
-    fn scan_range(
-        &self,
-        t: Table,
-        s: &[u8],
-        e: &[u8],
-        l: usize,
-        o: Order,
-    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_range(t, s, e, l, o)
-    }
-    fn write(&self, w: Vec<Write>, durable: bool) -> hongyan_store::Result<()> {
-        if self.broken.load(Ordering::Relaxed) {
-            self.health().fail("write: No space left on device (os error 28)");
-            return Err(StoreError::Engine("No space left on device (os error 28)".into()));
-        }
-        self.inner.write(w, durable)
-    }
-    fn sync(&self) -> hongyan_store::Result<()> {
-        self.inner.sync()
-    }
-}
-
 #[tokio::test]
 async fn after_a_storage_failure_the_node_refuses_work_reports_it_and_stops() {
-    let backend = Arc::new(std::sync::OnceLock::<Arc<Breakable>>::new());
-    let made = backend.clone();
-    let server = TestServer::start_on(
-        move |dir| {
-            let kv = Arc::new(Breakable { inner: FjallBackend::open(dir).unwrap(), broken: false.into() });
-            made.set(kv.clone()).unwrap();
-            kv
-        },
-        |c| c.storage.fail_stop_grace_secs = 1,
-    )
-    .await;
-    let backend = backend.get().unwrap().clone();
+    // The embedded engine with a switch that makes its writes fail as a full disk does.
+    let broken = Arc::new(AtomicBool::new(false));
+    let full = broken.clone();
+    let hook: WriteHook = Box::new(move |write, _, _| {
+        if full.load(Ordering::Relaxed) {
+            return Err(StoreError::Engine("No space left on device (os error 28)".into()));
+        }
+        write()
+    });
+    let server = TestServer::start_on(move |dir| Hooked::open(dir, hook), |c| c.storage.fail_stop_grace_secs = 1).await;
     for uid in ["alice", "bob"] {
         server.register(uid, "t", device_flag::APP, 0).await;
     }
@@ -195,7 +153,7 @@ async fn after_a_storage_failure_the_node_refuses_work_reports_it_and_stops() {
     let ack = send_text(&mut alice, ("bob", 1), 1, "m-1", "stored", flags).await;
     assert_eq!(ack.reason_code, ReasonCode::Success);
 
-    backend.broken.store(true, Ordering::Relaxed);
+    broken.store(true, Ordering::Relaxed);
     let ack = send_text(&mut alice, ("bob", 1), 2, "m-2", "lost disk", flags).await;
     assert_eq!((ack.reason_code, ack.message_seq), (ReasonCode::SystemError, 0), "never acknowledged");
     let ack = send_text(&mut alice, ("bob", 1), 3, "m-3", "after", flags).await;

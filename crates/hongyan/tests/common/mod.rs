@@ -190,3 +190,68 @@ pub(crate) fn text_of(message: &Value) -> String {
     let raw = base64::engine::general_purpose::STANDARD.decode(message["payload"].as_str().unwrap()).unwrap();
     String::from_utf8(raw).unwrap()
 }
+
+/// What a [`Hooked`] backend does with a write: `write` performs it on the real engine.
+pub(crate) type WriteHook = Box<
+    dyn Fn(&dyn Fn() -> hongyan_store::Result<()>, &[hongyan_store::Write], bool) -> hongyan_store::Result<()>
+        + std::marker::Send
+        + Sync,
+>;
+
+/// The embedded engine with a hook around every write, for tests that hold, fail or
+/// watch storage: the hook decides whether and when the real write happens.
+pub(crate) struct Hooked {
+    inner: hongyan_store::FjallBackend,
+    hook: WriteHook,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked").finish_non_exhaustive()
+    }
+}
+
+impl Hooked {
+    pub(crate) fn open(dir: &std::path::Path, hook: WriteHook) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { inner: hongyan_store::FjallBackend::open(dir).unwrap(), hook })
+    }
+}
+
+impl hongyan_store::KvBackend for Hooked {
+    fn health(&self) -> &std::sync::Arc<hongyan_store::Health> {
+        self.inner.health()
+    }
+    fn get(&self, t: hongyan_store::Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
+        self.inner.get(t, k)
+    }
+    fn scan_prefix(
+        &self,
+        t: hongyan_store::Table,
+        p: &[u8],
+        l: usize,
+    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(t, p, l)
+    }
+    fn scan_range(
+        &self,
+        t: hongyan_store::Table,
+        s: &[u8],
+        e: &[u8],
+        l: usize,
+        o: hongyan_store::Order,
+    ) -> hongyan_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_range(t, s, e, l, o)
+    }
+    fn write(&self, w: Vec<hongyan_store::Write>, durable: bool) -> hongyan_store::Result<()> {
+        let batch = w.clone();
+        (self.hook)(&|| self.inner.write(batch.clone(), durable), &w, durable)
+    }
+    fn sync(&self) -> hongyan_store::Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// Whether a batch writes a message to the log.
+pub(crate) fn writes_a_message(writes: &[hongyan_store::Write]) -> bool {
+    writes.iter().any(|w| matches!(w, hongyan_store::Write::Put(hongyan_store::Table::ChanSeqMessage, ..)))
+}
