@@ -1053,14 +1053,22 @@ mod tests {
         assert_eq!(log.read(&g, 1, 0, 100, Order::Ascending).unwrap().len(), 6);
     }
 
-    /// A backend whose writes fail after the first `ok` of them.
-    #[derive(Debug)]
-    struct Failing {
+    /// Memory storage whose writes go through `hook` (which may fail, panic or pass
+    /// them on to the memory backend it is given).
+    struct Hooked {
         inner: MemoryBackend,
-        ok: std::sync::atomic::AtomicUsize,
+        hook: Box<WriteHook>,
     }
 
-    impl KvBackend for Failing {
+    type WriteHook = dyn Fn(&MemoryBackend, Vec<Write>, bool) -> Result<()> + Send + Sync;
+
+    impl std::fmt::Debug for Hooked {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Hooked").finish_non_exhaustive()
+        }
+    }
+
+    impl KvBackend for Hooked {
         fn health(&self) -> &Arc<crate::Health> {
             self.inner.health()
         }
@@ -1074,19 +1082,27 @@ mod tests {
             self.inner.scan_range(t, s, e, l, o)
         }
         fn write(&self, w: Vec<Write>, d: bool) -> Result<()> {
-            if self.ok.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
-                return Err(StoreError::Engine("disk full".into()));
-            }
-            self.inner.write(w, d)
+            (self.hook)(&self.inner, w, d)
         }
         fn sync(&self) -> Result<()> {
             Ok(())
         }
     }
 
+    fn hooked(hook: impl Fn(&MemoryBackend, Vec<Write>, bool) -> Result<()> + Send + Sync + 'static) -> Arc<Hooked> {
+        Arc::new(Hooked { inner: MemoryBackend::new(), hook: Box::new(hook) })
+    }
+
     #[tokio::test]
     async fn a_failed_write_acknowledges_nothing_from_then_on() {
-        let kv = Arc::new(Failing { inner: MemoryBackend::new(), ok: 1.into() });
+        // Writes fail after the first, as on a disk that filled up.
+        let ok = std::sync::atomic::AtomicUsize::new(1);
+        let kv = hooked(move |inner, w, d| {
+            if ok.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                return Err(StoreError::Engine("disk full".into()));
+            }
+            inner.write(w, d)
+        });
         let log = MessageLog::open(kv, Durability::Fsync).unwrap();
         let g = ChannelKey::new("g", 2);
         assert!(log.append(g.clone(), msg(1, "s", "", "m")).await.is_ok());
@@ -1101,36 +1117,10 @@ mod tests {
         assert_eq!(log.last_seq(&g).unwrap(), 1);
     }
 
-    /// A backend whose writes panic, as an engine does on input it cannot take.
-    #[derive(Debug, Default)]
-    struct Panicking {
-        inner: MemoryBackend,
-    }
-
-    impl KvBackend for Panicking {
-        fn health(&self) -> &Arc<crate::Health> {
-            self.inner.health()
-        }
-        fn get(&self, t: Table, k: &[u8]) -> Result<Option<Vec<u8>>> {
-            self.inner.get(t, k)
-        }
-        fn scan_prefix(&self, t: Table, p: &[u8], l: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            self.inner.scan_prefix(t, p, l)
-        }
-        fn scan_range(&self, t: Table, s: &[u8], e: &[u8], l: usize, o: Order) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            self.inner.scan_range(t, s, e, l, o)
-        }
-        fn write(&self, _: Vec<Write>, _: bool) -> Result<()> {
-            panic!("the engine gave up")
-        }
-        fn sync(&self) -> Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_panic_in_the_engine_fails_the_batch_and_stops_the_log_without_killing_the_writer() {
-        let log = MessageLog::open(Arc::new(Panicking::default()), Durability::Fsync).unwrap();
+        // Writes panic, as an engine does on input it cannot take.
+        let log = MessageLog::open(hooked(|_, _, _| panic!("the engine gave up")), Durability::Fsync).unwrap();
         let g = ChannelKey::new("g", 2);
         let outcome = Arc::new(Mutex::new(Vec::new()));
         let seen = outcome.clone();
