@@ -108,8 +108,16 @@ struct Event {
     id: u64,
     created_ms: i64,
     name: &'static str,
+    /// The body as posted; for an event with a `message`, only `{"to_uids": [...]}`.
     body: Vec<u8>,
+    /// A `msg.offline` of a stored message refers to it (stored channel, seq) instead
+    /// of carrying it: the body is made from the log when posted, so a message to a
+    /// large group with many offline members is not copied once per chunk of uids.
+    message: Option<(ChannelKey, u64)>,
 }
+
+/// The kind byte of a `msg.offline` row that refers to a stored message.
+const KIND_OFFLINE_REF: u8 = 3;
 
 /// Most inputs waiting for the pump, and their bytes. Stored messages wait for room
 /// (on the log's writer thread, which holds up senders through the core's pipeline
@@ -253,18 +261,40 @@ impl Queue {
         v
     }
 
+    /// `[format][created_ms][kind 3][channel type][len][channel id][seq][to_uids JSON]`.
+    fn encode_reference(channel: &ChannelKey, seq: u64, to_uids: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(22 + channel.channel_id.len() + to_uids.len());
+        v.push(FORMAT_V1);
+        v.extend_from_slice(&hongyan_core::now_ms().to_be_bytes());
+        v.extend_from_slice(&[KIND_OFFLINE_REF, channel.channel_type]);
+        // Ids are at most 255 bytes (the id rule), so the length fits.
+        v.extend_from_slice(&(channel.channel_id.len() as u16).to_be_bytes());
+        v.extend_from_slice(channel.channel_id.as_bytes());
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(to_uids);
+        v
+    }
+
     fn decode(key: Vec<u8>, value: &[u8]) -> Option<Event> {
         let id = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
         if value.first() != Some(&FORMAT_V1) {
             return None;
         }
         let created_ms = i64::from_be_bytes(value.get(1..9)?.try_into().ok()?);
-        let name = match value.get(9)? {
-            0 => ONLINE_STATUS,
-            1 => MSG_NOTIFY,
-            _ => MSG_OFFLINE,
+        let (name, message, body) = match value.get(9)? {
+            0 => (ONLINE_STATUS, None, value.get(10..)?),
+            1 => (MSG_NOTIFY, None, value.get(10..)?),
+            &KIND_OFFLINE_REF => {
+                let channel_type = *value.get(10)?;
+                let len = usize::from(u16::from_be_bytes(value.get(11..13)?.try_into().ok()?));
+                let channel_id = std::str::from_utf8(value.get(13..13 + len)?).ok()?;
+                let at = 13 + len;
+                let seq = u64::from_be_bytes(value.get(at..at + 8)?.try_into().ok()?);
+                (MSG_OFFLINE, Some((ChannelKey::new(channel_id, channel_type), seq)), value.get(at + 8..)?)
+            }
+            _ => (MSG_OFFLINE, None, value.get(10..)?),
         };
-        Some(Event { key, id, created_ms, name, body: value.get(10..)?.to_vec() })
+        Some(Event { key, id, created_ms, name, body: body.to_vec(), message })
     }
 
     /// Queues an event in `writes`, unless the queue is full (`webhook.max_queue_bytes`):
@@ -273,7 +303,16 @@ impl Queue {
     /// Returns whether it was queued.
     fn put(&self, lane: u8, name: &'static str, body: &Value, writes: &mut Vec<Write>) -> bool {
         let body = serde_json::to_vec(body).unwrap_or_default();
-        let value = Self::encode(name, &body);
+        self.put_value(lane, name, Self::encode(name, &body), writes)
+    }
+
+    /// Queues a `msg.offline` that refers to the stored message at `seq` in `channel`.
+    fn put_reference(&self, lane: u8, channel: &ChannelKey, seq: u64, to_uids: &Value, writes: &mut Vec<Write>) {
+        let to_uids = serde_json::to_vec(&json!({ "to_uids": to_uids })).unwrap_or_default();
+        self.put_value(lane, MSG_OFFLINE, Self::encode_reference(channel, seq, &to_uids), writes);
+    }
+
+    fn put_value(&self, lane: u8, name: &'static str, value: Vec<u8>, writes: &mut Vec<Write>) -> bool {
         let size = value.len() as i64;
         if self.pending_bytes.load(Ordering::Relaxed) + size > self.max_bytes {
             metrics::counter!("hongyan_webhook_dropped_total", "event" => name, "why" => "queue_full").increment(1);
@@ -289,7 +328,8 @@ impl Queue {
             return false;
         }
         // Counted now, while the batch is written: the next put sees it.
-        self.pending_bytes.fetch_add(size, Ordering::Relaxed);
+        let bytes = self.pending_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        metrics::gauge!("hongyan_webhook_pending_bytes").set(bytes as f64);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         writes.push(Write::Put(Table::HookQueue, Self::key(lane, id), value));
         metrics::counter!("hongyan_webhook_queued_total", "event" => name).increment(1);
@@ -350,6 +390,7 @@ impl Webhooks {
             let lane = Lane {
                 lane,
                 queue: queue.clone(),
+                core: core.clone(),
                 client: client.clone(),
                 settings: settings.clone(),
                 stop: stop.clone(),
@@ -591,22 +632,38 @@ impl Pump {
             return;
         }
         let base = base_channel(channel);
-        let stored = StoredMessage { seq, message: message.clone() };
-        let mut body = message_json(&stored, &base, &self.settings.system_uid);
-        body["source_id"] = json!(self.settings.node_id);
         let lane = FIRST_OFFLINE_LANE
             + (crc32fast::hash(base.channel_id.as_bytes()) % u32::from(self.settings.offline_lanes.max(1))) as u8;
-        for chunk in offline.chunks(self.settings.offline_max_uids.max(1)) {
-            body["to_uids"] = json!(chunk);
-            self.queue.put(lane, MSG_OFFLINE, &body, writes);
+        if seq > 0 {
+            // Stored: each chunk refers to the message in the log; none copies it.
+            for chunk in offline.chunks(self.settings.offline_max_uids.max(1)) {
+                self.queue.put_reference(lane, channel, seq, &json!(chunk), writes);
+            }
+        } else {
+            // Not stored (NoPersist): nothing to refer to, so the event carries it.
+            let stored = StoredMessage { seq, message: message.clone() };
+            let mut body = offline_body(&stored, &base, &self.settings);
+            for chunk in offline.chunks(self.settings.offline_max_uids.max(1)) {
+                body["to_uids"] = json!(chunk);
+                self.queue.put(lane, MSG_OFFLINE, &body, writes);
+            }
         }
         woken.push(lane);
     }
 }
 
+/// The body of a `msg.offline`, without its `to_uids`: the message as the sync APIs
+/// show it, and the node it came from.
+fn offline_body(stored: &StoredMessage, base: &ChannelKey, settings: &WebhookSettings) -> Value {
+    let mut body = message_json(stored, base, &settings.system_uid);
+    body["source_id"] = json!(settings.node_id);
+    body
+}
+
 struct Lane {
     lane: u8,
     queue: Arc<Queue>,
+    core: Arc<Core>,
     client: reqwest::Client,
     settings: Arc<WebhookSettings>,
     stop: CancellationToken,
@@ -639,12 +696,53 @@ impl Lane {
                     self.remove(key, value.len()).await;
                     continue;
                 };
+                let event = match self.render(event).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => {
+                        self.remove(key, value.len()).await;
+                        continue;
+                    }
+                    Err(()) => {
+                        // Storage could not be read: try again in a while, from this event.
+                        tokio::select! {
+                            () = self.stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        break;
+                    }
+                };
                 if !self.deliver(&event).await {
                     return; // stopping; the event stays queued
                 }
                 self.remove(event.key, value.len()).await;
             }
         }
+    }
+
+    /// Makes the body of an event that refers to a stored message: the message from the
+    /// log, with the event's `to_uids`. `None` when the message is gone (retention or
+    /// channel deletion removed it first): the event is dropped and counted.
+    async fn render(&self, mut event: Event) -> Result<Option<Event>, ()> {
+        let Some((channel, seq)) = event.message.clone() else { return Ok(Some(event)) };
+        let core = self.core.clone();
+        let read = channel.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            core.log().read(&read, seq, seq + 1, 1, hongyan_store::Order::Ascending)
+        })
+        .await
+        .map_err(|_| ())?
+        .map_err(|e| error!(error = %e, "msg.offline: the message could not be read"))?;
+        let Some(stored) = found.into_iter().next() else {
+            metrics::counter!("hongyan_webhook_dropped_total", "event" => MSG_OFFLINE, "why" => "message_gone")
+                .increment(1);
+            warn!(id = event.id, seq, "msg.offline dropped: its message was deleted before it was posted");
+            return Ok(None);
+        };
+        let mut body = offline_body(&stored, &base_channel(&channel), &self.settings);
+        let to: Value = serde_json::from_slice(&event.body).unwrap_or_default();
+        body["to_uids"] = to["to_uids"].clone();
+        event.body = serde_json::to_vec(&body).unwrap_or_default();
+        Ok(Some(event))
     }
 
     /// Posts until a 2xx or until the event is too old. False when stopping first.
@@ -707,7 +805,8 @@ impl Lane {
             error!(error = %e, "a delivered webhook event could not be removed; it will be posted again");
         }
         let left = self.queue.pending.fetch_sub(1, Ordering::Relaxed) - 1;
-        self.queue.pending_bytes.fetch_sub(size as i64, Ordering::Relaxed);
+        let bytes = self.queue.pending_bytes.fetch_sub(size as i64, Ordering::Relaxed) - size as i64;
+        metrics::gauge!("hongyan_webhook_pending_bytes").set(bytes.max(0) as f64);
         metrics::gauge!("hongyan_webhook_pending").set(left.max(0) as f64);
     }
 }

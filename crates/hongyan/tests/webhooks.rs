@@ -601,6 +601,54 @@ async fn a_full_queue_drops_new_events_and_messaging_goes_on() {
     server.stop().await;
 }
 
+/// A message to a large group with most members offline gives one `msg.offline` per
+/// 1,000 of them, but the queue holds the message once (in the log), not once per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_message_is_not_copied_into_every_offline_event() {
+    let (rx, addr) = start_receiver().await;
+    let server = hooked_server(addr, |c| c.webhook.events = vec!["msg.offline".into()]).await;
+    let members: Vec<String> = (0..2_500).map(|i| format!("member{i:04}")).collect();
+    let (status, _) =
+        server.post("/channel", json!({"channel_id": "big", "channel_type": 2, "subscribers": members})).await;
+    assert_eq!(status, 200);
+    rx.failing.store(true, Ordering::SeqCst);
+    let payload = "p".repeat(48 * 1024);
+    let sent = http_send(&server, "member0000", "big", 2, &payload).await;
+    // Three events wait (2,499 offline members, 1,000 per event) ...
+    let gauge = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let started = Instant::now();
+    loop {
+        let metrics = server.metrics().await;
+        if gauge(&metrics, "hongyan_webhook_pending") >= 3.0 {
+            // ... in far less than one copy of the 64 KiB (base64) message.
+            let bytes = gauge(&metrics, "hongyan_webhook_pending_bytes");
+            assert!(bytes > 0.0 && bytes < 48.0 * 1024.0, "the queue holds {bytes} bytes");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the events were not queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rx.failing.store(false, Ordering::SeqCst);
+    rx.wait_for("three accepted events", |r| r.accepted("msg.offline").len() == 3).await;
+    let mut reached = BTreeSet::new();
+    for hit in rx.accepted("msg.offline") {
+        assert_eq!(hit.body["message_id"], sent["message_id"]);
+        assert_eq!(hit.body["payload"], b64(&payload), "each post carries the whole message");
+        assert_eq!(hit.body["source_id"], 1001);
+        let uids = hit.body["to_uids"].as_array().unwrap();
+        assert!(uids.len() <= 1_000);
+        reached.extend(uids.iter().map(|u| u.as_str().unwrap().to_owned()));
+    }
+    assert_eq!(reached.len(), 2_499, "every offline member but the sender, once");
+    server.stop().await;
+}
+
 /// With only `user.onlinestatus` chosen, logins are posted and messages are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_chosen_events_are_sent() {
