@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 use tracing::{Instrument as _, debug, warn};
 
 /// The bounds every HTTP listener serves within (`[api]` settings).
@@ -113,8 +115,13 @@ pub(crate) async fn serve(
             continue; // dropping the stream closes it
         };
         let _ = stream.set_nodelay(true);
-        // Handlers that limit per client address read it from the request.
-        let service = TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
+        // Handlers that limit per client address read it from the request; recording it
+        // wraps the shared router, it does not rebuild it per connection.
+        let router = router.clone();
+        let service = TowerToHyperService::new(tower::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        }));
         let connection =
             graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
