@@ -26,6 +26,22 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# schemathesis, pinned, in a virtual environment under target/, for the API fuzz test
+# (crates/hongyan/tests/api_fuzz.rs).
+SCHEMATHESIS_VERSION=4.32.5
+if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "the API fuzz test needs python3-venv: apt-get install python3-venv" >&2
+            exit 1
+        fi
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    rm -rf target/schemathesis
+    python3 -m venv target/schemathesis
+    target/schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 # Unit, property, golden-vector and integration tests of every crate.
 cargo nextest run --workspace --all-targets --no-fail-fast
 # Examples in the documentation (nextest does not run doctests).

@@ -21,7 +21,7 @@ use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Path, Query, Sta
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use hongyan_gateway::is_valid_uid;
@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::openapi::{self, Dialect, Endpoint, schema_of};
 use crate::ratelimit::ClientIp;
 
 /// One configured app.
@@ -68,6 +69,11 @@ impl Easemob {
     /// The dialect over `apps`.
     pub fn new(apps: Vec<EasemobApp>, calls_per_sec: u32, token_calls_per_sec: u32, ttl: TokenTtl) -> Self {
         Self { apps, calls_per_sec, token_calls_per_sec, ttl, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// The configured (org, app) names.
+    pub(crate) fn names(&self) -> Vec<(String, String)> {
+        self.apps.iter().map(|a| (a.org.clone(), a.app.clone())).collect()
     }
 
     fn app(&self, org: &str, app: &str) -> Option<(usize, &EasemobApp)> {
@@ -306,22 +312,60 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, EmError> {
     serde_json::from_slice(body).map_err(|e| EmError::bad_body(format!("Failed to read HTTP message: {e}")))
 }
 
+/// An endpoint of this dialect.
+fn endpoint(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+) -> Endpoint {
+    openapi::endpoint(Dialect::Easemob, method, path, summary, handler)
+}
+
+/// Every endpoint of the dialect; the router and the OpenAPI document are both built
+/// from this list.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    use axum::routing::{delete, put};
+    let page = schema_of::<PageQuery>;
+    let users = "/{org}/{app}/thread/{id}/users";
+    vec![
+        openapi::endpoint(Dialect::EasemobToken, "post", "/{org}/{app}/token", "An app token", post(token))
+            .body(schema_of::<TokenReq>)
+            .open(),
+        endpoint("post", "/{org}/{app}/thread", "Create a thread on a group message", post(create_thread))
+            .body(schema_of::<CreateReq>),
+        endpoint("get", "/{org}/{app}/thread", "Every thread of the app", get(list_threads)).query(page),
+        endpoint("put", "/{org}/{app}/thread/{id}", "Rename a thread", put(rename_thread)).body(schema_of::<RenameReq>),
+        endpoint("delete", "/{org}/{app}/thread/{id}", "Delete a thread", delete(delete_thread)),
+        endpoint("get", users, "A thread's members", get(list_members)).query(page),
+        endpoint("post", users, "Members of the group join a thread", post(add_members))
+            .body(schema_of::<UsernamesReq>),
+        endpoint("delete", users, "Members leave a thread", delete(remove_members))
+            .optional_body(schema_of::<UsernamesReq>),
+        endpoint("delete", "/{org}/{app}/threads/{id}/users", "Members leave a thread", delete(remove_members))
+            .optional_body(schema_of::<UsernamesReq>),
+        endpoint("get", "/{org}/{app}/threads/user/{username}", "The threads a user joined", get(user_threads))
+            .query(page),
+        endpoint(
+            "get",
+            "/{org}/{app}/threads/chatgroups/{group}/user/{username}",
+            "The threads a user joined in one group",
+            get(user_group_threads),
+        )
+        .query(page),
+    ]
+}
+
 /// The dialect's routes at Easemob's paths (`/{org}/{app}/…`).
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/{org}/{app}/token", post(token))
-        .route("/{org}/{app}/thread", post(create_thread).get(list_threads))
-        .route("/{org}/{app}/thread/{id}", axum::routing::put(rename_thread).delete(delete_thread))
-        .route("/{org}/{app}/thread/{id}/users", get(list_members).post(add_members).delete(remove_members))
-        .route("/{org}/{app}/threads/{id}/users", axum::routing::delete(remove_members))
-        .route("/{org}/{app}/threads/user/{username}", get(user_threads))
-        .route("/{org}/{app}/threads/chatgroups/{group}/user/{username}", get(user_group_threads))
+    openapi::routes(endpoints())
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(|r: Response| openapi::json_errors(Dialect::Easemob, r)))
         .with_state(state)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TokenReq {
     #[serde(default)]
     grant_type: String,
@@ -425,7 +469,7 @@ const USERNAMES_MAX: usize = 10;
 /// Most items per page.
 const PAGE_MAX: usize = 50;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CreateReq {
     group_id: String,
     name: String,
@@ -494,7 +538,7 @@ async fn create_thread(State(state): State<AppState>, call: Call, body: Bytes) -
     Ok(call.answer(json!({"data": {"thread_id": id}})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct RenameReq {
     name: String,
 }
@@ -534,7 +578,7 @@ async fn delete_thread(
     Ok(call.answer(json!({"data": {"status": "ok"}})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 struct PageQuery {
     limit: Option<String>,
     cursor: Option<String>,
@@ -624,7 +668,7 @@ async fn list_members(
     Ok(call.answer(json!({"data": {"affiliations": members}, "properties": {"cursor": cursor.unwrap_or_default()}})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UsernamesReq {
     usernames: Vec<String>,
 }

@@ -1,7 +1,8 @@
 //! Hongyan's HTTP APIs.
 //!
-//! [`wukong`] is the WuKongIM / LiMaoIM dialect that app servers call; more dialects
-//! (OpenIM, Easemob) will sit beside it over the same state. Only this crate defines
+//! [`wukong`] is the WuKongIM / LiMaoIM dialect that app servers call; [`openim`] and
+//! [`easemob`] sit beside it over the same state, and [`openapi`] documents all three
+//! from the same endpoint lists their routers are built from. Only this crate defines
 //! HTTP bodies: domain types are converted by hand at the edge.
 
 #![warn(missing_docs)]
@@ -9,6 +10,7 @@
 pub mod datasource;
 pub mod easemob;
 mod error;
+pub mod openapi;
 pub mod openim;
 pub mod ratelimit;
 pub mod webhook;

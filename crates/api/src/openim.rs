@@ -21,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
 use hongyan_core::directory::ProfileUpdate;
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::openapi::{self, Dialect, Endpoint, schema_of};
 use crate::ratelimit::ClientIp;
 
 /// The dialect's settings.
@@ -180,26 +181,52 @@ fn platform_name(id: i32) -> Option<&'static str> {
     })
 }
 
+/// An endpoint of this dialect.
+fn endpoint(path: &'static str, summary: &'static str, handler: MethodRouter<AppState>) -> Endpoint {
+    openapi::endpoint(Dialect::OpenIm, "post", path, summary, handler)
+}
+
+/// Every endpoint of the dialect; the router and the OpenAPI document are both built
+/// from this list.
+pub(crate) fn endpoints() -> Vec<Endpoint> {
+    vec![
+        endpoint("/auth/user_token", "Trade the secret for an admin token", post(user_token))
+            .body(schema_of::<UserTokenReq>)
+            .open(),
+        endpoint("/group/create_group", "Create a group with members and roles", post(create_group))
+            .body(schema_of::<CreateGroupReq>),
+        endpoint("/group/invite_user_to_group", "Add members to a group", post(invite_to_group))
+            .body(schema_of::<InviteReq>),
+        endpoint("/group/kick_group", "Remove members from a group", post(kick_from_group)).body(schema_of::<KickReq>),
+        endpoint("/friend/import_friend", "Make users friends both ways", post(import_friend))
+            .body(schema_of::<ImportFriendReq>),
+        endpoint("/friend/add_blacklist", "Stop a user messaging another", post(add_blacklist))
+            .body(schema_of::<BlacklistReq>),
+        endpoint("/user/update_user_info", "Register a user or change a profile", post(update_user_info))
+            .body(schema_of::<UpdateUserReq>),
+        endpoint("/user/get_user_info", "Profiles of registered users", post(get_user_info))
+            .body(schema_of::<UidListReq>),
+        endpoint("/manager/delete_user", "Unregister users and kick them", post(delete_user))
+            .body(schema_of::<DeleteUserReq>),
+        endpoint("/manager/get_users_online_status", "Who is online, by platform", post(online_status))
+            .body(schema_of::<UidListReq>),
+        endpoint("/manager/get_all_users_uid", "Every registered uid", post(all_users)),
+        endpoint("/manager/account_check", "Which uids are registered", post(account_check))
+            .body(schema_of::<UidListReq>),
+        endpoint("/manager/send_msg", "Send a message as a user", post(send_msg)).body(schema_of::<SendMsgReq>),
+    ]
+}
+
 /// The dialect's routes at the seed's paths (the server also nests them under
 /// `/openim` on the API port).
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    Router::new()
-        .route("/group/create_group", post(create_group))
-        .route("/group/invite_user_to_group", post(invite_to_group))
-        .route("/group/kick_group", post(kick_from_group))
-        .route("/friend/import_friend", post(import_friend))
-        .route("/friend/add_blacklist", post(add_blacklist))
-        .route("/user/update_user_info", post(update_user_info))
-        .route("/user/get_user_info", post(get_user_info))
-        .route("/manager/delete_user", post(delete_user))
-        .route("/manager/get_users_online_status", post(online_status))
-        .route("/manager/get_all_users_uid", post(all_users))
-        .route("/manager/account_check", post(account_check))
-        .route("/manager/send_msg", post(send_msg))
+    let (open, secured): (Vec<Endpoint>, Vec<Endpoint>) = endpoints().into_iter().partition(|e| !e.secured());
+    openapi::routes(secured)
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_token))
-        .route("/auth/user_token", post(user_token))
+        .merge(openapi::routes(open))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::map_response(|r: Response| openapi::json_errors(Dialect::OpenIm, r)))
         .with_state(state)
 }
 
@@ -257,7 +284,7 @@ fn admin_of(state: &AppState, headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UserTokenReq {
     secret: String,
@@ -296,7 +323,7 @@ async fn user_token(State(state): State<AppState>, ClientIp(ip): ClientIp, body:
     Ok(success(json!({"data": {"userID": req.user_id, "token": token, "expiredTime": expires}})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Member {
     #[serde(rename = "userID")]
     user_id: String,
@@ -318,7 +345,7 @@ fn role_of_level(level: i32) -> Option<Role> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateGroupReq {
     #[serde(rename = "ownerUserID")]
@@ -412,7 +439,7 @@ fn existing_group(core: &hongyan_core::Core, id: &str) -> Result<ChannelKey, Ope
     Ok(key)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InviteReq {
     #[serde(rename = "groupID")]
     group_id: String,
@@ -444,7 +471,7 @@ async fn invite_to_group(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct KickReq {
     #[serde(rename = "groupID")]
     group_id: String,
@@ -479,7 +506,7 @@ async fn kick_from_group(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ImportFriendReq {
     #[serde(rename = "fromUserID")]
     from: String,
@@ -518,7 +545,7 @@ async fn import_friend(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"data": results(&outcomes)})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct BlacklistReq {
     #[serde(rename = "fromUserID")]
     from: String,
@@ -541,7 +568,7 @@ async fn add_blacklist(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UpdateUserReq {
     uid: String,
     name: Option<String>,
@@ -578,7 +605,7 @@ async fn update_user_info(State(state): State<AppState>, body: Bytes) -> Answer 
     Ok(success(json!({})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UidListReq {
     #[serde(rename = "uidList", alias = "userIDList")]
     uids: Vec<String>,
@@ -607,7 +634,7 @@ async fn get_user_info(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"data": users})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct DeleteUserReq {
     #[serde(rename = "deleteUidList")]
     uids: Vec<String>,
@@ -700,7 +727,7 @@ async fn account_check(State(state): State<AppState>, body: Bytes) -> Answer {
     Ok(success(json!({"result": data})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SendMsgReq {
     #[serde(rename = "sendID")]

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::openapi::{self, Dialect, Endpoint, schema_of};
 use crate::{ApiError, AppState, kick};
 
 mod admin;
@@ -46,42 +47,14 @@ const LIST_ROUTES: [(&str, MemberList, Change); 11] = [
     ("/channel/whitelist_remove_all", MemberList::Whitelist, Change::RemoveAll),
 ];
 
-/// One endpoint: what it is for, what it takes, and its handler.
-struct Endpoint {
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    handler: MethodRouter<AppState>,
-    /// JSON schema of the request body.
-    body: Option<fn() -> Value>,
-    /// JSON schema (an object) of the query string.
-    query: Option<fn() -> Value>,
-}
-
+/// An endpoint of this dialect.
 fn endpoint(
     method: &'static str,
     path: &'static str,
     summary: &'static str,
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
-    Endpoint { method, path, summary, handler, body: None, query: None }
-}
-
-impl Endpoint {
-    fn body(mut self, schema: fn() -> Value) -> Self {
-        self.body = Some(schema);
-        self
-    }
-
-    fn query(mut self, schema: fn() -> Value) -> Self {
-        self.query = Some(schema);
-        self
-    }
-}
-
-/// The JSON schema of `T`, from its serde-facing derive.
-fn schema_of<T: utoipa::PartialSchema>() -> Value {
-    serde_json::to_value(T::schema()).unwrap_or(Value::Null)
+    openapi::endpoint(Dialect::WuKong, method, path, summary, handler)
 }
 
 /// Channel bodies of `/channel` and `/channel/info`, for the document (the handlers
@@ -132,7 +105,7 @@ struct ChannelRefBody {
 
 /// Every endpoint of the dialect. The router and the OpenAPI document are both built
 /// from this list, so the document names exactly what is served.
-fn endpoints() -> Vec<Endpoint> {
+pub(crate) fn endpoints() -> Vec<Endpoint> {
     let system_uids_add = || post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, true));
     let system_uids_remove = || post(|s: State<AppState>, b: Bytes| set_system_uids(s, b, false));
     let mut all = vec![
@@ -224,9 +197,7 @@ fn endpoints() -> Vec<Endpoint> {
 /// The dialect's routes, with the manager-token check and the body limit applied.
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
-    endpoints()
-        .into_iter()
-        .fold(Router::new(), |router, e| router.route(e.path, e.handler))
+    openapi::routes(endpoints())
         .layer(middleware::from_fn_with_state(state.clone(), require_manager_token))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::map_response(move |r: Response| json_body_limit(r, limit)))
@@ -234,66 +205,19 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// A body over the limit is refused (413) before any handler runs; say so in
-/// WuKongIM's JSON error shape rather than axum's plain text.
+/// WuKongIM's JSON error shape, naming the setting. Other plain-text rejections get
+/// the same shape.
 async fn json_body_limit(response: Response, limit: usize) -> Response {
     if response.status() != axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return response;
+        return openapi::json_errors(Dialect::WuKong, response).await;
     }
     let body = json!({"msg": format!("body: larger than {limit} bytes (api.max_body_bytes)"), "status": 413});
     (axum::http::StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response()
 }
 
-/// The OpenAPI 3.1 document of the dialect.
-pub fn openapi() -> Value {
-    let mut paths = serde_json::Map::new();
-    for e in endpoints() {
-        let mut operation = json!({
-            "summary": e.summary,
-            "responses": {
-                "200": {"description": "Success, in WuKongIM's shape (see docs/api.md)", "content": {"application/json": {}}},
-                "400": {"description": "Bad input: {\"msg\": \"<field>: <problem>\", \"status\": 400}"},
-                "401": {"description": "Missing or wrong `token` header (when a manager token is set)"}
-            }
-        });
-        if let Some(body) = e.body {
-            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body()}}});
-        }
-        if let Some(query) = e.query {
-            let schema = query();
-            let required: Vec<&str> =
-                schema["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            let parameters: Vec<Value> = schema["properties"]
-                .as_object()
-                .map(|props| {
-                    props
-                        .iter()
-                        .map(|(name, s)| {
-                            let required = required.contains(&name.as_str());
-                            json!({"name": name, "in": "query", "required": required, "schema": s})
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            operation["parameters"] = Value::Array(parameters);
-        }
-        let item = paths.entry(e.path).or_insert_with(|| json!({}));
-        item[e.method] = operation;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Hongyan HTTP API (WuKongIM / LiMaoIM dialect)",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Request and answer bodies are described in docs/api.md."
-        },
-        "components": {"securitySchemes": {"managerToken": {"type": "apiKey", "in": "header", "name": "token"}}},
-        "security": [{"managerToken": []}],
-        "paths": paths,
-    })
-}
-
-async fn openapi_json() -> Json<Value> {
-    Json(openapi())
+/// `/openapi.json`: the document of every dialect this server has turned on.
+async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    Json(openapi::document(&state.settings))
 }
 
 /// With a manager token configured, every request must carry it in the `token` header.
