@@ -340,6 +340,7 @@ impl Core {
                 let fanout: usize = core.shards.iter().map(|s| s.max_capacity() - s.capacity()).sum();
                 metrics::gauge!("hongyan_core_fanout_queue_depth").set(fanout as f64);
                 metrics::gauge!("hongyan_log_queue_depth").set(core.log.queued() as f64);
+                metrics::gauge!("hongyan_gateway_held_bytes").set(core.registry.held().used() as f64);
             }
         });
         Ok(core)

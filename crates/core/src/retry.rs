@@ -94,18 +94,25 @@ impl RetryQueue {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Remembers that `frame` (a RECV of `message_id`) was written to `conn`.
+    /// Remembers that `frame` (a RECV of `message_id`) was written to `conn`. Its bytes
+    /// count against the node's held budget (`Outbox::hold`) until it is acknowledged,
+    /// given up or the connection is gone.
     pub fn track(&self, conn: &Arc<Conn>, message_id: i64, frame: Bytes, command: Option<CommandPosition>) {
         let mut conns = self.lock();
         let entry = conns
             .entry(conn.id)
             .or_insert_with(|| ConnRetries { conn: Arc::downgrade(conn), pending: BTreeMap::new() });
-        if entry.pending.len() >= self.settings.max_per_connection {
-            entry.pending.pop_first();
+        if entry.pending.len() >= self.settings.max_per_connection
+            && let Some((_, oldest)) = entry.pending.pop_first()
+        {
+            conn.outbox.release(oldest.frame.len());
             metrics::counter!("hongyan_core_retry_dropped_total", "why" => "connection_full").increment(1);
         }
         let due = Instant::now() + self.settings.interval;
-        entry.pending.insert(message_id, Pending { frame, retries: 0, due, command });
+        conn.outbox.hold(frame.len());
+        if let Some(replaced) = entry.pending.insert(message_id, Pending { frame, retries: 0, due, command }) {
+            conn.outbox.release(replaced.frame.len());
+        }
     }
 
     /// `conn` acknowledged `message_id`.
@@ -113,6 +120,9 @@ impl RetryQueue {
         let mut conns = self.lock();
         let Some(entry) = conns.get_mut(&conn_id) else { return Acked::Unknown };
         let removed = entry.pending.remove(&message_id);
+        if let (Some(p), Some(conn)) = (&removed, entry.conn.upgrade()) {
+            conn.outbox.release(p.frame.len());
+        }
         if entry.pending.is_empty() {
             conns.remove(&conn_id);
         }
@@ -121,7 +131,10 @@ impl RetryQueue {
 
     /// `conn` is gone: forget its entries.
     pub fn forget(&self, conn_id: u64) {
-        self.lock().remove(&conn_id);
+        let Some(entry) = self.lock().remove(&conn_id) else { return };
+        if let Some(conn) = entry.conn.upgrade() {
+            conn.outbox.release(entry.pending.values().map(|p| p.frame.len()).sum());
+        }
     }
 
     /// RECVs waiting for an ack, over all connections.
@@ -153,6 +166,7 @@ impl RetryQueue {
                     }
                     if p.retries >= self.settings.max_retries {
                         outcome.given_up += 1;
+                        conn.outbox.release(p.frame.len());
                         return false;
                     }
                     p.retries += 1;
@@ -180,6 +194,10 @@ mod tests {
     use hongyan_proto::{DeviceLevel, ProtocolVersion};
 
     fn conn(id: u64) -> Arc<Conn> {
+        conn_counting(id, hongyan_gateway::HeldBytes::unlimited())
+    }
+
+    fn conn_counting(id: u64, budget: Arc<hongyan_gateway::HeldBytes>) -> Arc<Conn> {
         Arc::new(Conn {
             id,
             uid: "u".into(),
@@ -191,7 +209,7 @@ mod tests {
             transport: TransportKind::Tcp,
             remote: "127.0.0.1:1".parse().unwrap(),
             connected_at_ms: 0,
-            outbox: Outbox::new(OutboxLimits { max_frames: 64, max_bytes: 1 << 20 }),
+            outbox: Outbox::with_budget(OutboxLimits { max_frames: 64, max_bytes: 1 << 20 }, budget),
             sends_in_flight: tokio::sync::Semaphore::new(8),
         })
     }
@@ -248,5 +266,28 @@ mod tests {
         }
         assert_eq!(q.pending_for(1), 3);
         assert!([10, 9, 8].iter().all(|id| q.ack(1, *id) != Acked::Unknown), "the newest are kept");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_awaiting_an_ack_count_against_the_node_budget_until_settled() {
+        let budget = hongyan_gateway::HeldBytes::new(1 << 20, 1 << 10);
+        let q = RetryQueue::new(settings(1, 2));
+        let (a, b) = (conn_counting(1, budget.clone()), conn_counting(2, budget.clone()));
+        q.track(&a, 1, Bytes::from_static(&[0; 100]), None);
+        q.track(&a, 2, Bytes::from_static(&[0; 10]), None);
+        q.track(&b, 1, Bytes::from_static(&[0; 1]), None);
+        assert_eq!(budget.used(), 111);
+        q.track(&a, 3, Bytes::from_static(&[0; 5]), None);
+        assert_eq!(budget.used(), 16, "the oldest dropped past max_per_connection is given back");
+        q.ack(1, 2);
+        assert_eq!(budget.used(), 6);
+        q.forget(2);
+        assert_eq!(budget.used(), 5);
+        // Out of retries: given back too (one retry, then given up).
+        let _ = a.outbox.drain_for_test();
+        q.scan(Instant::now() + Duration::from_secs(61));
+        let _ = a.outbox.drain_for_test();
+        q.scan(Instant::now() + Duration::from_secs(200));
+        assert_eq!(budget.used(), 0);
     }
 }

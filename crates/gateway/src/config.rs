@@ -34,6 +34,12 @@ pub struct GatewayConfig {
     pub outbound_queue_frames: usize,
     /// Most bytes waiting to be written to one connection.
     pub outbound_queue_bytes: usize,
+    /// Most bytes all connections together may hold (RECVs queued to write, or written
+    /// and awaiting their RECVACK) before those holding more than `held_share_bytes`
+    /// are closed as slow readers.
+    pub max_held_bytes: usize,
+    /// What one connection may hold even when the node is over `max_held_bytes`.
+    pub held_share_bytes: usize,
     /// A write that does not finish within this time closes the connection.
     pub write_timeout_ms: u64,
     /// Time between a kick's DISCONNECT and closing the socket.
@@ -79,6 +85,8 @@ impl Default for GatewayConfig {
             idle_timeout_secs: 180,
             outbound_queue_frames: 1_024,
             outbound_queue_bytes: 4 * 1024 * 1024,
+            max_held_bytes: 512 * 1024 * 1024,
+            held_share_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             kick_close_delay_ms: 2_000,
             proxy_protocol: false,
@@ -135,6 +143,8 @@ impl GatewayConfig {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("outbound_queue_frames", self.outbound_queue_frames as u64),
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("max_held_bytes", self.max_held_bytes as u64),
+            ("held_share_bytes", self.held_share_bytes as u64),
             ("write_timeout_ms", self.write_timeout_ms),
             ("ws_max_message_bytes", self.ws_max_message_bytes as u64),
             ("max_sends_in_flight", self.max_sends_in_flight as u64),
@@ -158,6 +168,11 @@ impl GatewayConfig {
             return Err(bad("max_frame_bytes", "must be below 256 MiB (four length bytes)"));
         }
         Ok(())
+    }
+
+    /// The node-wide budget these settings describe, for the registry.
+    pub fn held_budget(&self) -> std::sync::Arc<crate::HeldBytes> {
+        crate::HeldBytes::new(self.max_held_bytes, self.held_share_bytes)
     }
 
     pub(crate) fn outbox_limits(&self) -> OutboxLimits {

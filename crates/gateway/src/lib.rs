@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{ConfigError, GatewayConfig, parse_listen_addr};
 pub use conn::{Conn, SendError, TransportKind};
-pub use outbox::{CloseReason, Outbox, OutboxLimits, PushError};
+pub use outbox::{CloseReason, HeldBytes, Outbox, OutboxLimits, PushError};
 pub use registry::{Displacement, Registry};
 pub use session::{
     AuthFuture, CLIENT_MSG_NO_RULE, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, is_valid_client_msg_no,

@@ -3,9 +3,17 @@
 //! Fan-out pushes encoded frames from any task; the connection's own task drains them.
 //! It is bounded in frames and bytes: a peer that does not read fast enough is closed
 //! rather than allowed to grow the server's memory. Idle, it allocates nothing.
+//!
+//! Every outbox also counts against one node-wide [`HeldBytes`] budget: the bytes it
+//! has queued plus the bytes held on its behalf elsewhere (RECVs written and awaiting
+//! their RECVACK in the retry queue, [`Outbox::hold`]). Per-connection caps alone would
+//! let thousands of connections that never read each fill their queue; once the node
+//! total is over its budget, a connection holding more than its share is closed as a
+//! slow reader on its next frame, while connections that keep up go on.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -60,6 +68,49 @@ pub struct OutboxLimits {
     pub max_bytes: usize,
 }
 
+/// The node-wide budget of bytes that connections hold: frames queued to write, and
+/// frames written but awaiting their RECVACK.
+#[derive(Debug)]
+pub struct HeldBytes {
+    /// Above this total, connections holding more than `share` are closed.
+    limit: usize,
+    /// What one connection may hold whatever the total.
+    share: usize,
+    used: AtomicUsize,
+}
+
+impl HeldBytes {
+    /// A budget of `limit` bytes in total; over it, a connection holding more than
+    /// `share` is closed as a slow reader.
+    pub fn new(limit: usize, share: usize) -> Arc<Self> {
+        Arc::new(Self { limit, share, used: AtomicUsize::new(0) })
+    }
+
+    /// No node-wide limit (tests; the per-connection caps still apply).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX, usize::MAX)
+    }
+
+    /// Bytes held now, over all connections.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: usize) {
+        // Saturating: accounting must never wrap into "everything is used".
+        let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u.saturating_sub(n)));
+    }
+
+    /// Whether a connection already holding `held` may take `more` bytes.
+    fn allows(&self, held: usize, more: usize) -> bool {
+        held + more <= self.share || self.used().saturating_add(more) <= self.limit
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
@@ -73,6 +124,10 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     limits: OutboxLimits,
+    /// The node-wide budget this outbox counts against.
+    budget: Arc<HeldBytes>,
+    /// Bytes held for this connection outside the queue ([`Outbox::hold`]).
+    held_elsewhere: AtomicUsize,
 }
 
 /// What the connection task should do next, taken from the outbox.
@@ -83,9 +138,30 @@ pub(crate) struct Drained {
 }
 
 impl Outbox {
-    /// An empty outbox.
+    /// An empty outbox with no node-wide budget.
     pub fn new(limits: OutboxLimits) -> Self {
-        Self { state: Mutex::new(State::default()), notify: Notify::new(), limits }
+        Self::with_budget(limits, HeldBytes::unlimited())
+    }
+
+    /// An empty outbox counting against `budget`.
+    pub fn with_budget(limits: OutboxLimits, budget: Arc<HeldBytes>) -> Self {
+        Self { state: Mutex::new(State::default()), notify: Notify::new(), limits, budget, held_elsewhere: 0.into() }
+    }
+
+    /// Counts `n` bytes held for this connection outside the queue (a RECV awaiting its
+    /// RECVACK) against the node's budget, until [`Outbox::release`].
+    pub fn hold(&self, n: usize) {
+        self.held_elsewhere.fetch_add(n, Ordering::Relaxed);
+        self.budget.add(n);
+    }
+
+    /// Gives back `n` bytes counted by [`Outbox::hold`].
+    pub fn release(&self, n: usize) {
+        let before = self
+            .held_elsewhere
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| Some(h.saturating_sub(n)))
+            .unwrap_or_default();
+        self.budget.sub(before.min(n));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -98,15 +174,20 @@ impl Outbox {
         if s.close.is_some() {
             return Err(PushError::Closed);
         }
-        if s.frames.len() >= self.limits.max_frames || s.bytes + frame.len() > self.limits.max_bytes {
+        let held = s.bytes + self.held_elsewhere.load(Ordering::Relaxed);
+        if s.frames.len() >= self.limits.max_frames
+            || s.bytes + frame.len() > self.limits.max_bytes
+            || !self.budget.allows(held, frame.len())
+        {
             s.frames.clear();
-            s.bytes = 0;
+            self.budget.sub(std::mem::take(&mut s.bytes));
             s.close = Some((Instant::now(), CloseReason::SlowReader));
             drop(s);
             self.notify.notify_one();
             return Err(PushError::Full);
         }
         s.bytes += frame.len();
+        self.budget.add(frame.len());
         s.frames.push_back(frame);
         drop(s);
         self.notify.notify_one();
@@ -123,6 +204,7 @@ impl Outbox {
         }
         if let Some(frame) = last_frame {
             s.bytes += frame.len();
+            self.budget.add(frame.len());
             s.frames.push_back(frame);
         }
         s.close = Some((at, reason));
@@ -154,9 +236,16 @@ impl Outbox {
     /// Takes every waiting frame, and the close request if any.
     pub(crate) fn drain(&self) -> Drained {
         let mut s = self.lock();
-        s.bytes = 0;
+        self.budget.sub(std::mem::take(&mut s.bytes));
         let frames = std::mem::take(&mut s.frames).into();
         Drained { frames, close: s.close }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let queued = self.state.get_mut().map_or(0, |s| s.bytes);
+        self.budget.sub(queued + *self.held_elsewhere.get_mut());
     }
 }
 
@@ -210,5 +299,33 @@ mod tests {
         // A later, softer request does not postpone it.
         o.close_after(None, Duration::from_secs(10), CloseReason::Requested);
         assert_eq!(o.drain().close.unwrap().1, CloseReason::Kicked);
+    }
+
+    #[test]
+    fn over_the_node_budget_a_connection_above_its_share_is_closed_and_others_go_on() {
+        let budget = HeldBytes::new(100, 30);
+        let limits = OutboxLimits { max_frames: 100, max_bytes: 1000 };
+        let (slow, fast) = (Outbox::with_budget(limits, budget.clone()), Outbox::with_budget(limits, budget.clone()));
+        // Under the budget a connection may hold more than its share.
+        for _ in 0..9 {
+            slow.push(Bytes::from_static(&[0; 10])).unwrap();
+        }
+        slow.hold(10);
+        assert_eq!(budget.used(), 100);
+        // Over it: the slow one (100 held) is closed, its queue given back...
+        assert_eq!(slow.push(Bytes::from_static(&[0; 10])), Err(PushError::Full));
+        assert_eq!(slow.drain().close.map(|c| c.1), Some(CloseReason::SlowReader));
+        assert_eq!(budget.used(), 10);
+        // ...and one within its share goes on even when the total is over.
+        slow.hold(95);
+        fast.push(Bytes::from_static(&[0; 20])).unwrap();
+        assert_eq!(fast.drain().frames.len(), 1);
+        assert_eq!(budget.used(), 105);
+        drop(slow);
+        assert_eq!(budget.used(), 0, "a connection gone gives back what was held for it");
+        fast.hold(5);
+        fast.release(5);
+        fast.release(5);
+        assert_eq!(budget.used(), 0, "releasing more than held never goes below zero");
     }
 }

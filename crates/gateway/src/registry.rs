@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hongyan_proto::DeviceLevel;
 
 use crate::conn::Conn;
+use crate::outbox::HeldBytes;
 
 const SHARDS: usize = 64;
 
@@ -41,6 +42,8 @@ pub struct Registry {
     len: AtomicUsize,
     /// Distinct uids online.
     users: AtomicUsize,
+    /// The budget every connection's outbox counts against.
+    held: Arc<HeldBytes>,
 }
 
 impl Default for Registry {
@@ -50,15 +53,26 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry whose connections have no node-wide budget.
     pub fn new() -> Self {
+        Self::with_held_budget(HeldBytes::unlimited())
+    }
+
+    /// An empty registry whose connections' outboxes count against `held`.
+    pub fn with_held_budget(held: Arc<HeldBytes>) -> Self {
         Self {
+            held,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             len: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
         }
+    }
+
+    /// The node-wide budget of bytes connections hold.
+    pub fn held(&self) -> &Arc<HeldBytes> {
+        &self.held
     }
 
     fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {

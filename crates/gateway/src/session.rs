@@ -241,7 +241,7 @@ async fn log_in<T: Transport>(
         transport: kind,
         remote,
         connected_at_ms: now_ms(),
-        outbox: Outbox::new(config.outbox_limits()),
+        outbox: Outbox::with_budget(config.outbox_limits(), shared.registry.held().clone()),
         sends_in_flight: tokio::sync::Semaphore::new(config.max_sends_in_flight),
     });
     Some((t, conn, connack, codec, buf))

@@ -124,7 +124,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
     if matches!(config.storage.durability(), Durability::Interval(_)) {
         warn!("storage.durability is interval: a power loss can lose recently acknowledged messages");
     }
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(Registry::with_held_budget(config.gateway.held_budget()));
     let shutdown = CancellationToken::new();
 
     let core = Core::start(
