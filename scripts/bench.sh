@@ -6,20 +6,33 @@
 # summary.md (Hongyan next to NATS, with ratios); with --write-docs, also replaces the
 # generated section of docs/benchmarks.md.
 #
-# Usage: scripts/bench.sh [--quick] [--write-docs]
+# Usage: scripts/bench.sh [--quick] [--write-docs] [--storage postgres]
 #   --quick   shorter steps and smaller shapes (a smoke run, about 2 minutes)
+#   --storage postgres   also run S2 and S5 with the server on PostgreSQL, beside the
+#             embedded store (a database of its own, on this machine's PostgreSQL,
+#             started if needed; root)
 #   env: STEP_SECS (10), PAIR_RATES ("10000 25000 50000"), GROUP_RATES (3,6,10,30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 write_docs=0
-for arg in "$@"; do
-    case "$arg" in
+postgres=0
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) quick=1 ;;
         --write-docs) write_docs=1 ;;
-        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+        --storage)
+            shift
+            case "${1:-}" in
+                postgres) postgres=1 ;;
+                fjall) ;;
+                *) echo "--storage takes postgres or fjall" >&2; exit 2 ;;
+            esac
+            ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
+    shift
 done
 
 secs=${STEP_SECS:-10}
@@ -48,17 +61,32 @@ started_at=$(date +%s)
 server_pid=""
 server_dir=""
 nats_pid=""
+# The storage of the next server: fjall, or postgres (a fresh schema per server).
+storage=fjall
+schemas=0
+if [ "$postgres" = 1 ]; then
+    # shellcheck source=scripts/postgres-env.sh
+    . scripts/postgres-env.sh
+    postgres_up
+fi
 cleanup() {
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
     [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null || true
     [ -n "$server_dir" ] && rm -rf "$server_dir"
+    [ "$postgres" = 1 ] && postgres_down
     return 0
 }
 trap cleanup EXIT
 
 start_hongyan() {
     server_dir=$(mktemp -d)
-    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn target/release/hongyan serve \
+    local storage_env=()
+    if [ "$storage" = postgres ]; then
+        schemas=$((schemas + 1))
+        storage_env=(HONGYAN_STORAGE__BACKEND=postgres "HONGYAN_STORAGE__POSTGRES_URL=$PG_RUN_URL"
+            "HONGYAN_STORAGE__POSTGRES_SCHEMA=bench_$schemas")
+    fi
+    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn "${storage_env[@]}" target/release/hongyan serve \
         --data-dir "$server_dir" --http-addr "$api" --manager-addr 127.0.0.1:17300 \
         --tcp-addr 127.0.0.1:17100 --ws-addr 127.0.0.1:17200 >"$out/server.log" 2>&1 &
     server_pid=$!
@@ -121,13 +149,27 @@ start_hongyan
     --json "$results" | tail -1
 stop_hongyan
 
-echo "== S2: person-chat pairs"
-for rate in $pair_rates; do
-    start_hongyan
-    "$bench" pairs --tcp 127.0.0.1:17100 --pairs 1000 --rate "$rate" --seconds "$secs" \
-        --server-pid "$server_pid" --json "$results" | grep -v '^{' || true
-    stop_hongyan
-done
+# Records of a run on PostgreSQL carry "storage":"postgres" (fjall is the default).
+tagged() {
+    if [ "$storage" = postgres ]; then
+        sed 's/"system":"hongyan"/"system":"hongyan","storage":"postgres"/' "$1" >>"$results"
+    else
+        cat "$1" >>"$results"
+    fi
+    rm -f "$1"
+}
+
+s2() {
+    echo "== S2: person-chat pairs ($storage)"
+    for rate in $pair_rates; do
+        start_hongyan
+        "$bench" pairs --tcp 127.0.0.1:17100 --pairs 1000 --rate "$rate" --seconds "$secs" \
+            --server-pid "$server_pid" --json "$out/step.jsonl" | grep -v '^{' || true
+        tagged "$out/step.jsonl"
+        stop_hongyan
+    done
+}
+s2
 
 group_shape() { # <shape> <groups> <members> <rates>
     echo "== $1: $2 groups x $3 members, rates $4 per group (Hongyan, then NATS)"
@@ -143,16 +185,28 @@ group_shape() { # <shape> <groups> <members> <rates>
 group_shape S3 "$s3_groups" "$s3_members" "$group_rates"
 group_shape S4 1 "$s4_members" 10
 
-echo "== S5: HTTP"
-start_hongyan
-"$bench" http --api "http://$api" --rate "$s5_rate" --seconds "$secs" --server-pid "$server_pid" \
-    --json "$results" | grep -v '^{' || true
-stop_hongyan
+s5() {
+    echo "== S5: HTTP ($storage)"
+    start_hongyan
+    "$bench" http --api "http://$api" --rate "$s5_rate" --seconds "$secs" --server-pid "$server_pid" \
+        --json "$out/step.jsonl" | grep -v '^{' || true
+    tagged "$out/step.jsonl"
+    stop_hongyan
+}
+s5
+
+if [ "$postgres" = 1 ]; then
+    storage=postgres
+    s2
+    s5
+    storage=fjall
+fi
 
 elapsed=$(($(date +%s) - started_at))
 {
-    echo "Command: \`scripts/bench.sh$([ "$quick" = 1 ] && echo ' --quick')\` ($(date -u +%Y-%m-%d), ${elapsed} s," \
-        "steps of ${secs} s, 100-byte payloads, fsync durability)."
+    echo "Command: \`scripts/bench.sh$([ "$quick" = 1 ] && echo ' --quick')$([ "$postgres" = 1 ] && echo ' --storage postgres')\`" \
+        "($(date -u +%Y-%m-%d), ${elapsed} s, steps of ${secs} s, 100-byte payloads, fsync durability;" \
+        "PostgreSQL $([ "$postgres" = 1 ] && echo "$pg_version on this machine, synchronous_commit on" || echo "not run"))."
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
         "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr);" \
         "server, load generator and nats-server $(nats-server --version | awk '{print $2}') share the cores."

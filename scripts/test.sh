@@ -42,7 +42,21 @@ if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q "$SCHE
     target/schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# PostgreSQL for the storage tests: Debian's package and its cluster, started if it
+# was not running (and stopped again at the end), with a database of its own for this
+# run (dropped at the end). POSTGRES_TEST_URL set by the caller skips all of this.
+if [ -z "${POSTGRES_TEST_URL:-}" ]; then
+    # shellcheck source=scripts/postgres-env.sh
+    . scripts/postgres-env.sh
+    trap postgres_down EXIT
+    postgres_up
+    export POSTGRES_TEST_URL="$PG_RUN_URL"
+fi
+
 # Unit, property, golden-vector and integration tests of every crate.
 cargo nextest run --workspace --all-targets --no-fail-fast
+# The integration tests that touch storage once more, every server on PostgreSQL.
+TEST_STORAGE=postgres cargo nextest run -p hongyan --no-fail-fast -E \
+    'binary(messaging) | binary(model) | binary(conversations) | binary(commands) | binary(webhooks) | binary(api) | binary(openim) | binary(easemob) | binary(seeds) | binary(sdk)'
 # Examples in the documentation (nextest does not run doctests).
 cargo test --workspace --doc --quiet

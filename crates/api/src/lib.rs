@@ -91,17 +91,20 @@ pub(crate) fn kick(
     }
 }
 
-/// `/health`: 200 `{"status":"ok"}` while storage can be trusted; 503 with the reason
-/// once it has failed (fail-stop), so a load balancer takes the node out at once.
+/// `/health`: 200 `{"status":"ok"}` while storage can be trusted and reached; 503 with
+/// the reason once it has failed (`unhealthy`, fail-stop) or while it cannot be reached
+/// (`unavailable`, a database that is down; ok again when it is back), so a load
+/// balancer takes the node out at once.
 pub fn health_response(core: &hongyan_core::Core) -> axum::response::Response {
     use axum::response::IntoResponse as _;
-    match core.health().failure() {
-        None => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
-        Some(f) => {
-            let body = serde_json::json!({"status": "unhealthy", "reason": f.reason, "since_ms": f.at_ms});
-            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
-        }
-    }
+    let health = core.health();
+    let (status, problem) = match (health.failure(), health.unreachable()) {
+        (Some(failure), _) => ("unhealthy", failure.clone()),
+        (None, Some(outage)) => ("unavailable", outage),
+        (None, None) => return axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+    };
+    let body = serde_json::json!({"status": status, "reason": problem.reason, "since_ms": problem.at_ms});
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 /// Routes that still answer after a storage failure: they report it.

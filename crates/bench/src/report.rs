@@ -38,19 +38,25 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
 /// One step's Hongyan and NATS records.
 type Pair<'a> = (Option<&'a Value>, Option<&'a Value>);
 
+/// Which store the server ran on (records without the field are from the embedded one).
+fn storage(r: &Value) -> &str {
+    r["storage"].as_str().unwrap_or("fjall")
+}
+
 pub(crate) fn render(records: &[Value]) -> String {
     let mut out = String::new();
     let of = |scenario: &'static str| records.iter().filter(move |r| r["scenario"] == scenario);
     let pairs: Vec<&Value> = of("pairs").collect();
     if !pairs.is_empty() {
         out.push_str(
-            "| S2 pairs | target/s | acked/s | SENDACK p50 | p99 | p999 | delivery p99 | lost | dup | server cores |\n",
+            "| S2 pairs | storage | target/s | acked/s | SENDACK p50 | p99 | p999 | delivery p99 | lost | dup | server cores |\n",
         );
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in pairs {
             out.push_str(&format!(
-                "| {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {} |\n",
                 r["pairs"],
+                storage(r),
                 r["target_rate"],
                 cell(num(r, &["acked_per_sec"]), 0),
                 cell(num(r, &["sendack", "p50_ms"]), 2),
@@ -112,11 +118,14 @@ pub(crate) fn render(records: &[Value]) -> String {
     }
     let http: Vec<&Value> = of("http").collect();
     if !http.is_empty() {
-        out.push_str("| S5 HTTP | ok/s | p50 | p99 | p999 | failed | server cores |\n|---|---|---|---|---|---|---|\n");
+        out.push_str(
+            "| S5 HTTP | storage | ok/s | p50 | p99 | p999 | failed | server cores |\n|---|---|---|---|---|---|---|---|\n",
+        );
         for r in http {
             out.push_str(&format!(
-                "| {} | {} | {} ms | {} ms | {} ms | {} | {} |\n",
+                "| {} | {} | {} | {} ms | {} ms | {} ms | {} | {} |\n",
                 r["part"].as_str().unwrap_or("?"),
+                storage(r),
                 cell(num(r, &["ok_per_sec"]), 0),
                 cell(num(r, &["latency", "p50_ms"]), 2),
                 cell(num(r, &["latency", "p99_ms"]), 2),

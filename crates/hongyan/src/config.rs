@@ -321,6 +321,20 @@ impl Default for DeliveryConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// Where everything is stored: `fjall` (embedded, in `data_dir`; the default) or
+    /// `postgres` (the database at `postgres_url`).
+    pub backend: StorageBackend,
+    /// libpq-style URL of the database (`postgres://user:password@host:5432/db`), for
+    /// `backend = "postgres"`.
+    pub postgres_url: String,
+    /// The schema Hongyan's tables live in (created if missing).
+    pub postgres_schema: String,
+    /// Most database connections open at once.
+    pub postgres_pool_size: usize,
+    /// Longest a statement may run, and longest a call waits for a free connection.
+    pub postgres_statement_timeout_ms: u64,
+    /// Longest opening a connection may take.
+    pub postgres_connect_timeout_ms: u64,
     /// `fsync`: a message is acknowledged only after an fsync (one per batch), so it
     /// survives a power loss. `interval`: acknowledged once written, surviving a crash
     /// of the process; fsync at most every `sync_interval_ms`, so a power loss can lose
@@ -339,6 +353,17 @@ pub struct StorageConfig {
     pub fail_stop_grace_secs: u64,
 }
 
+/// `storage.backend`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded, in `data_dir`.
+    #[default]
+    Fjall,
+    /// A PostgreSQL database (`storage.postgres_url`).
+    Postgres,
+}
+
 /// `storage.durability`.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -352,6 +377,12 @@ pub enum DurabilityMode {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            backend: StorageBackend::Fjall,
+            postgres_url: String::new(),
+            postgres_schema: "hongyan".into(),
+            postgres_pool_size: 16,
+            postgres_statement_timeout_ms: 5_000,
+            postgres_connect_timeout_ms: 5_000,
             durability: DurabilityMode::Fsync,
             sync_interval_ms: 100,
             retention_days: std::collections::BTreeMap::new(),
@@ -371,6 +402,17 @@ impl StorageConfig {
                 Some((ty, std::time::Duration::from_secs(u64::from(*days) * 86_400)))
             })
             .collect()
+    }
+
+    /// How to reach PostgreSQL, for `backend = "postgres"`.
+    pub fn postgres(&self) -> hongyan_store_postgres::PostgresConfig {
+        hongyan_store_postgres::PostgresConfig {
+            url: self.postgres_url.clone(),
+            schema: self.postgres_schema.clone(),
+            pool_size: self.postgres_pool_size,
+            statement_timeout: std::time::Duration::from_millis(self.postgres_statement_timeout_ms),
+            connect_timeout: std::time::Duration::from_millis(self.postgres_connect_timeout_ms),
+        }
     }
 
     /// The message log's durability.
@@ -588,6 +630,20 @@ impl Config {
         self.manager_addr()?;
         if self.storage.sync_interval_ms == 0 {
             return Err(invalid("storage.sync_interval_ms", "must be greater than 0"));
+        }
+        if self.storage.backend == StorageBackend::Postgres {
+            if self.storage.postgres_url.is_empty() {
+                return Err(invalid("storage.postgres_url", "required when storage.backend is postgres"));
+            }
+            for (key, value) in [
+                ("storage.postgres_pool_size", self.storage.postgres_pool_size as u64),
+                ("storage.postgres_statement_timeout_ms", self.storage.postgres_statement_timeout_ms),
+                ("storage.postgres_connect_timeout_ms", self.storage.postgres_connect_timeout_ms),
+            ] {
+                if value == 0 {
+                    return Err(invalid(key, "must be greater than 0"));
+                }
+            }
         }
         for (ty, days) in &self.storage.retention_days {
             let key = format!("storage.retention_days.{ty}");

@@ -90,11 +90,26 @@ fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
     }
 }
 
-/// Opens the store, binds every listener and starts serving.
+/// Opens the store (`storage.backend`), binds every listener and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
-    let backend = FjallBackend::open(&config.data_dir)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    start_on(config, Arc::new(backend)).await
+    config.validate()?;
+    let backend: Arc<dyn KvBackend> = match config.storage.backend {
+        config::StorageBackend::Fjall => Arc::new(
+            FjallBackend::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        ),
+        config::StorageBackend::Postgres => {
+            let postgres = config.storage.postgres();
+            // Connecting blocks (the backend waits for its own runtime).
+            let backend =
+                tokio::task::spawn_blocking(move || hongyan_store_postgres::PostgresBackend::connect(&postgres))
+                    .await
+                    .context("connecting to PostgreSQL")??;
+            info!(schema = backend.schema(), "storage: PostgreSQL");
+            Arc::new(backend)
+        }
+    };
+    start_on(config, backend).await
 }
 
 /// Like [`start`], over a storage backend the caller opened (`config.data_dir` is not

@@ -11,15 +11,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hongyan_proto::{Packet, ReasonCode, Send, device_flag};
-use hongyan_store::{ChannelKey, Durability, FjallBackend, MessageLog, Order};
+use hongyan_store::{ChannelKey, Durability, FjallBackend, KvBackend, MessageLog, Order};
+use hongyan_store_postgres::{PostgresBackend, PostgresConfig};
 use hongyan_testkit::{Client, ClientError, Target};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_server(data: &std::path::Path, tcp: u16, durability: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hongyan"))
+/// Where the server under test stores: its data directory, or a PostgreSQL schema.
+#[derive(Clone)]
+enum Storage {
+    Fjall,
+    Postgres { url: String, schema: String },
+}
+
+fn spawn_server(data: &std::path::Path, tcp: u16, durability: &str, storage: &Storage) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hongyan"));
+    if let Storage::Postgres { url, schema } = storage {
+        command
+            .env("HONGYAN_STORAGE__BACKEND", "postgres")
+            .env("HONGYAN_STORAGE__POSTGRES_URL", url)
+            .env("HONGYAN_STORAGE__POSTGRES_SCHEMA", schema);
+    }
+    command
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
@@ -49,13 +64,24 @@ async fn connect(target: &Target) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_sigkill_exactly_once() {
-    survives_sigkill("fsync").await;
+    survives_sigkill("fsync", Storage::Fjall).await;
 }
 
 /// `interval` mode gives up power-loss durability, not crash durability.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_mode_also_survives_sigkill() {
-    survives_sigkill("interval").await;
+    survives_sigkill("interval", Storage::Fjall).await;
+}
+
+/// The same on PostgreSQL (`POSTGRES_TEST_URL`, set by scripts/test.sh): the server
+/// is killed mid-commit, its transactions are the database's to finish or roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_survives_sigkill_exactly_once_on_postgres() {
+    let url = std::env::var("POSTGRES_TEST_URL").expect("POSTGRES_TEST_URL is not set: run ./scripts/test.sh");
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let schema = format!("t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    survives_sigkill("fsync", Storage::Postgres { url, schema }).await;
 }
 
 /// SIGKILL/restart cycles: 4 in the suite; `CRASH_TEST_ROUNDS=20` (or more) for the
@@ -64,7 +90,7 @@ fn rounds() -> u64 {
     std::env::var("CRASH_TEST_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4)
 }
 
-async fn survives_sigkill(durability: &str) {
+async fn survives_sigkill(durability: &str, storage: Storage) {
     let rounds = rounds();
     const WINDOW: u32 = 16;
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +101,7 @@ async fn survives_sigkill(durability: &str) {
     let mut unacked: BTreeSet<u64> = BTreeSet::new(); // message numbers sent without an ack yet
     let mut next_number = 0u64;
     for round in 0..rounds {
-        let mut child = spawn_server(dir.path(), tcp, durability);
+        let mut child = spawn_server(dir.path(), tcp, durability, &storage);
         let mut client = connect(&target).await;
         let cipher = client.cipher.clone().unwrap();
         // Kill the server at some point in the next 300–900 ms, mid-traffic.
@@ -129,7 +155,20 @@ async fn survives_sigkill(durability: &str) {
         child.wait().unwrap();
     }
 
-    let log = MessageLog::open(Arc::new(FjallBackend::open(dir.path()).unwrap()), Durability::Fsync).unwrap();
+    let backend: Arc<dyn KvBackend> = match &storage {
+        Storage::Fjall => Arc::new(FjallBackend::open(dir.path()).unwrap()),
+        Storage::Postgres { url, schema } => {
+            let config = PostgresConfig {
+                url: url.clone(),
+                schema: schema.clone(),
+                pool_size: 2,
+                statement_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(5),
+            };
+            Arc::new(tokio::task::spawn_blocking(move || PostgresBackend::connect(&config).unwrap()).await.unwrap())
+        }
+    };
+    let log = MessageLog::open(backend, Durability::Fsync).unwrap();
     let channel = ChannelKey::new(hongyan_core::channel::person_channel_id("writer", "reader"), 1);
     let stored = log.read(&channel, 1, 0, usize::MAX, Order::Ascending).unwrap();
     let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();

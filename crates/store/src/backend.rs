@@ -21,35 +21,42 @@ const MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
 pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
 
 /// Refuses a key the engines cannot hold, as an error rather than a panic inside them.
-fn check_key(key: &[u8]) -> Result<()> {
+fn check_key(key: &[u8], max_key_len: usize) -> Result<()> {
     if key.is_empty() {
         return Err(StoreError::TooLong { what: "key (empty keys are not stored either)" });
     }
-    if key.len() > MAX_KEY_LEN {
+    if key.len() > max_key_len {
         return Err(StoreError::TooLong { what: "storage key" });
     }
     Ok(())
 }
 
-/// A scan bound or prefix may be empty (the whole table) but not longer than a key.
-fn check_bound(bound: &[u8]) -> Result<()> {
-    if bound.len() > MAX_KEY_LEN + 1 {
+/// Whether `key` could have been stored: a read of one that could not finds nothing
+/// (and never reaches the engine, which may panic on it).
+fn storable(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_LEN
+}
+
+/// A scan bound or prefix may be empty (the whole table) but not longer than a key
+/// (the embedded engine panics on one byte more).
+pub fn check_bound(bound: &[u8]) -> Result<()> {
+    if bound.len() > MAX_KEY_LEN {
         return Err(StoreError::TooLong { what: "storage key" });
     }
     Ok(())
 }
 
-/// Checks a whole batch before any of it is applied.
-pub(crate) fn check_writes(writes: &[Write]) -> Result<()> {
+/// Checks a whole batch against a backend's longest key before any of it is applied.
+pub fn check_writes(writes: &[Write], max_key_len: usize) -> Result<()> {
     for w in writes {
         match w {
-            Write::Put(_, key, value) => {
-                check_key(key)?;
+            Write::Put(_, key, value) | Write::Insert(_, key, value) => {
+                check_key(key, max_key_len)?;
                 if value.len() > MAX_VALUE_LEN {
                     return Err(StoreError::TooLong { what: "stored value" });
                 }
             }
-            Write::Delete(_, key) => check_key(key)?,
+            Write::Delete(_, key) => check_key(key, max_key_len)?,
         }
     }
     Ok(())
@@ -163,6 +170,11 @@ pub enum Order {
 pub enum Write {
     /// Insert or replace.
     Put(Table, Vec<u8>, Vec<u8>),
+    /// Insert a key that must not exist yet: if it does, nothing of the batch is applied
+    /// and the write fails with [`StoreError::Conflict`] (on a backend that
+    /// [enforces](KvBackend::enforces_inserts) it). The message log writes its rows so:
+    /// two writers can never both store the same seq.
+    Insert(Table, Vec<u8>, Vec<u8>),
     /// Remove if present.
     Delete(Table, Vec<u8>),
 }
@@ -176,6 +188,18 @@ pub enum Write {
 pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Whether this store can still be trusted.
     fn health(&self) -> &Arc<Health>;
+    /// The longest key this backend takes; longer ones are refused with
+    /// [`StoreError::TooLong`]. Callers that build keys check against it first.
+    fn max_key_len(&self) -> usize {
+        MAX_KEY_LEN
+    }
+    /// Whether [`Write::Insert`] fails on an existing key. A store that several
+    /// processes write (a database) must enforce it; an embedded store owned by one
+    /// process, whose message log has one writer that never inserts a key twice, may
+    /// treat it as a put and save the lookups.
+    fn enforces_inserts(&self) -> bool {
+        true
+    }
     /// The value stored under `key`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
@@ -241,8 +265,14 @@ impl KvBackend for FjallBackend {
         &self.health
     }
 
+    fn enforces_inserts(&self) -> bool {
+        false
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        check_bound(key)?;
+        if !storable(key) {
+            return Ok(None);
+        }
         self.health.guard("read", || Ok(self.keyspace(table).get(key).map_err(engine)?.map(|v| v.to_vec())))
     }
 
@@ -285,12 +315,13 @@ impl KvBackend for FjallBackend {
     }
 
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<()> {
-        check_writes(&writes)?;
+        check_writes(&writes, MAX_KEY_LEN)?;
         self.health.guard("write", || {
             let mut batch = self.db.batch();
             for w in writes {
                 match w {
-                    Write::Put(t, k, v) => batch.insert(self.keyspace(t), k, v),
+                    // One process, one log writer: see `enforces_inserts`.
+                    Write::Put(t, k, v) | Write::Insert(t, k, v) => batch.insert(self.keyspace(t), k, v),
                     Write::Delete(t, k) => batch.remove(self.keyspace(t), k),
                 }
             }
@@ -326,7 +357,9 @@ impl KvBackend for MemoryBackend {
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        check_bound(key)?;
+        if !storable(key) {
+            return Ok(None);
+        }
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(tables.get(&(table, key.to_vec())).cloned())
     }
@@ -369,11 +402,33 @@ impl KvBackend for MemoryBackend {
     }
 
     fn write(&self, writes: Vec<Write>, _durable: bool) -> Result<()> {
-        check_writes(&writes)?;
+        check_writes(&writes, MAX_KEY_LEN)?;
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        // Inserts are checked against the batch's own earlier writes as well.
+        let mut written: BTreeMap<(Table, &[u8]), bool> = BTreeMap::new();
+        for w in &writes {
+            match w {
+                Write::Insert(t, k, _) => {
+                    let exists = written
+                        .get(&(*t, k.as_slice()))
+                        .copied()
+                        .unwrap_or_else(|| tables.contains_key(&(*t, k.clone())));
+                    if exists {
+                        return Err(StoreError::Conflict(format!("a row of {} exists already", t.name())));
+                    }
+                    written.insert((*t, k), true);
+                }
+                Write::Put(t, k, _) => {
+                    written.insert((*t, k), true);
+                }
+                Write::Delete(t, k) => {
+                    written.insert((*t, k), false);
+                }
+            }
+        }
         for w in writes {
             match w {
-                Write::Put(t, k, v) => tables.insert((t, k), v),
+                Write::Put(t, k, v) | Write::Insert(t, k, v) => tables.insert((t, k), v),
                 Write::Delete(t, k) => tables.remove(&(t, k)),
             };
         }
@@ -385,34 +440,9 @@ impl KvBackend for MemoryBackend {
 mod tests {
     use super::*;
 
-    /// What every backend must do with keys it cannot hold: refuse them with an error,
-    /// apply nothing of a batch that has one, and stay healthy (bad input is not a
-    /// storage failure).
-    fn refuses_what_the_engine_cannot_hold(kv: &dyn KvBackend) {
-        let t = Table::ChanSeqMessage;
-        let too_long = vec![b'k'; MAX_KEY_LEN + 1];
-        let longest = vec![b'k'; MAX_KEY_LEN];
-        let batch = vec![Write::Put(t, b"a".to_vec(), b"1".to_vec()), Write::Put(t, too_long.clone(), b"2".to_vec())];
-        assert!(matches!(kv.write(batch, true), Err(StoreError::TooLong { .. })));
-        assert_eq!(kv.get(t, b"a").unwrap(), None, "nothing of a refused batch is applied");
-        assert!(matches!(
-            kv.write(vec![Write::Put(t, Vec::new(), b"x".to_vec())], true),
-            Err(StoreError::TooLong { .. })
-        ));
-        assert!(matches!(kv.write(vec![Write::Delete(t, too_long.clone())], true), Err(StoreError::TooLong { .. })));
-        assert!(kv.get(t, &vec![b'k'; MAX_KEY_LEN + 2]).is_err());
-        assert!(kv.scan_prefix(t, &vec![b'k'; MAX_KEY_LEN + 2], 1).is_err());
-        // The longest key is fine, and so are empty bounds and inverted ranges.
-        kv.write(vec![Write::Put(t, longest.clone(), b"v".to_vec())], true).unwrap();
-        assert_eq!(kv.get(t, &longest).unwrap(), Some(b"v".to_vec()));
-        assert_eq!(kv.scan_prefix(t, &[], 10).unwrap().len(), 1);
-        assert!(kv.scan_range(t, b"z", b"a", 10, Order::Ascending).unwrap().is_empty());
-        assert!(!kv.health().has_failed());
-    }
-
     #[test]
-    fn memory_refuses_what_the_engine_cannot_hold() {
-        refuses_what_the_engine_cannot_hold(&MemoryBackend::new());
+    fn memory_keeps_the_contract() {
+        crate::testing::kv_contract(&MemoryBackend::new());
     }
 
     #[test]
@@ -425,8 +455,8 @@ mod tests {
     }
 
     #[test]
-    fn fjall_refuses_what_it_cannot_hold_instead_of_panicking() {
+    fn fjall_keeps_the_contract_and_refuses_what_it_cannot_hold_instead_of_panicking() {
         let dir = tempfile::tempdir().unwrap();
-        refuses_what_the_engine_cannot_hold(&FjallBackend::open(dir.path()).unwrap());
+        crate::testing::kv_contract(&FjallBackend::open(dir.path()).unwrap());
     }
 }

@@ -7,7 +7,7 @@
 //! on a store it can trust again.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -28,6 +28,9 @@ pub struct Failure {
 pub struct Health {
     failure: OnceLock<Failure>,
     failed: Notify,
+    /// Since when the engine cannot be reached (a database that is down), if it cannot
+    /// now: transient, cleared by the next operation that reaches it.
+    unreachable: Mutex<Option<Failure>>,
 }
 
 impl Health {
@@ -40,7 +43,7 @@ impl Health {
     /// produces one log line, not one per refused operation. Returns whether this call
     /// was the first.
     pub fn fail(&self, reason: impl Into<String>) -> bool {
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let at_ms = now_ms();
         let mut first = false;
         let failure = self.failure.get_or_init(|| {
             first = true;
@@ -64,6 +67,36 @@ impl Health {
         self.failure.get().is_some()
     }
 
+    /// Records that the engine cannot be reached now (logged once per outage).
+    pub fn set_unreachable(&self, reason: impl Into<String>) {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(PoisonError::into_inner);
+        if unreachable.is_none() {
+            let reason = reason.into();
+            tracing::error!(%reason, "storage unreachable: refusing work until it is back");
+            metrics::gauge!("hongyan_storage_unreachable").set(1.0);
+            *unreachable = Some(Failure { reason, at_ms: now_ms() });
+        }
+    }
+
+    /// Records that the engine was reached (ends an outage).
+    pub fn set_reachable(&self) {
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(outage) = unreachable.take() {
+            tracing::warn!(since_ms = outage.at_ms, "storage reachable again");
+            metrics::gauge!("hongyan_storage_unreachable").set(0.0);
+        }
+    }
+
+    /// Since when, and why, the engine cannot be reached, if it cannot now.
+    pub fn unreachable(&self) -> Option<Failure> {
+        self.unreachable.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// What makes this store unfit for work now: its failure (for good), or an outage.
+    pub fn problem(&self) -> Option<Failure> {
+        self.failure().cloned().or_else(|| self.unreachable())
+    }
+
     /// Resolves once storage has failed (at once if it already has).
     pub async fn wait_failed(&self) -> Failure {
         loop {
@@ -85,6 +118,10 @@ impl Health {
         }
         result
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The text of a panic payload.
@@ -118,6 +155,18 @@ mod tests {
         let panicked: Result<()> = health.guard("write", || panic!("keys can be 65535 bytes in length"));
         assert!(matches!(panicked, Err(StoreError::Engine(ref m)) if m.contains("65535")));
         assert!(health.failure().is_some_and(|f| f.reason.contains("panicked")));
+    }
+
+    #[test]
+    fn an_outage_is_reported_until_the_engine_is_reached_again_and_is_not_a_failure() {
+        let health = Health::new();
+        health.set_unreachable("connection refused");
+        health.set_unreachable("still refused");
+        assert_eq!(health.unreachable().map(|f| f.reason), Some("connection refused".to_owned()));
+        assert_eq!(health.problem().map(|f| f.reason), Some("connection refused".to_owned()));
+        assert!(!health.has_failed());
+        health.set_reachable();
+        assert!(health.unreachable().is_none() && health.problem().is_none());
     }
 
     #[tokio::test]

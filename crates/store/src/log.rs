@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::backend::{KvBackend, MAX_KEY_LEN, Order, Table, Write};
+use crate::backend::{KvBackend, Order, Table, Write};
 use crate::codec::{ValueReader, push_str16};
 use crate::health::panic_message;
 use crate::{Result, StoreError};
@@ -411,10 +411,10 @@ impl MessageLog {
         }
         // The resend index key is the longest: [type][len][channel][len][client_msg_no][from_uid].
         let index_key_len = 5 + channel.channel_id.len() + message.client_msg_no.len() + message.from_uid.len();
-        if index_key_len > MAX_KEY_LEN {
+        if index_key_len > self.kv.max_key_len() {
             return Err(StoreError::TooLong { what: "message key (channel id, client_msg_no and sender together)" });
         }
-        crate::backend::check_writes(&with_first)?;
+        crate::backend::check_writes(&with_first, self.kv.max_key_len())?;
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
@@ -745,15 +745,29 @@ impl Writer {
     }
 
     fn fail_batch(&mut self, batch: Vec<Job>, e: &StoreError) {
-        self.fail(e);
-        // Seqs handed out for this batch were not stored; forget them so nothing reuses
-        // a stale counter (the log refuses appends from now on anyway).
+        // An engine that could not be reached applied nothing, and neither did a batch
+        // that met another writer's rows: the batch is refused and the log goes on (with
+        // each channel's counter reloaded). Anything else (an error, or a commit whose
+        // outcome is unknown) is the store's failure: fail-stop.
+        let unreachable = matches!(e, StoreError::Unavailable(_) | StoreError::Conflict(_));
+        if !unreachable {
+            self.fail(e);
+        }
+        // Seqs handed out for this batch were not stored; forget them so the next
+        // append reloads each channel's counter from storage.
         self.next_seq.clear();
         for job in batch {
             if let Some(on_commit) = job.on_commit {
                 on_commit(None);
             }
-            let _ = job.reply.send(Err(StoreError::Engine(format!("message not stored: {e}"))));
+            let error = if let StoreError::Conflict(why) = e {
+                StoreError::Conflict(format!("message not stored: {why}"))
+            } else if unreachable {
+                StoreError::Unavailable(format!("message not stored: {e}"))
+            } else {
+                StoreError::Engine(format!("message not stored: {e}"))
+            };
+            let _ = job.reply.send(Err(error));
         }
     }
 
@@ -781,6 +795,9 @@ impl Writer {
             }
             let seq = self.take_seq(&job.channel)?;
             let key = job.channel.message_key(seq);
+            // The message and its resend index are inserts: a row already there means
+            // another writer stored this seq (or this resend), and the batch fails as a
+            // conflict. (Message ids are unique by construction: their index is a put.)
             writes.push(Write::Put(Table::MsgIdChanSeq, m.message_id.to_be_bytes().to_vec(), key.clone()));
             let journal_id = self.journal.as_mut().map(|journal| {
                 let id = journal.next_id;
@@ -789,7 +806,7 @@ impl Writer {
                 id
             });
             journal_ids.push(journal_id);
-            writes.push(Write::Put(Table::ChanSeqMessage, key, encode(m)));
+            writes.push(Write::Insert(Table::ChanSeqMessage, key, encode(m)));
             if seq == 1 {
                 writes.extend(job.with_first.iter().cloned());
             }
@@ -798,7 +815,7 @@ impl Writer {
                 ids.push(FORMAT_V1);
                 ids.extend_from_slice(&m.message_id.to_be_bytes());
                 ids.extend_from_slice(&seq.to_be_bytes());
-                writes.push(Write::Put(Table::ChanClientMsgNo, key.clone(), ids));
+                writes.push(Write::Insert(Table::ChanClientMsgNo, key.clone(), ids));
                 in_batch.insert(key, (m.message_id, seq));
             }
             results.push(Appended::New { message_id: m.message_id, seq });
@@ -842,6 +859,18 @@ mod tests {
 
     fn memory_log() -> Arc<MessageLog> {
         Arc::new(MessageLog::open(Arc::new(MemoryBackend::new()), Durability::Fsync).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_keeps_its_contract_on_memory_and_fjall() {
+        let memory: Arc<dyn KvBackend> = Arc::new(MemoryBackend::new());
+        crate::testing::log_contract(memory.clone(), move || memory).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        crate::testing::log_contract(Arc::new(FjallBackend::open(&path).unwrap()), move || {
+            Arc::new(FjallBackend::open(&path).unwrap())
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1161,7 +1190,7 @@ mod tests {
         assert_eq!(log.append(g.clone(), msg(2, "s", "ok", "m")).await.unwrap().ids(), (2, 1));
         assert!(!log.has_failed());
         // The first-message rows are checked too.
-        let bad_row = vec![Write::Put(Table::UidChanConversation, vec![b'k'; MAX_KEY_LEN + 1], vec![1])];
+        let bad_row = vec![Write::Put(Table::UidChanConversation, vec![b'k'; crate::MAX_KEY_LEN + 1], vec![1])];
         let h = ChannelKey::new("h", 2);
         assert!(matches!(
             log.enqueue_with_first(h.clone(), msg(3, "s", "", "m"), bad_row, None),

@@ -493,96 +493,9 @@ mod tests {
     use super::*;
     use crate::{FjallBackend, MemoryBackend};
 
-    /// The same behaviour from every backend.
-    fn conformance(store: &Store) {
-        assert_eq!(store.device("u1", 1).unwrap(), None);
-        assert!(!store.user_exists("u1").unwrap());
-        let master = Device::new("t-1", DeviceLevel::Master);
-        store.put_device("u1", 1, &master).unwrap();
-        store.put_device("u10", 0, &Device::new("", DeviceLevel::Slave)).unwrap();
-        assert_eq!(store.device("u1", 1).unwrap(), Some(master));
-        assert!(store.device("u1", 1).unwrap().unwrap().token_matches("t-1"));
-        assert!(!store.device("u1", 1).unwrap().unwrap().token_matches("t-2"));
-        assert_eq!(store.device("u1", 0).unwrap(), None);
-        assert!(store.user_exists("u1").unwrap());
-        assert!(!store.device("u10", 0).unwrap().unwrap().token_matches(""), "an empty token never logs in");
-        store.remove_device("u1", 1).unwrap();
-        assert_eq!(store.device("u1", 1).unwrap(), None);
-        assert!(!store.user_exists("u1").unwrap(), "u10 must not count as u1");
-
-        let info = ChannelInfo { ban: true, send_ban: true, allow_stranger: true, ..ChannelInfo::default() };
-        store.put_channel_info("u1", 1, info).unwrap();
-        assert_eq!(store.channel_info("u1", 1).unwrap(), Some(info));
-        assert_eq!(store.channel_info("u1", 2).unwrap(), None);
-    }
-
-    fn members_conformance(store: &Store) {
-        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        store.add_members(MemberList::Subscribers, "g1", 2, &names(&["b", "a"]), false).unwrap();
-        store.add_members(MemberList::Subscribers, "g10", 2, &names(&["z"]), false).unwrap();
-        store.add_members(MemberList::Blacklist, "g1", 2, &names(&["x"]), false).unwrap();
-        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["a", "b"]));
-        assert_eq!(store.members(MemberList::Blacklist, "g1", 2).unwrap(), names(&["x"]));
-        let entries = store.member_entries(MemberList::Blacklist, "g1", 2).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert!(entries[0].0 == "x" && entries[0].1 > 1_600_000_000_000, "{entries:?}");
-        assert!(store.members(MemberList::Subscribers, "g1", 4).unwrap().is_empty());
-        store.remove_members(MemberList::Subscribers, "g1", 2, &names(&["a"])).unwrap();
-        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["b"]));
-        store.add_members(MemberList::Subscribers, "g1", 2, &names(&["c"]), true).unwrap();
-        assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["c"]));
-        assert_eq!(store.members(MemberList::Subscribers, "g10", 2).unwrap(), names(&["z"]));
-        assert!(store.is_member(MemberList::Subscribers, "g1", 2, "c").unwrap());
-        assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
-        assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());
-        assert!(!store.has_members(MemberList::Whitelist, "g1", 2).unwrap());
-    }
-
-    #[test]
-    fn meta_numbers_round_trip() {
-        let store = Store::new(Arc::new(MemoryBackend::new()));
-        assert_eq!(store.meta_u64("n").unwrap(), None);
-        store.put_meta_u64("n", 42).unwrap();
-        assert_eq!(store.meta_u64("n").unwrap(), Some(42));
-    }
-
-    #[test]
-    fn system_uids_round_trip() {
-        let store = Store::new(Arc::new(MemoryBackend::new()));
-        store.set_system_uids(&["bot".into(), "admin".into()], true).unwrap();
-        assert_eq!(store.system_uids().unwrap(), vec!["admin".to_owned(), "bot".to_owned()]);
-        store.set_system_uids(&["bot".into()], false).unwrap();
-        assert_eq!(store.system_uids().unwrap(), vec!["admin".to_owned()]);
-    }
-
-    #[test]
-    fn conversations_round_trip() {
-        let store = Store::new(Arc::new(MemoryBackend::new()));
-        let g = crate::ChannelKey::new("g", 2);
-        let p = crate::ChannelKey::new("a@b", 1);
-        assert_eq!(store.conversation("a", &g).unwrap(), None);
-        store.put_conversation("a", &g, Conversation { read_to: 3, deleted_at: 1 }).unwrap();
-        store.put_conversation("a", &p, Conversation::default()).unwrap();
-        store.put_conversation("ab", &g, Conversation::default()).unwrap();
-        assert_eq!(store.conversation("a", &g).unwrap(), Some(Conversation { read_to: 3, deleted_at: 1 }));
-        let mut all = store.conversations("a").unwrap();
-        all.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(all, vec![(p.clone(), Conversation::default()), (g, Conversation { read_to: 3, deleted_at: 1 })]);
-        store.remove_conversations(&["a".into()], &p).unwrap();
-        assert_eq!(store.conversation("a", &p).unwrap(), None);
-        assert_eq!(store.conversations("a").unwrap().len(), 1);
-    }
-
-    #[test]
-    fn member_lists_on_both_backends() {
-        members_conformance(&Store::new(Arc::new(MemoryBackend::new())));
-        let dir = tempfile::tempdir().unwrap();
-        members_conformance(&Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap())));
-    }
-
     #[test]
     fn memory_backend_conforms() {
-        conformance(&Store::new(Arc::new(MemoryBackend::new())));
+        crate::testing::tables_contract(&Store::new(Arc::new(MemoryBackend::new())));
     }
 
     #[test]
@@ -590,7 +503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));
-            conformance(&store);
+            crate::testing::tables_contract(&store);
             store.put_device("kept", 2, &Device::new("tok", DeviceLevel::Slave)).unwrap();
         }
         let store = Store::new(Arc::new(FjallBackend::open(dir.path()).unwrap()));

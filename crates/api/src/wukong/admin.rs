@@ -129,5 +129,6 @@ pub(super) async fn varz(State(state): State<AppState>) -> Json<Value> {
         "cpus": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         "storage_failed": state.core.health().has_failed(),
         "storage_failure": state.core.health().failure().map(|f| f.reason.clone()),
+        "storage_unreachable": state.core.health().unreachable().map(|f| f.reason),
     }))
 }

@@ -16,9 +16,40 @@ pub(crate) struct TestServer {
     http: reqwest::Client,
 }
 
-/// A configuration that binds everything to 127.0.0.1:0 in a fresh data directory.
+/// The test database (scripts/test.sh starts PostgreSQL and creates one per run).
+pub(crate) fn postgres_url() -> String {
+    std::env::var("POSTGRES_TEST_URL").expect(
+        "POSTGRES_TEST_URL is not set: run ./scripts/test.sh (it starts PostgreSQL and creates a test database)",
+    )
+}
+
+/// A schema name no other test uses.
+pub(crate) fn fresh_schema() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    format!("t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Points `config` at a fresh schema of the test database.
+pub(crate) fn use_postgres(config: &mut Config) {
+    config.storage.backend = hongyan::config::StorageBackend::Postgres;
+    config.storage.postgres_url = postgres_url();
+    config.storage.postgres_schema = fresh_schema();
+}
+
+/// Whether this run puts the servers it starts on PostgreSQL (`TEST_STORAGE=postgres`:
+/// scripts/test.sh runs the storage-touching tests a second time that way).
+pub(crate) fn on_postgres() -> bool {
+    std::env::var("TEST_STORAGE").is_ok_and(|s| s == "postgres")
+}
+
+/// A configuration that binds everything to 127.0.0.1:0 in a fresh data directory
+/// (and a fresh PostgreSQL schema when the run is on PostgreSQL).
 pub(crate) fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    if on_postgres() {
+        use_postgres(&mut config);
+    }
     config.api.addr = "127.0.0.1:0".into();
     config.manager.addr = "127.0.0.1:0".into();
     config.gateway.tcp_addr = "127.0.0.1:0".into();
@@ -221,6 +252,9 @@ impl hongyan_store::KvBackend for Hooked {
     fn health(&self) -> &std::sync::Arc<hongyan_store::Health> {
         self.inner.health()
     }
+    fn enforces_inserts(&self) -> bool {
+        self.inner.enforces_inserts()
+    }
     fn get(&self, t: hongyan_store::Table, k: &[u8]) -> hongyan_store::Result<Option<Vec<u8>>> {
         self.inner.get(t, k)
     }
@@ -253,5 +287,6 @@ impl hongyan_store::KvBackend for Hooked {
 
 /// Whether a batch writes a message to the log.
 pub(crate) fn writes_a_message(writes: &[hongyan_store::Write]) -> bool {
-    writes.iter().any(|w| matches!(w, hongyan_store::Write::Put(hongyan_store::Table::ChanSeqMessage, ..)))
+    use hongyan_store::{Table, Write};
+    writes.iter().any(|w| matches!(w, Write::Put(Table::ChanSeqMessage, ..) | Write::Insert(Table::ChanSeqMessage, ..)))
 }

@@ -1,0 +1,637 @@
+//! Hongyan's storage on PostgreSQL: [`PostgresBackend`] meets hongyan-store's
+//! key-value contract ([`KvBackend`]) over a pool of connections, so the typed tables,
+//! the message log, the core and every dialect run on it unchanged.
+//!
+//! * One table per [`Table`], `(k bytea PRIMARY KEY, v bytea)`, in the schema named by
+//!   the configuration, created and upgraded by versioned migrations
+//!   (`migrations/`, recorded in `schema_migrations`).
+//! * A write batch is one transaction: per table, one `INSERT … SELECT unnest(…) ON
+//!   CONFLICT DO UPDATE` for its puts and one `DELETE … = ANY(…)` for its deletes, all
+//!   sent pipelined, then `COMMIT` (with `synchronous_commit` on: acknowledged writes
+//!   survive a crash of the database server). The message log's group commit makes
+//!   that one transaction per batch of appends.
+//! * Failures are sorted by what is known: a database that cannot be reached before a
+//!   commit was sent applied nothing ([`StoreError::Unavailable`]: refused now,
+//!   served again when it is back, reported by [`Health`] meanwhile); a commit whose
+//!   outcome is unknown, or any other error, is the store's failure (fail-stop).
+//!
+//! The contract is blocking; the backend runs its own small Tokio runtime for the
+//! connections, and each call waits for its task on a channel, so it may be called
+//! from any thread.
+
+#![warn(missing_docs)]
+
+mod migrate;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use futures_util::future::try_join_all;
+use hongyan_store::{Health, KvBackend, Order, Result, StoreError, Table, Write, check_bound, check_writes};
+use tokio_postgres::NoTls;
+
+pub use migrate::SCHEMA_VERSION;
+
+/// The longest key this backend takes: a btree index entry must fit a third of a page
+/// (about 2.7 KB). Hongyan's keys are far shorter (ids are at most 255 bytes).
+pub const MAX_KEY_LEN: usize = 2048;
+
+/// How to reach the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// A libpq-style URL (`postgres://user:password@host:5432/db`) or key=value string.
+    pub url: String,
+    /// The schema Hongyan's tables live in; created if missing.
+    pub schema: String,
+    /// Most connections open at once.
+    pub pool_size: usize,
+    /// Longest a statement may run (the server cancels it), and longest a call waits
+    /// for a free connection.
+    pub statement_timeout: Duration,
+    /// Longest a new connection may take to open.
+    pub connect_timeout: Duration,
+}
+
+/// Why the backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL does not parse (the text names the URL without its password).
+    #[error("storage.postgres_url {url}: {reason}")]
+    Url {
+        /// The URL, password removed.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The schema name is not a plain lowercase identifier.
+    #[error("storage.postgres_schema {0:?}: must be 1 to 63 of a-z, 0-9 and _, not starting with a digit")]
+    Schema(String),
+    /// The database could not be reached or refused the login.
+    #[error("cannot reach PostgreSQL at {url}: {reason}")]
+    Unreachable {
+        /// The URL, password removed.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The database holds a newer schema than this binary knows.
+    #[error(
+        "the PostgreSQL schema {schema} is at version {found}, newer than this Hongyan knows ({known}): upgrade Hongyan"
+    )]
+    NewerSchema {
+        /// The schema.
+        schema: String,
+        /// The version recorded in the database.
+        found: i32,
+        /// The newest version this binary knows.
+        known: i32,
+    },
+    /// A migration failed.
+    #[error("migrating the PostgreSQL schema {schema} failed: {reason}")]
+    Migration {
+        /// The schema.
+        schema: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    // URL form: scheme://user:password@host…
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let authority_end = out[start..].find(['/', '?']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..authority_end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    // password=… as a query parameter or a key=value pair.
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=").map(|i| from + i + "password=".len()) {
+        let end = out[found..].find(['&', ' ']).map_or(out.len(), |i| found + i);
+        out.replace_range(found..end, "***");
+        from = found + 3;
+    }
+    out
+}
+
+/// A failure, by what is known about it.
+#[derive(Debug)]
+enum Fault {
+    /// The database could not be reached; nothing was applied.
+    Unreachable(String),
+    /// A row that had to be new exists (a unique violation); nothing was applied.
+    Conflict(String),
+    /// Anything else, including a commit whose outcome is unknown.
+    Failed(String),
+}
+
+/// SQLSTATE of a unique violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// SQLSTATE classes and codes that mean "not reachable now": connection exceptions,
+/// the server shutting down or starting, too many connections, a cancelled statement
+/// (the statement timeout), and conflicts a retry resolves.
+fn transient(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "57014" | "40001" | "40P01")
+}
+
+/// Sorts an error that came before any commit was sent.
+fn fault(e: &tokio_postgres::Error) -> Fault {
+    let text = describe(e);
+    if let Some(db) = e.as_db_error() {
+        return match db.code().code() {
+            UNIQUE_VIOLATION => Fault::Conflict(text),
+            code if transient(code) => Fault::Unreachable(text),
+            _ => Fault::Failed(text),
+        };
+    }
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io { Fault::Unreachable(text) } else { Fault::Failed(text) }
+}
+
+/// Sorts an error of the `COMMIT` itself: only the server's own answer says the
+/// transaction did not commit; a connection lost meanwhile leaves it unknown.
+fn commit_fault(e: &tokio_postgres::Error) -> Fault {
+    match e.as_db_error() {
+        Some(_) => fault(e),
+        None => Fault::Failed(format!("commit outcome unknown: {}", describe(e))),
+    }
+}
+
+fn pool_fault(e: PoolError) -> Fault {
+    match e {
+        // A connection that cannot be opened is an unreachable database, whatever the
+        // reason (refused, timed out, login failed while it restarts).
+        PoolError::Backend(e) => Fault::Unreachable(describe(&e)),
+        other => Fault::Unreachable(format!("no connection: {other}")),
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => std::error::Error::source(e).map_or_else(|| e.to_string(), |s| format!("{e}: {s}")),
+    }
+}
+
+/// The upper bound of the keys that start with `prefix`: `None` when there is none.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The SQL of one table, formatted once.
+#[derive(Debug)]
+struct TableSql {
+    get: String,
+    upsert: String,
+    insert: String,
+    delete: String,
+    /// Ascending and descending scans with an upper bound.
+    range: [String; 2],
+    /// The same without one.
+    from: [String; 2],
+}
+
+impl TableSql {
+    fn new(schema: &str, table: Table) -> Self {
+        let t = format!("{schema}.{}", table.name());
+        let order = |o: &str| format!("ORDER BY k {o} LIMIT $3");
+        Self {
+            get: format!("SELECT v FROM {t} WHERE k = $1"),
+            upsert: format!(
+                "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+            ),
+            insert: format!("INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])"),
+            delete: format!("DELETE FROM {t} WHERE k = ANY($1::bytea[])"),
+            range: [
+                format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 {}", order("ASC")),
+                format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 {}", order("DESC")),
+            ],
+            from: [
+                format!("SELECT k, v FROM {t} WHERE k >= $1 ORDER BY k ASC LIMIT $2"),
+                format!("SELECT k, v FROM {t} WHERE k >= $1 ORDER BY k DESC LIMIT $2"),
+            ],
+        }
+    }
+}
+
+/// What every task needs: the pool and the SQL.
+#[derive(Debug)]
+struct Shared {
+    pool: Pool,
+    sql: Vec<TableSql>,
+}
+
+impl Shared {
+    fn sql(&self, table: Table) -> &TableSql {
+        let index = Table::ALL.iter().position(|t| *t == table).unwrap_or_default();
+        &self.sql[index]
+    }
+
+    async fn get(&self, table: Table, key: Vec<u8>) -> std::result::Result<Option<Vec<u8>>, Fault> {
+        let client = self.pool.get().await.map_err(pool_fault)?;
+        let statement = client.prepare_cached(&self.sql(table).get).await.map_err(|e| fault(&e))?;
+        let row = client.query_opt(&statement, &[&key]).await.map_err(|e| fault(&e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn scan(
+        &self,
+        table: Table,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+        order: Order,
+    ) -> std::result::Result<Rows, Fault> {
+        let client = self.pool.get().await.map_err(pool_fault)?;
+        let sql = self.sql(table);
+        let direction = usize::from(order == Order::Descending);
+        let limit = limit_of(limit);
+        let rows = match &end {
+            Some(end) => {
+                let statement = client.prepare_cached(&sql.range[direction]).await.map_err(|e| fault(&e))?;
+                client.query(&statement, &[&start, end, &limit]).await
+            }
+            None => {
+                let statement = client.prepare_cached(&sql.from[direction]).await.map_err(|e| fault(&e))?;
+                client.query(&statement, &[&start, &limit]).await
+            }
+        }
+        .map_err(|e| fault(&e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// One transaction: per table its inserts, puts and deletes, pipelined, then COMMIT.
+    async fn write(&self, tables: Vec<TableWrites>) -> std::result::Result<(), Fault> {
+        let mut client = self.pool.get().await.map_err(pool_fault)?;
+        let tx = client.transaction().await.map_err(|e| fault(&e))?;
+        let mut statements = Vec::with_capacity(tables.len() * 3);
+        for w in &tables {
+            let sql = self.sql(w.table);
+            for (rows, text) in [(&w.inserts, &sql.insert), (&w.puts, &sql.upsert)] {
+                if !rows.0.is_empty() {
+                    let statement = tx.prepare_cached(text).await.map_err(|e| fault(&e))?;
+                    statements.push((statement, Some(rows), None));
+                }
+            }
+            if !w.deletes.is_empty() {
+                let statement = tx.prepare_cached(&sql.delete).await.map_err(|e| fault(&e))?;
+                statements.push((statement, None, Some(&w.deletes)));
+            }
+        }
+        let tx_ref = &tx;
+        try_join_all(statements.iter().map(|(statement, rows, deletes)| async move {
+            match (rows, deletes) {
+                (Some((keys, values)), _) => tx_ref.execute(statement, &[keys, values]).await,
+                (None, Some(keys)) => tx_ref.execute(statement, &[keys]).await,
+                (None, None) => Ok(0),
+            }
+        }))
+        .await
+        .map_err(|e| fault(&e))?;
+        tx.commit().await.map_err(|e| commit_fault(&e))
+    }
+
+    async fn ping(&self) -> std::result::Result<(), Fault> {
+        let client = self.pool.get().await.map_err(pool_fault)?;
+        client.simple_query("SELECT 1").await.map_err(|e| fault(&e))?;
+        Ok(())
+    }
+}
+
+/// Keys and values, as two arrays for `unnest`.
+type Columns = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// One table's share of a batch, last write per key.
+#[derive(Debug)]
+struct TableWrites {
+    table: Table,
+    inserts: Columns,
+    puts: Columns,
+    deletes: Vec<Vec<u8>>,
+}
+
+/// What a batch finally does to one key.
+enum Last {
+    Insert(Vec<u8>),
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// Groups a batch by table, keeping only the last write to each key (a statement may
+/// not touch a row twice).
+fn group(writes: Vec<Write>) -> Vec<TableWrites> {
+    use std::collections::BTreeMap;
+    let mut last: BTreeMap<(Table, Vec<u8>), Last> = BTreeMap::new();
+    for w in writes {
+        match w {
+            Write::Insert(t, k, v) => last.insert((t, k), Last::Insert(v)),
+            Write::Put(t, k, v) => last.insert((t, k), Last::Put(v)),
+            Write::Delete(t, k) => last.insert((t, k), Last::Delete),
+        };
+    }
+    let mut out: Vec<TableWrites> = Vec::new();
+    for ((table, key), write) in last {
+        if out.last().is_none_or(|w| w.table != table) {
+            let empty = || (Vec::new(), Vec::new());
+            out.push(TableWrites { table, inserts: empty(), puts: empty(), deletes: Vec::new() });
+        }
+        let Some(w) = out.last_mut() else { continue };
+        match write {
+            Last::Insert(v) => {
+                w.inserts.0.push(key);
+                w.inserts.1.push(v);
+            }
+            Last::Put(v) => {
+                w.puts.0.push(key);
+                w.puts.1.push(v);
+            }
+            Last::Delete => w.deletes.push(key),
+        }
+    }
+    out
+}
+
+/// Hongyan's tables in a PostgreSQL schema.
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        // May be dropped on an async thread, where a runtime must not block to stop.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Whether `schema` is a plain identifier (it is written into SQL as it is).
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 63
+}
+
+impl PostgresBackend {
+    /// Connects, creates or upgrades the schema, and checks that the database answers.
+    /// Blocking (it waits for its own runtime), so call it off async worker threads.
+    pub fn connect(config: &PostgresConfig) -> std::result::Result<Self, ConnectError> {
+        let url = redact(&config.url);
+        if !valid_schema(&config.schema) {
+            return Err(ConnectError::Schema(config.schema.clone()));
+        }
+        let mut pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| ConnectError::Url { url: url.clone(), reason: e.to_string() })?;
+        pg.application_name("hongyan")
+            .connect_timeout(config.connect_timeout)
+            .options(format!("-c statement_timeout={}", config.statement_timeout.as_millis()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("hongyan-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: format!("no runtime: {e}") })?;
+        let handle = runtime.handle().clone();
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = {
+            let _entered = handle.enter();
+            Pool::builder(manager)
+                .max_size(config.pool_size.max(1))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(config.statement_timeout))
+                .create_timeout(Some(config.connect_timeout))
+                .recycle_timeout(Some(config.connect_timeout))
+                .build()
+                .map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: e.to_string() })?
+        };
+        let sql = Table::ALL.iter().map(|t| TableSql::new(&config.schema, *t)).collect();
+        let shared = Arc::new(Shared { pool, sql });
+        let backend = Self {
+            shared: shared.clone(),
+            health: Arc::new(Health::new()),
+            handle,
+            runtime: Some(runtime),
+            schema: config.schema.clone(),
+        };
+        let schema = config.schema.clone();
+        let migrated = backend.block_on(async move {
+            let mut client = shared
+                .pool
+                .get()
+                .await
+                .map_err(|e| ConnectError::Unreachable { url: url.clone(), reason: describe_pool(e) })?;
+            migrate::run(&mut client, &schema).await
+        });
+        migrated.map_err(|_| ConnectError::Unreachable {
+            url: redact(&config.url),
+            reason: "the connection task stopped".into(),
+        })??;
+        backend.watch_outages();
+        Ok(backend)
+    }
+
+    /// While the database is unreachable, tries it every second so that health clears
+    /// as soon as it is back, even with no traffic.
+    fn watch_outages(&self) {
+        let (shared, health) = (self.shared.clone(), self.health.clone());
+        self.handle.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if health.unreachable().is_some() && shared.ping().await.is_ok() {
+                    health.set_reachable();
+                }
+            }
+        });
+    }
+
+    /// Runs `task` on the backend's runtime and waits for it (from any thread).
+    fn block_on<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = T> + Send + 'static,
+    ) -> std::result::Result<T, std::sync::mpsc::RecvError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(task.await);
+        });
+        rx.recv()
+    }
+
+    /// Runs a database call and sorts its failure, keeping health up to date.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &str,
+        task: impl Future<Output = std::result::Result<T, Fault>> + Send + 'static,
+    ) -> Result<T> {
+        let outcome = self.block_on(task).unwrap_or_else(|_| Err(Fault::Failed(format!("{what} task panicked"))));
+        match outcome {
+            Ok(value) => {
+                self.health.set_reachable();
+                Ok(value)
+            }
+            Err(Fault::Unreachable(reason)) => {
+                self.health.set_unreachable(format!("PostgreSQL: {reason}"));
+                Err(StoreError::Unavailable(format!("PostgreSQL {what}: {reason}")))
+            }
+            Err(Fault::Conflict(reason)) => {
+                self.health.set_reachable();
+                Err(StoreError::Conflict(format!("PostgreSQL {what}: {reason}")))
+            }
+            Err(Fault::Failed(reason)) => {
+                let reason = format!("PostgreSQL {what}: {reason}");
+                self.health.fail(reason.clone());
+                Err(StoreError::Engine(reason))
+            }
+        }
+    }
+
+    /// The schema the tables are in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+}
+
+fn describe_pool(e: PoolError) -> String {
+    match pool_fault(e) {
+        Fault::Unreachable(reason) | Fault::Conflict(reason) | Fault::Failed(reason) => reason,
+    }
+}
+
+impl KvBackend for PostgresBackend {
+    fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    fn max_key_len(&self) -> usize {
+        MAX_KEY_LEN
+    }
+
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Ok(None);
+        }
+        let (shared, key) = (self.shared.clone(), key.to_vec());
+        self.call("read", async move { shared.get(table, key).await })
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_bound(prefix)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (shared, start, end) = (self.shared.clone(), prefix.to_vec(), successor(prefix));
+        self.call("scan", async move { shared.scan(table, start, end, limit, Order::Ascending).await })
+    }
+
+    fn scan_range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        check_bound(start)?;
+        check_bound(end)?;
+        if limit == 0 || start >= end {
+            return Ok(Vec::new());
+        }
+        let (shared, start, end) = (self.shared.clone(), start.to_vec(), Some(end.to_vec()));
+        self.call("scan", async move { shared.scan(table, start, end, limit, order).await })
+    }
+
+    fn write(&self, writes: Vec<Write>, _durable: bool) -> Result<()> {
+        // Every commit is durable (synchronous_commit on): `durable` asks for no more.
+        check_writes(&writes, MAX_KEY_LEN)?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (shared, tables) = (self.shared.clone(), group(writes));
+        metrics::histogram!("hongyan_postgres_batch_tables").record(tables.len() as f64);
+        self.call("write", async move { shared.write(tables).await })
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(redact("postgres://hongyan:s3cret@db:5432/im"), "postgres://hongyan:***@db:5432/im");
+        assert_eq!(redact("postgres://hongyan@db/im"), "postgres://hongyan@db/im");
+        assert_eq!(redact("postgres://u:p@ss@db/im?sslmode=off"), "postgres://u:***@db/im?sslmode=off");
+        assert_eq!(redact("postgres://db/im?user=u&password=x&a=b"), "postgres://db/im?user=u&password=***&a=b");
+        assert_eq!(redact("host=db user=u password=secret dbname=im"), "host=db user=u password=*** dbname=im");
+    }
+
+    #[test]
+    fn prefix_successors_bound_exactly_the_keys_with_the_prefix() {
+        assert_eq!(successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(successor(b"\xff\xff"), None);
+        assert_eq!(successor(b""), None);
+    }
+
+    #[test]
+    fn a_batch_keeps_the_last_write_to_each_key_grouped_by_table() {
+        let writes = vec![
+            Write::Put(Table::Meta, b"a".to_vec(), b"1".to_vec()),
+            Write::Delete(Table::Meta, b"a".to_vec()),
+            Write::Put(Table::UidSystem, b"x".to_vec(), Vec::new()),
+            Write::Put(Table::Meta, b"a".to_vec(), b"2".to_vec()),
+            Write::Delete(Table::Meta, b"b".to_vec()),
+        ];
+        let grouped = group(writes);
+        assert_eq!(grouped.len(), 2);
+        let meta = grouped.iter().find(|w| w.table == Table::Meta).unwrap();
+        assert_eq!(meta.puts, (vec![b"a".to_vec()], vec![b"2".to_vec()]));
+        assert_eq!(meta.deletes, vec![b"b".to_vec()]);
+        let system = grouped.iter().find(|w| w.table == Table::UidSystem).unwrap();
+        assert!(system.inserts.0.is_empty() && system.deletes.is_empty());
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(valid_schema("hongyan") && valid_schema("_t1") && valid_schema("a_b_9"));
+        assert!(!valid_schema("") && !valid_schema("1a") && !valid_schema("Hongyan") && !valid_schema("a;drop"));
+        assert!(!valid_schema(&"a".repeat(64)));
+    }
+}
