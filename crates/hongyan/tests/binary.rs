@@ -27,6 +27,28 @@ fn unknown_config_keys_stop_start_up_with_the_key_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("node_id: must be between 1 and 1023"));
 }
 
+#[test]
+fn an_unreachable_postgres_stops_start_up_naming_the_url_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hongyan"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--tcp-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--ws-addr", ""])
+        .env("HONGYAN_STORAGE__BACKEND", "postgres")
+        .env("HONGYAN_STORAGE__POSTGRES_URL", "postgres://hongyan:do-not-print@127.0.0.1:1/hongyan")
+        .env("HONGYAN_STORAGE__POSTGRES_CONNECT_TIMEOUT_MS", "2000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach PostgreSQL at postgres://hongyan:***@127.0.0.1:1/hongyan"), "{stderr}");
+    assert!(!stderr.contains("do-not-print"), "{stderr}");
+}
+
 #[tokio::test]
 async fn sigterm_closes_connections_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();

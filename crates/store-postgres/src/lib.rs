@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use futures_util::future::try_join_all;
-use hongyan_store::{Health, KvBackend, Order, Result, StoreError, Table, Write, check_bound, check_writes};
+use hongyan_store::{Entry, Health, KvBackend, Order, Result, StoreError, Table, Write, check_bound, check_writes};
 use tokio_postgres::NoTls;
 
 pub use migrate::SCHEMA_VERSION;
@@ -203,6 +203,8 @@ type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug)]
 struct TableSql {
     get: String,
+    get_many: String,
+    last_in_ranges: String,
     upsert: String,
     insert: String,
     delete: String,
@@ -218,6 +220,11 @@ impl TableSql {
         let order = |o: &str| format!("ORDER BY k {o} LIMIT $3");
         Self {
             get: format!("SELECT v FROM {t} WHERE k = $1"),
+            get_many: format!("SELECT k, v FROM {t} WHERE k = ANY($1::bytea[])"),
+            last_in_ranges: format!(
+                "SELECT r.i, m.k, m.v FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS r(s, e, i) \
+                 CROSS JOIN LATERAL (SELECT k, v FROM {t} WHERE k >= r.s AND k < r.e ORDER BY k DESC LIMIT 1) m"
+            ),
             upsert: format!(
                 "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
                  ON CONFLICT (k) DO UPDATE SET v = excluded.v"
@@ -256,6 +263,34 @@ impl Shared {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn get_many(&self, table: Table, keys: Vec<Vec<u8>>) -> std::result::Result<Vec<Option<Vec<u8>>>, Fault> {
+        let client = self.pool.get().await.map_err(pool_fault)?;
+        let statement = client.prepare_cached(&self.sql(table).get_many).await.map_err(|e| fault(&e))?;
+        let rows = client.query(&statement, &[&keys]).await.map_err(|e| fault(&e))?;
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> =
+            rows.into_iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn last_in_ranges(
+        &self,
+        table: Table,
+        starts: Vec<Vec<u8>>,
+        ends: Vec<Vec<u8>>,
+    ) -> std::result::Result<Vec<Option<Entry>>, Fault> {
+        let client = self.pool.get().await.map_err(pool_fault)?;
+        let statement = client.prepare_cached(&self.sql(table).last_in_ranges).await.map_err(|e| fault(&e))?;
+        let rows = client.query(&statement, &[&starts, &ends]).await.map_err(|e| fault(&e))?;
+        let mut out = vec![None; starts.len()];
+        for row in rows {
+            let index: i64 = row.get(0);
+            if let Some(slot) = usize::try_from(index - 1).ok().and_then(|i| out.get_mut(i)) {
+                *slot = Some((row.get(1), row.get(2)));
+            }
+        }
+        Ok(out)
+    }
+
     async fn scan(
         &self,
         table: Table,
@@ -282,35 +317,42 @@ impl Shared {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// One transaction: per table its inserts, puts and deletes, pipelined, then COMMIT.
+    /// One transaction: `BEGIN` and per table its inserts, puts and deletes, sent
+    /// pipelined (one round trip), then `COMMIT` once all of them succeeded.
     async fn write(&self, tables: Vec<TableWrites>) -> std::result::Result<(), Fault> {
-        let mut client = self.pool.get().await.map_err(pool_fault)?;
-        let tx = client.transaction().await.map_err(|e| fault(&e))?;
+        let client = self.pool.get().await.map_err(pool_fault)?;
         let mut statements = Vec::with_capacity(tables.len() * 3);
         for w in &tables {
             let sql = self.sql(w.table);
             for (rows, text) in [(&w.inserts, &sql.insert), (&w.puts, &sql.upsert)] {
                 if !rows.0.is_empty() {
-                    let statement = tx.prepare_cached(text).await.map_err(|e| fault(&e))?;
+                    let statement = client.prepare_cached(text).await.map_err(|e| fault(&e))?;
                     statements.push((statement, Some(rows), None));
                 }
             }
             if !w.deletes.is_empty() {
-                let statement = tx.prepare_cached(&sql.delete).await.map_err(|e| fault(&e))?;
+                let statement = client.prepare_cached(&sql.delete).await.map_err(|e| fault(&e))?;
                 statements.push((statement, None, Some(&w.deletes)));
             }
         }
-        let tx_ref = &tx;
-        try_join_all(statements.iter().map(|(statement, rows, deletes)| async move {
+        let conn = &**client;
+        // Requests go out in the order the futures are first polled: BEGIN first.
+        let begin = conn.batch_execute("BEGIN");
+        let work = try_join_all(statements.iter().map(|(statement, rows, deletes)| async move {
             match (rows, deletes) {
-                (Some((keys, values)), _) => tx_ref.execute(statement, &[keys, values]).await,
-                (None, Some(keys)) => tx_ref.execute(statement, &[keys]).await,
+                (Some((keys, values)), _) => conn.execute(statement, &[keys, values]).await,
+                (None, Some(keys)) => conn.execute(statement, &[keys]).await,
                 (None, None) => Ok(0),
             }
-        }))
-        .await
-        .map_err(|e| fault(&e))?;
-        tx.commit().await.map_err(|e| commit_fault(&e))
+        }));
+        let (begun, done) = futures_util::future::join(begin, work).await;
+        if let Err(e) = begun.and(done.map(drop)) {
+            // No COMMIT was sent: nothing is applied. (A connection that is gone is
+            // dropped by the pool when it comes back.)
+            let _ = conn.batch_execute("ROLLBACK").await;
+            return Err(fault(&e));
+        }
+        conn.batch_execute("COMMIT").await.map_err(|e| commit_fault(&e))
     }
 
     async fn ping(&self) -> std::result::Result<(), Fault> {
@@ -429,6 +471,24 @@ impl PostgresBackend {
         let pool = {
             let _entered = handle.enter();
             Pool::builder(manager)
+                .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                    Box::pin(async move {
+                        // Every statement of this backend reads a range of a primary
+                        // key, in key order. Keep the planner on that index whatever its
+                        // statistics say: a plan made while a table was nearly empty or
+                        // never analyzed (a sequential or bitmap scan and a sort) would
+                        // read a whole channel to return a page of it, or the whole table
+                        // to look up a batch's resends, and a cached generic plan keeps
+                        // doing so as the table grows. Databases without these settings
+                        // keep their defaults.
+                        for setting in
+                            ["plan_cache_mode = force_custom_plan", "enable_seqscan = off", "enable_bitmapscan = off"]
+                        {
+                            let _ = client.batch_execute(&format!("SET {setting}")).await;
+                        }
+                        Ok(())
+                    })
+                }))
                 .max_size(config.pool_size.max(1))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
                 .wait_timeout(Some(config.statement_timeout))
@@ -545,6 +605,33 @@ impl KvBackend for PostgresBackend {
         }
         let (shared, key) = (self.shared.clone(), key.to_vec());
         self.call("read", async move { shared.get(table, key).await })
+    }
+
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        // Keys too long to be stored are found nowhere; ask only for the others.
+        let storable: Vec<Vec<u8>> = keys.iter().filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN).cloned().collect();
+        if storable.is_empty() {
+            return Ok(vec![None; keys.len()]);
+        }
+        let shared = self.shared.clone();
+        let found = self.call("read", async move {
+            let values = shared.get_many(table, storable.clone()).await?;
+            Ok(storable.into_iter().zip(values).collect::<std::collections::HashMap<_, _>>())
+        })?;
+        Ok(keys.iter().map(|k| found.get(k).cloned().flatten()).collect())
+    }
+
+    fn last_in_ranges(&self, table: Table, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Entry>>> {
+        for (start, end) in ranges {
+            check_bound(start)?;
+            check_bound(end)?;
+        }
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (starts, ends): (Vec<Vec<u8>>, Vec<Vec<u8>>) = ranges.iter().cloned().unzip();
+        let shared = self.shared.clone();
+        self.call("scan", async move { shared.last_in_ranges(table, starts, ends).await })
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

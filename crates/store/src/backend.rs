@@ -156,6 +156,9 @@ impl Table {
     }
 }
 
+/// A stored entry: key and value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Which end of a range scan comes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
@@ -202,6 +205,20 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
     }
     /// The value stored under `key`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The values stored under `keys`, in their order: one round trip on a backend
+    /// that has round trips (the message log looks up a whole batch's resends at once).
+    fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(table, k)).collect()
+    }
+    /// For each `(start, end)` range, its last entry (`start <= key < end`), if any: one
+    /// round trip on a backend that has round trips (the message log finds the last seq
+    /// of every new channel in a batch at once).
+    fn last_in_ranges(&self, table: Table, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Entry>>> {
+        ranges
+            .iter()
+            .map(|(start, end)| Ok(self.scan_range(table, start, end, 1, Order::Descending)?.into_iter().next()))
+            .collect()
+    }
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Up to `limit` entries with `start <= key < end`, in `order`.

@@ -28,7 +28,8 @@ mod tables;
 pub mod testing;
 
 pub use backend::{
-    FjallBackend, KvBackend, MAX_KEY_LEN, MAX_VALUE_LEN, MemoryBackend, Order, Table, Write, check_bound, check_writes,
+    Entry, FjallBackend, KvBackend, MAX_KEY_LEN, MAX_VALUE_LEN, MemoryBackend, Order, Table, Write, check_bound,
+    check_writes,
 };
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
 pub use health::{Failure, Health};

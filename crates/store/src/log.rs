@@ -619,15 +619,19 @@ fn lookup_client_msg_no(
     from_uid: &str,
     client_msg_no: &str,
 ) -> Result<Option<(i64, u64)>> {
-    let Some(value) = kv.get(Table::ChanClientMsgNo, &channel.client_msg_no_key(from_uid, client_msg_no))? else {
-        return Ok(None);
-    };
-    let mut r = ValueReader { rest: &value };
+    kv.get(Table::ChanClientMsgNo, &channel.client_msg_no_key(from_uid, client_msg_no))?
+        .map(|value| decode_ids(&value))
+        .transpose()
+}
+
+/// The (message_id, seq) of a resend-index row.
+fn decode_ids(value: &[u8]) -> Result<(i64, u64)> {
+    let mut r = ValueReader { rest: value };
     let bad = || StoreError::Corrupt { table: Table::ChanClientMsgNo.name(), what: "ids" };
     if r.u8() != Some(FORMAT_V1) {
         return Err(bad());
     }
-    Ok(Some((r.i64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?)))
+    Ok((r.i64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?))
 }
 
 /// The writer thread's state: it alone assigns seqs.
@@ -774,19 +778,30 @@ impl Writer {
     /// Seqs, dedupe, journal ids and the writes for one batch.
     #[allow(clippy::type_complexity)]
     fn plan(&mut self, batch: &[Job]) -> Result<(Vec<Write>, Vec<Appended>, Vec<Option<u64>>)> {
+        self.load_counters(batch)?;
         let mut writes = Vec::with_capacity(batch.len() * 2);
         let mut results = Vec::with_capacity(batch.len());
         let mut journal_ids = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<Vec<u8>, (i64, u64)> = HashMap::new();
-        for job in batch {
+        // Every resend-index row the batch could meet, read at once; rows the batch
+        // itself writes are added as it goes.
+        let dedupe_keys: Vec<Option<Vec<u8>>> = batch
+            .iter()
+            .map(|job| {
+                let m = &job.message;
+                (!m.client_msg_no.is_empty()).then(|| job.channel.client_msg_no_key(&m.from_uid, &m.client_msg_no))
+            })
+            .collect();
+        let wanted: Vec<Vec<u8>> = dedupe_keys.iter().flatten().cloned().collect();
+        let mut known: HashMap<Vec<u8>, (i64, u64)> = HashMap::new();
+        for (key, value) in wanted.iter().zip(self.kv.get_many(Table::ChanClientMsgNo, &wanted)?) {
+            if let Some(value) = value {
+                known.insert(key.clone(), decode_ids(&value)?);
+            }
+        }
+        for (job, dedupe_key) in batch.iter().zip(dedupe_keys) {
             let m = &job.message;
-            let dedupe_key =
-                (!m.client_msg_no.is_empty()).then(|| job.channel.client_msg_no_key(&m.from_uid, &m.client_msg_no));
             if let Some(key) = &dedupe_key {
-                let earlier = match in_batch.get(key) {
-                    Some(ids) => Some(*ids),
-                    None => lookup_client_msg_no(&*self.kv, &job.channel, &m.from_uid, &m.client_msg_no)?,
-                };
+                let earlier = known.get(key).copied();
                 if let Some((message_id, seq)) = earlier {
                     results.push(Appended::Duplicate { message_id, seq });
                     journal_ids.push(None);
@@ -816,11 +831,48 @@ impl Writer {
                 ids.extend_from_slice(&m.message_id.to_be_bytes());
                 ids.extend_from_slice(&seq.to_be_bytes());
                 writes.push(Write::Insert(Table::ChanClientMsgNo, key.clone(), ids));
-                in_batch.insert(key, (m.message_id, seq));
+                known.insert(key, (m.message_id, seq));
             }
             results.push(Appended::New { message_id: m.message_id, seq });
         }
         Ok((writes, results, journal_ids))
+    }
+
+    /// Loads the seq counter of every channel in `batch` not seen yet, all at once.
+    fn load_counters(&mut self, batch: &[Job]) -> Result<()> {
+        let mut new: Vec<&ChannelKey> =
+            batch.iter().map(|j| &j.channel).filter(|c| !self.next_seq.contains_key(*c)).collect();
+        new.sort_unstable();
+        new.dedup();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<(Vec<u8>, Vec<u8>)> = new
+            .iter()
+            .map(|c| {
+                let start = c.prefix();
+                let mut end = start.clone();
+                end.extend_from_slice(&[0xff; 9]);
+                (start, end)
+            })
+            .collect();
+        let lasts = self.kv.last_in_ranges(Table::ChanSeqMessage, &ranges)?;
+        let prefixes: Vec<Vec<u8>> = ranges.into_iter().map(|(start, _)| start).collect();
+        let floors = self.kv.get_many(Table::ChanSeqFloor, &prefixes)?;
+        for ((channel, last), floor) in new.into_iter().zip(lasts).zip(floors) {
+            let stored = last.map(|(key, _)| seq_from_key(&key)).transpose()?.unwrap_or(0);
+            let floor = floor
+                .map(|v| {
+                    v.as_slice()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt { table: Table::ChanSeqFloor.name(), what: "seq" })
+                })
+                .transpose()?
+                .unwrap_or(0);
+            self.next_seq.insert(channel.clone(), stored.max(floor) + 1);
+        }
+        Ok(())
     }
 
     fn take_seq(&mut self, channel: &ChannelKey) -> Result<u64> {

@@ -36,6 +36,16 @@ pub fn kv_contract(kv: &dyn KvBackend) {
     assert_eq!(keys(&kv.scan_prefix(t, b"a", 2).unwrap()), [b"a".to_vec(), b"a\x00".to_vec()]);
     assert_eq!(keys(&kv.scan_prefix(t, b"\xff", usize::MAX).unwrap()), [b"\xff\xff".to_vec()]);
     assert!(kv.scan_prefix(t, b"c", usize::MAX).unwrap().is_empty());
+    // Many keys at once, in the order asked, repeats and misses included.
+    let asked = [b"ab".to_vec(), b"zz".to_vec(), b"\x00".to_vec(), b"ab".to_vec(), vec![b'k'; MAX_KEY_LEN + 1]];
+    let got = kv.get_many(t, &asked).unwrap();
+    assert_eq!(got, vec![Some(b"ab".to_vec()), None, Some(b"\x00".to_vec()), Some(b"ab".to_vec()), None]);
+    assert!(kv.get_many(t, &[]).unwrap().is_empty());
+    // The last entry of several ranges at once.
+    let ranges = [(b"a".to_vec(), b"b".to_vec()), (b"c".to_vec(), b"d".to_vec()), (b"\x00".to_vec(), b"\xff".to_vec())];
+    let last: Vec<Option<Vec<u8>>> =
+        kv.last_in_ranges(t, &ranges).unwrap().into_iter().map(|e| e.map(|(k, _)| k)).collect();
+    assert_eq!(last, vec![Some(b"ab".to_vec()), None, Some(b"b".to_vec())]);
     // Ranges are half-open, in either order, limited from the first end.
     let asc = kv.scan_range(t, b"a", b"b", usize::MAX, Order::Ascending).unwrap();
     assert_eq!(keys(&asc), [b"a".to_vec(), b"a\x00".to_vec(), b"ab".to_vec()]);
