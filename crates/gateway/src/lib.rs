@@ -112,7 +112,7 @@ impl Gateway {
             }
             let acceptor = if kind == TransportKind::Wss { tls.clone() } else { None };
             tracker.spawn(listener::accept_loop(listener, kind, shared.clone(), acceptor, tracker.clone()));
-            tracing::info!(transport = kind.label(), addr = %bound, "listening");
+            tracing::debug!(transport = kind.label(), addr = %bound, "listening");
         }
         Ok(gateway)
     }

@@ -431,7 +431,21 @@ impl StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter, e.g. `info` or `hongyan_gateway=debug,info`. `RUST_LOG` wins.
+    /// The default keeps Hongyan's own news at `info` and dependencies at `warn`.
     pub filter: String,
+    /// `text` (for people) or `json` (one object per line, for log collectors).
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, and a start-up banner with every address.
+    #[default]
+    Text,
+    /// One JSON object per line; the banner is a log record too.
+    Json,
 }
 
 impl Default for Config {
@@ -481,7 +495,7 @@ impl Default for AuthConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into() }
+        Self { filter: "warn,hongyan=info".into(), format: LogFormat::Text }
     }
 }
 

@@ -19,7 +19,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::Config;
 
@@ -301,7 +301,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
     for (key, addr, router) in listeners {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
         let local = listener.local_addr()?;
-        info!(%local, "{key} listening");
+        debug!(%local, "{key} listening");
         bound.push(local);
         listeners_bound.push((key, local));
         let router = http::bounded(router, limits, config.node_id);
@@ -419,7 +419,43 @@ fn spawn_periodic(
     });
 }
 
+/// `addr` as a person would type it: a wildcard address shown as localhost.
+fn reachable(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() { format!("localhost:{} (all interfaces)", addr.port()) } else { addr.to_string() }
+}
+
 impl Server {
+    /// Everything a person can open or point a client at, for the start-up banner:
+    /// (what, where), in a stable order.
+    pub fn addresses(&self) -> Vec<(&'static str, String)> {
+        let http = |addr: SocketAddr, path: &str| {
+            let shown = reachable(addr);
+            match shown.split_once(' ') {
+                Some((host, note)) => format!("http://{host}{path} {note}"),
+                None => format!("http://{shown}{path}"),
+            }
+        };
+        let mut out = vec![("HTTP API", http(self.api_addr, "")), ("OpenAPI", http(self.api_addr, "/openapi.json"))];
+        if let Some(addr) = self.gateway.tcp_addr {
+            out.push(("TCP clients", reachable(addr)));
+        }
+        if let Some(addr) = self.gateway.ws_addr {
+            out.push(("WebSocket clients", format!("ws://{}", reachable(addr))));
+        }
+        if let Some(addr) = self.gateway.wss_addr {
+            out.push(("WSS clients", format!("wss://{}", reachable(addr))));
+        }
+        if let Some(addr) = self.openim_addr {
+            out.push(("OpenIM API", http(addr, "")));
+        }
+        if let Some(addr) = self.easemob_addr {
+            out.push(("Easemob API", http(addr, "")));
+        }
+        out.push(("Metrics", http(self.manager_addr, "/metrics")));
+        out.push(("Health", http(self.manager_addr, "/health")));
+        out
+    }
+
     /// Resolves `storage.fail_stop_grace_secs` after storage has failed, with the
     /// failure: the moment the binary stops the process. Meanwhile the node already
     /// refuses logins, sends and HTTP work and reports itself unhealthy, so clients and

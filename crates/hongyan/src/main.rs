@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use hongyan::config::{Config, Overrides};
+use hongyan::config::{Config, LogFormat, Overrides, StorageBackend};
 use tracing_subscriber::EnvFilter;
 
 /// Hongyan: an instant-messaging server that speaks the WuKongIM protocol.
@@ -81,15 +81,19 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(file.as_deref(), Config::env(), flags)?;
 
     let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log.filter))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match config.log.format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve(config))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let banner = (config.node_id, storage_of(&config), config.log.format);
     let server = hongyan::start(config).await?;
-    tracing::info!(api = %server.api_addr, manager = %server.manager_addr, "hongyan is running");
+    announce(&server, banner);
     let failure = tokio::select! {
         signal = wait_for_signal() => { signal?; None }
         failure = server.fail_stopped() => Some(failure),
@@ -106,6 +110,51 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn storage_of(config: &Config) -> String {
+    match config.storage.backend {
+        StorageBackend::Fjall => format!("embedded, in {}", config.data_dir.display()),
+        StorageBackend::Postgres => format!(
+            "PostgreSQL at {}, schema {}",
+            hongyan_store_postgres::redact(&config.storage.postgres_url),
+            config.storage.postgres_schema
+        ),
+    }
+}
+
+/// The start-up banner: every address to open or point a client at. In text mode a
+/// short block for people; in JSON mode one record with the addresses as fields.
+fn announce(server: &hongyan::Server, (node_id, storage, format): (u64, String, LogFormat)) {
+    let addresses = server.addresses();
+    match format {
+        LogFormat::Text => {
+            let mut banner =
+                format!("Hongyan {} is running (node {node_id}, storage {storage})\n", env!("CARGO_PKG_VERSION"));
+            for (what, at) in &addresses {
+                banner.push_str(&format!("  {what:<18} {at}\n"));
+            }
+            print!("{banner}");
+        }
+        LogFormat::Json => {
+            // One field per address (empty when that listener is off).
+            let at = |what: &str| addresses.iter().find(|(w, _)| *w == what).map_or("", |(_, at)| at.as_str());
+            tracing::info!(
+                node_id,
+                storage,
+                api = at("HTTP API"),
+                openapi = at("OpenAPI"),
+                tcp = at("TCP clients"),
+                ws = at("WebSocket clients"),
+                wss = at("WSS clients"),
+                openim = at("OpenIM API"),
+                easemob = at("Easemob API"),
+                metrics = at("Metrics"),
+                health = at("Health"),
+                "hongyan is running"
+            );
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

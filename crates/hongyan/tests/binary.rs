@@ -98,3 +98,80 @@ async fn sigterm_closes_connections_and_exits_zero() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+/// Starts the binary on fresh loopback ports with `env`, reads its output until `done`
+/// says enough, then stops it. Returns every line it printed.
+fn output_until(env: &[(&str, &str)], done: impl Fn(&[String]) -> bool) -> (Vec<String>, [u16; 3]) {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hongyan"));
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http-addr", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--tcp-addr", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--ws-addr", &format!("127.0.0.1:{}", ports[2])])
+        .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done(&lines) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("the server did not say enough within 20 s: {lines:#?}"),
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    child.wait().unwrap();
+    (lines, ports)
+}
+
+#[test]
+fn a_fresh_start_prints_every_address_and_nothing_from_dependencies() {
+    let (lines, [api, tcp, ws]) = output_until(&[], |lines| lines.iter().any(|l| l.trim_start().starts_with("Health")));
+    let text = lines.join("\n");
+    assert!(lines[0].starts_with("Hongyan ") && lines[0].contains("is running"), "{text}");
+    for expected in [
+        format!("http://127.0.0.1:{api}"),
+        format!("http://127.0.0.1:{api}/openapi.json"),
+        format!("127.0.0.1:{tcp}"),
+        format!("ws://127.0.0.1:{ws}"),
+        "/metrics".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing from the banner:\n{text}");
+    }
+    // The storage engine's internals (a line per keyspace, before) are not news.
+    assert!(!text.contains("lsm_tree") && !text.contains("fjall"), "{text}");
+    assert!(lines.len() <= 10, "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_addresses_as_fields() {
+    let (lines, [api, tcp, _]) = output_until(&[("HONGYAN_LOG__FORMAT", "json")], |lines| {
+        lines.iter().any(|l| l.contains("hongyan is running"))
+    });
+    let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let running = records.iter().find(|r| r["fields"]["message"] == "hongyan is running").unwrap();
+    assert_eq!(running["fields"]["api"], format!("http://127.0.0.1:{api}"));
+    assert_eq!(running["fields"]["tcp"], format!("127.0.0.1:{tcp}"));
+    assert_eq!(running["fields"]["wss"], "");
+    assert_eq!(running["level"], "INFO");
+}
