@@ -136,10 +136,10 @@ enum Fault {
 const UNIQUE_VIOLATION: &str = "23505";
 
 /// SQLSTATE classes and codes that mean "not reachable now": connection exceptions,
-/// the server shutting down or starting, too many connections, a cancelled statement
-/// (the statement timeout), and conflicts a retry resolves.
+/// the server shutting down or starting, too many connections, and a cancelled
+/// statement (the statement timeout).
 fn transient(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "57014" | "40001" | "40P01")
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "57014")
 }
 
 /// Sorts an error that came before any commit was sent.
@@ -147,7 +147,9 @@ fn fault(e: &tokio_postgres::Error) -> Fault {
     let text = describe(e);
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
-            UNIQUE_VIOLATION => Fault::Conflict(text),
+            // Another writer's row, or a concurrent transaction the database refused
+            // (serialization failure, deadlock): nothing applied, the database is fine.
+            UNIQUE_VIOLATION | "40001" | "40P01" => Fault::Conflict(text),
             code if transient(code) => Fault::Unreachable(text),
             _ => Fault::Failed(text),
         };

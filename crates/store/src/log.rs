@@ -634,12 +634,20 @@ fn decode_ids(value: &[u8]) -> Result<(i64, u64)> {
     Ok((r.i64().ok_or_else(bad)?, r.u64().ok_or_else(bad)?))
 }
 
+/// Most channel counters the writer keeps in memory (about 80 bytes each).
+#[cfg(not(test))]
+const MAX_CACHED_COUNTERS: usize = 262_144;
+/// Small in tests, so that they go through the emptying.
+#[cfg(test)]
+const MAX_CACHED_COUNTERS: usize = 8;
+
 /// The writer thread's state: it alone assigns seqs.
 struct Writer {
     kv: Arc<dyn KvBackend>,
     durability: Durability,
     queued: Arc<AtomicUsize>,
-    /// Next seq per channel touched since start, loaded from storage on first use.
+    /// Next seq per channel touched lately, loaded from storage on first use; emptied
+    /// when it reaches [`MAX_CACHED_COUNTERS`] (every counter is in storage too).
     next_seq: HashMap<ChannelKey, u64>,
     journal: Option<Journal>,
 }
@@ -840,6 +848,11 @@ impl Writer {
 
     /// Loads the seq counter of every channel in `batch` not seen yet, all at once.
     fn load_counters(&mut self, batch: &[Job]) -> Result<()> {
+        // Bounded: a node that has seen millions of channels does not keep a counter
+        // for each. Every earlier batch is committed, so storage has them all.
+        if self.next_seq.len() >= MAX_CACHED_COUNTERS {
+            self.next_seq.clear();
+        }
         let mut new: Vec<&ChannelKey> =
             batch.iter().map(|j| &j.channel).filter(|c| !self.next_seq.contains_key(*c)).collect();
         new.sort_unstable();
@@ -923,6 +936,18 @@ mod tests {
             Arc::new(FjallBackend::open(&path).unwrap())
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn counters_reload_from_storage_once_the_cache_is_emptied() {
+        let log = memory_log();
+        for round in 1..=3u64 {
+            for c in 0..20i64 {
+                let id = round as i64 * 100 + c;
+                let got = log.append(ChannelKey::new(format!("c{c}"), 2), msg(id, "s", "", "m")).await.unwrap();
+                assert_eq!(got.ids(), (id, round), "channel c{c}, round {round}");
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
