@@ -1,5 +1,7 @@
 //! Scenario `http` (shape S5): `POST /message/send` to a group at an open-loop rate,
-//! then `POST /channel/messagesync` of 100 messages by a fixed number of workers.
+//! then `POST /channel/messagesync` of 100 messages by a fixed number of workers, then
+//! `POST /conversation/sync` of a user with `--conversations` person chats (each with
+//! one unread message) by the same workers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,9 +29,12 @@ pub(crate) struct HttpArgs {
     /// Requests in flight at most.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// Workers asking `/channel/messagesync` back to back.
+    /// Workers asking `/channel/messagesync` (then `/conversation/sync`) back to back.
     #[arg(long, default_value_t = 16)]
     sync_workers: usize,
+    /// Conversations of the user whose `/conversation/sync` is measured (0: skip).
+    #[arg(long, default_value_t = 1_000)]
+    conversations: usize,
     /// The server's process id, for its CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -147,6 +152,85 @@ pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
         &json!({"scenario": "http", "shape": "S5", "system": "hongyan", "part": "messagesync", "workers": args.sync_workers,
             "seconds": args.seconds, "ok_per_sec": syncs.count as f64 / secs, "failed": sync_failed,
             "latency": syncs.json(), "server_cores": cpu.map(|c| c / secs)}),
+    )?;
+    if args.conversations > 0 {
+        conversation_sync(&args, &http, run_id, &payload, secs).await?;
+    }
+    Ok(())
+}
+
+/// Part 3: one message from each of `conversations` peers to one reader, then the
+/// reader's `/conversation/sync` (newest message and unread count of each), closed loop.
+async fn conversation_sync(
+    args: &HttpArgs,
+    http: &reqwest::Client,
+    run_id: u128,
+    payload: &str,
+    secs: f64,
+) -> anyhow::Result<()> {
+    let reader = format!("bc{run_id}");
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut sends = JoinSet::new();
+    for peer in 0..args.conversations {
+        let permit = limit.clone().acquire_owned().await?;
+        let (http, url) = (http.clone(), format!("{}/message/send", args.api));
+        let body = json!({"from_uid": format!("{reader}-{peer}"), "channel_id": reader, "channel_type": 1, "payload": payload});
+        sends.spawn(async move {
+            let _permit = permit;
+            http.post(url).json(&body).send().await.map(|r| r.status().is_success())
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        if !sent.context("send task")?.context("send")? {
+            bail!("a message to set up the conversations was refused");
+        }
+    }
+    let cpu_before = args.server_pid.and_then(cpu_secs);
+    let url = format!("{}/conversation/sync", args.api);
+    let body = Arc::new(json!({"uid": reader, "version": 0, "last_msg_seqs": "", "msg_count": 1}));
+    let expected = args.conversations.min(100);
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut workers = JoinSet::new();
+    for _ in 0..args.sync_workers {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        workers.spawn(async move {
+            let (mut lat, mut failed) = (Samples::default(), 0u64);
+            while Instant::now() < end {
+                let started = Instant::now();
+                let ok = match http.post(&url).json(&*body).send().await {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v.as_array().map(|a| a.len() == expected && a.iter().all(|c| c["unread"] == 1)))
+                        .unwrap_or(false),
+                    _ => false,
+                };
+                if ok { lat.record(started.elapsed().as_micros() as u64) } else { failed += 1 }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut latencies, mut failed) = (Samples::default(), 0u64);
+    while let Some(done) = workers.join_next().await {
+        let (lat, f) = done.context("conversation worker")?;
+        latencies.extend(lat);
+        failed += f;
+    }
+    let cpu = cpu_before.and_then(|b| args.server_pid.and_then(cpu_secs).map(|a| a - b));
+    let summary = latencies.summary();
+    println!(
+        "http /conversation/sync of a user with {} conversations, {} workers: {:.0} ok/s, {failed} failed, {summary}",
+        args.conversations,
+        args.sync_workers,
+        summary.count as f64 / secs
+    );
+    emit(
+        args.json.as_deref(),
+        &json!({"scenario": "http", "shape": "S5", "system": "hongyan", "part": "conversation_sync",
+            "conversations": args.conversations, "workers": args.sync_workers, "seconds": args.seconds,
+            "ok_per_sec": summary.count as f64 / secs, "failed": failed, "latency": summary.json(),
+            "server_cores": cpu.map(|c| c / secs)}),
     )?;
     Ok(())
 }

@@ -25,6 +25,9 @@ use crate::commands::is_expired;
 /// Most messages scanned to count one conversation's unread; beyond it the count is
 /// the number of messages after the cursor.
 const UNREAD_SCAN_LIMIT: usize = 10_000;
+/// Unread messages read for every conversation at once; a conversation with more is
+/// read on its own.
+const UNREAD_PAGE: usize = 64;
 
 /// One conversation as `conversation/sync` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,63 +74,93 @@ impl Core {
     }
 
     /// Unread messages in `channel` for `uid` with cursor `state`, up to `last_seq`.
-    fn unread(
-        &self,
-        uid: &str,
-        channel: &ChannelKey,
-        state: Conversation,
-        last_seq: u64,
-    ) -> hongyan_store::Result<u64> {
-        let from = state.read_to.max(state.deleted_at) + 1;
-        if last_seq < from {
-            return Ok(0);
+    /// Counts `uid`'s unread messages in `newest_first` (the channel's messages after
+    /// the read cursor, newest first): those of others, newer than the user's own latest
+    /// message, not expired. `None` when the page is full and holds no message of the
+    /// user's: the count needs more of the channel.
+    fn count_unread(uid: &str, newest_first: &[hongyan_store::StoredMessage], page: usize, now: i64) -> Option<u64> {
+        let own = newest_first.iter().position(|m| m.message.from_uid == uid);
+        if own.is_none() && newest_first.len() >= page {
+            return None;
         }
+        let counted = &newest_first[..own.unwrap_or(newest_first.len())];
+        Some(counted.iter().filter(|m| !is_expired(&m.message, now)).count() as u64)
+    }
+
+    /// Unread messages of one channel, reading as far back as needed.
+    fn unread(&self, uid: &str, channel: &ChannelKey, from: u64, last_seq: u64) -> hongyan_store::Result<u64> {
         let newest_first = self.log().read(channel, from, last_seq + 1, UNREAD_SCAN_LIMIT, Order::Descending)?;
-        if newest_first.len() == UNREAD_SCAN_LIMIT && newest_first.iter().all(|m| m.message.from_uid != uid) {
-            return Ok(last_seq + 1 - from);
-        }
         let now = crate::now_ms();
-        let unread = newest_first
-            .iter()
-            .take_while(|m| m.message.from_uid != uid)
-            .filter(|m| !is_expired(&m.message, now))
-            .count();
-        Ok(unread as u64)
+        Ok(Self::count_unread(uid, &newest_first, UNREAD_SCAN_LIMIT, now).unwrap_or(last_seq + 1 - from))
     }
 
     /// `uid`'s conversations with news: those not deleted since their last message,
     /// newer than what the client says it has (`known`: channel → last seq it holds),
     /// with `recents` newest messages each; newest conversation first.
+    ///
+    /// A fixed number of reads whatever the number of conversations: the list, every
+    /// channel's last seq and newest message, and one page (`UNREAD_PAGE`) of unread
+    /// messages of every channel whose newest message is someone else's. Only a channel
+    /// with more unread than a page, or a request for more recents than one, is read on
+    /// its own.
     pub fn conversations(
         &self,
         uid: &str,
         known: &std::collections::HashMap<ChannelKey, u64>,
         recents: usize,
     ) -> hongyan_store::Result<Vec<ConversationView>> {
-        let mut views = Vec::new();
         let now = crate::now_ms();
-        for (channel, state) in self.store().conversations(uid)? {
-            if is_command(&channel) {
-                continue;
-            }
-            let last_seq = self.log().last_seq(&channel)?;
+        let all: Vec<(ChannelKey, Conversation)> =
+            self.store().conversations(uid)?.into_iter().filter(|(channel, _)| !is_command(channel)).collect();
+        let channels: Vec<&ChannelKey> = all.iter().map(|(channel, _)| channel).collect();
+        let newest = self.log().newest(&channels)?;
+        // The conversations with news, each with its newest stored message.
+        let mut shown = Vec::new();
+        for ((channel, state), (last_seq, newest)) in all.into_iter().zip(newest) {
             if last_seq == 0 || last_seq <= state.deleted_at || known.get(&channel).is_some_and(|k| *k >= last_seq) {
                 continue;
             }
-            let newest = self.log().read(&channel, 1, 0, recents.max(1), Order::Descending)?;
-            let Some(last) = newest.first() else { continue };
+            if let Some(newest) = newest {
+                shown.push((channel, state, last_seq, newest));
+            }
+        }
+        // Which of them may have unread messages: someone else's message after the
+        // cursor. One page of each, in one read.
+        let unread_from = |state: &Conversation| state.read_to.max(state.deleted_at) + 1;
+        let pending: Vec<(&ChannelKey, u64, u64)> = shown
+            .iter()
+            .filter(|(_, state, _, newest)| newest.seq >= unread_from(state) && newest.message.from_uid != uid)
+            .map(|(channel, state, last_seq, _)| (channel, unread_from(state), last_seq + 1))
+            .collect();
+        let pages = self.log().read_many(&pending, UNREAD_PAGE, Order::Descending)?;
+        let mut page_of: std::collections::HashMap<&ChannelKey, Vec<hongyan_store::StoredMessage>> =
+            pending.iter().map(|(channel, _, _)| *channel).zip(pages).collect();
+        let mut views = Vec::with_capacity(shown.len());
+        for (channel, state, last_seq, newest) in &shown {
+            let unread = match page_of.remove(channel) {
+                None => 0,
+                Some(page) => match Self::count_unread(uid, &page, UNREAD_PAGE, now) {
+                    Some(unread) => unread,
+                    None => self.unread(uid, channel, unread_from(state), *last_seq)?,
+                },
+            };
+            let newest_first = if recents <= 1 {
+                vec![newest.clone()]
+            } else {
+                self.log().read(channel, 1, 0, recents, Order::Descending)?
+            };
+            let Some(last) = newest_first.first() else { continue };
             let (last_timestamp_ms, last_client_msg_no) =
                 (last.message.timestamp_ms, last.message.client_msg_no.clone());
-            let unread = self.unread(uid, &channel, state, last_seq)?;
             let recents = if recents == 0 {
                 Vec::new()
             } else {
-                newest.into_iter().filter(|m| !is_expired(&m.message, now)).collect()
+                newest_first.into_iter().filter(|m| !is_expired(&m.message, now)).collect()
             };
             views.push(ConversationView {
-                channel,
-                state,
-                last_seq,
+                channel: channel.clone(),
+                state: *state,
+                last_seq: *last_seq,
                 unread,
                 recents,
                 last_timestamp_ms,

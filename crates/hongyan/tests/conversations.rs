@@ -144,3 +144,29 @@ async fn group_members_start_at_the_present_and_filters_apply() {
     assert_eq!(status, 400);
     server.stop().await;
 }
+
+/// Counts past the page every conversation is read with at once (64 messages): a long
+/// run of unread messages, and one that ends at the reader's own message.
+#[tokio::test]
+async fn long_unread_runs_are_counted_exactly() {
+    let server = TestServer::start().await;
+    let send = |from: &'static str, to: &'static str, n: usize| {
+        let server = &server;
+        async move {
+            for i in 0..n {
+                let body = json!({"from_uid": from, "channel_id": to, "channel_type": 1,
+                    "payload": common::b64(&format!("{from} {i}"))});
+                assert_eq!(server.post("/message/send", body).await.0, 200);
+            }
+        }
+    };
+    send("alice", "bob", 100).await;
+    send("carol", "bob", 10).await;
+    send("bob", "carol", 1).await;
+    send("carol", "bob", 70).await;
+    send("dave", "bob", 64).await;
+    let mut counts = unread(&server, "bob").await;
+    counts.sort();
+    assert_eq!(counts, vec![("alice".to_owned(), 100), ("carol".to_owned(), 70), ("dave".to_owned(), 64)]);
+    server.stop().await;
+}

@@ -206,7 +206,8 @@ type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 struct TableSql {
     get: String,
     get_many: String,
-    last_in_ranges: String,
+    /// Up to $3 entries of each range, descending then ascending.
+    scan_ranges: [String; 2],
     upsert: String,
     insert: String,
     delete: String,
@@ -223,10 +224,13 @@ impl TableSql {
         Self {
             get: format!("SELECT v FROM {t} WHERE k = $1"),
             get_many: format!("SELECT k, v FROM {t} WHERE k = ANY($1::bytea[])"),
-            last_in_ranges: format!(
-                "SELECT r.i, m.k, m.v FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS r(s, e, i) \
-                 CROSS JOIN LATERAL (SELECT k, v FROM {t} WHERE k >= r.s AND k < r.e ORDER BY k DESC LIMIT 1) m"
-            ),
+            scan_ranges: ["DESC", "ASC"].map(|o| {
+                format!(
+                    "SELECT r.i, m.k, m.v FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS r(s, e, i) \
+                     CROSS JOIN LATERAL (SELECT k, v FROM {t} WHERE k >= r.s AND k < r.e ORDER BY k {o} LIMIT $3) m \
+                     ORDER BY r.i, m.k {o}"
+                )
+            }),
             upsert: format!(
                 "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
                  ON CONFLICT (k) DO UPDATE SET v = excluded.v"
@@ -274,20 +278,23 @@ impl Shared {
         Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
     }
 
-    async fn last_in_ranges(
+    async fn scan_ranges(
         &self,
         table: Table,
         starts: Vec<Vec<u8>>,
         ends: Vec<Vec<u8>>,
-    ) -> std::result::Result<Vec<Option<Entry>>, Fault> {
+        limit: usize,
+        order: Order,
+    ) -> std::result::Result<Vec<Vec<Entry>>, Fault> {
         let client = self.pool.get().await.map_err(pool_fault)?;
-        let statement = client.prepare_cached(&self.sql(table).last_in_ranges).await.map_err(|e| fault(&e))?;
-        let rows = client.query(&statement, &[&starts, &ends]).await.map_err(|e| fault(&e))?;
-        let mut out = vec![None; starts.len()];
+        let text = &self.sql(table).scan_ranges[usize::from(order == Order::Ascending)];
+        let statement = client.prepare_cached(text).await.map_err(|e| fault(&e))?;
+        let rows = client.query(&statement, &[&starts, &ends, &limit_of(limit)]).await.map_err(|e| fault(&e))?;
+        let mut out = vec![Vec::new(); starts.len()];
         for row in rows {
             let index: i64 = row.get(0);
             if let Some(slot) = usize::try_from(index - 1).ok().and_then(|i| out.get_mut(i)) {
-                *slot = Some((row.get(1), row.get(2)));
+                slot.push((row.get(1), row.get(2)));
             }
         }
         Ok(out)
@@ -623,17 +630,23 @@ impl KvBackend for PostgresBackend {
         Ok(keys.iter().map(|k| found.get(k).cloned().flatten()).collect())
     }
 
-    fn last_in_ranges(&self, table: Table, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Entry>>> {
+    fn scan_ranges(
+        &self,
+        table: Table,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Vec<Entry>>> {
         for (start, end) in ranges {
             check_bound(start)?;
             check_bound(end)?;
         }
-        if ranges.is_empty() {
-            return Ok(Vec::new());
+        if ranges.is_empty() || limit == 0 {
+            return Ok(vec![Vec::new(); ranges.len()]);
         }
         let (starts, ends): (Vec<Vec<u8>>, Vec<Vec<u8>>) = ranges.iter().cloned().unzip();
         let shared = self.shared.clone();
-        self.call("scan", async move { shared.last_in_ranges(table, starts, ends).await })
+        self.call("scan", async move { shared.scan_ranges(table, starts, ends, limit, order).await })
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

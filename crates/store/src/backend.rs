@@ -210,14 +210,22 @@ pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
     fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         keys.iter().map(|k| self.get(table, k)).collect()
     }
-    /// For each `(start, end)` range, its last entry (`start <= key < end`), if any: one
-    /// round trip on a backend that has round trips (the message log finds the last seq
-    /// of every new channel in a batch at once).
+    /// For each `(start, end)` range, up to `limit` of its entries in `order`: one round
+    /// trip on a backend that has round trips (a user's conversations read the unread
+    /// messages of all of them at once).
+    fn scan_ranges(
+        &self,
+        table: Table,
+        ranges: &[(Vec<u8>, Vec<u8>)],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Vec<Entry>>> {
+        ranges.iter().map(|(start, end)| self.scan_range(table, start, end, limit, order)).collect()
+    }
+    /// For each `(start, end)` range, its last entry (`start <= key < end`), if any (the
+    /// message log finds the last seq of every new channel in a batch at once).
     fn last_in_ranges(&self, table: Table, ranges: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<Option<Entry>>> {
-        ranges
-            .iter()
-            .map(|(start, end)| Ok(self.scan_range(table, start, end, 1, Order::Descending)?.into_iter().next()))
-            .collect()
+        Ok(self.scan_ranges(table, ranges, 1, Order::Descending)?.into_iter().map(|r| r.into_iter().next()).collect())
     }
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;

@@ -305,6 +305,44 @@ fn last_seq(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
     Ok(stored.max(seq_floor(kv, channel)?))
 }
 
+/// For each channel: its last seq (the larger of its newest stored message's and its
+/// floor) and that newest stored message, in two reads for all of them.
+fn newest_of(kv: &dyn KvBackend, channels: &[&ChannelKey]) -> Result<Vec<(u64, Option<StoredMessage>)>> {
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = channels
+        .iter()
+        .map(|c| {
+            let start = c.prefix();
+            let mut end = start.clone();
+            end.extend_from_slice(&[0xff; 9]);
+            (start, end)
+        })
+        .collect();
+    let lasts = kv.last_in_ranges(Table::ChanSeqMessage, &ranges)?;
+    let prefixes: Vec<Vec<u8>> = ranges.into_iter().map(|(start, _)| start).collect();
+    let floors = kv.get_many(Table::ChanSeqFloor, &prefixes)?;
+    lasts
+        .into_iter()
+        .zip(floors)
+        .map(|(last, floor)| {
+            let newest = last
+                .map(|(key, value)| {
+                    Ok::<_, StoreError>(StoredMessage { seq: seq_from_key(&key)?, message: decode(&value)? })
+                })
+                .transpose()?;
+            let floor = floor
+                .map(|v| {
+                    v.as_slice()
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt { table: Table::ChanSeqFloor.name(), what: "seq" })
+                })
+                .transpose()?
+                .unwrap_or(0);
+            Ok((newest.as_ref().map_or(0, |m| m.seq).max(floor), newest))
+        })
+        .collect()
+}
+
 fn seq_floor(kv: &dyn KvBackend, channel: &ChannelKey) -> Result<u64> {
     match kv.get(Table::ChanSeqFloor, &channel.prefix())? {
         Some(value) => value
@@ -449,6 +487,12 @@ impl MessageLog {
         last_seq(&*self.kv, channel)
     }
 
+    /// For each channel, its last seq (as [`Self::last_seq`]) and its newest stored
+    /// message, for all of them in two reads (a user's conversation list). Blocking.
+    pub fn newest(&self, channels: &[&ChannelKey]) -> Result<Vec<(u64, Option<StoredMessage>)>> {
+        newest_of(&*self.kv, channels)
+    }
+
     /// Up to `limit` messages with `from <= seq < to` (`to == 0`: no upper bound), in
     /// `order`. Blocking.
     pub fn read(
@@ -471,6 +515,38 @@ impl MessageLog {
             .scan_range(Table::ChanSeqMessage, &start, &end, limit, order)?
             .into_iter()
             .map(|(key, value)| Ok(StoredMessage { seq: seq_from_key(&key)?, message: decode(&value)? }))
+            .collect()
+    }
+
+    /// For each `(channel, from, to)`, up to `limit` messages with `from <= seq < to`
+    /// (`to == 0`: no upper bound) in `order`: all of them in one read. Blocking.
+    pub fn read_many(
+        &self,
+        ranges: &[(&ChannelKey, u64, u64)],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Vec<StoredMessage>>> {
+        let bounds: Vec<(Vec<u8>, Vec<u8>)> = ranges
+            .iter()
+            .map(|(channel, from, to)| {
+                let end = if *to == 0 {
+                    let mut end = channel.prefix();
+                    end.extend_from_slice(&[0xff; 9]);
+                    end
+                } else {
+                    channel.message_key(*to)
+                };
+                (channel.message_key(*from), end)
+            })
+            .collect();
+        self.kv
+            .scan_ranges(Table::ChanSeqMessage, &bounds, limit, order)?
+            .into_iter()
+            .map(|page| {
+                page.into_iter()
+                    .map(|(key, value)| Ok(StoredMessage { seq: seq_from_key(&key)?, message: decode(&value)? }))
+                    .collect()
+            })
             .collect()
     }
 
@@ -860,30 +936,8 @@ impl Writer {
         if new.is_empty() {
             return Ok(());
         }
-        let ranges: Vec<(Vec<u8>, Vec<u8>)> = new
-            .iter()
-            .map(|c| {
-                let start = c.prefix();
-                let mut end = start.clone();
-                end.extend_from_slice(&[0xff; 9]);
-                (start, end)
-            })
-            .collect();
-        let lasts = self.kv.last_in_ranges(Table::ChanSeqMessage, &ranges)?;
-        let prefixes: Vec<Vec<u8>> = ranges.into_iter().map(|(start, _)| start).collect();
-        let floors = self.kv.get_many(Table::ChanSeqFloor, &prefixes)?;
-        for ((channel, last), floor) in new.into_iter().zip(lasts).zip(floors) {
-            let stored = last.map(|(key, _)| seq_from_key(&key)).transpose()?.unwrap_or(0);
-            let floor = floor
-                .map(|v| {
-                    v.as_slice()
-                        .try_into()
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| StoreError::Corrupt { table: Table::ChanSeqFloor.name(), what: "seq" })
-                })
-                .transpose()?
-                .unwrap_or(0);
-            self.next_seq.insert(channel.clone(), stored.max(floor) + 1);
+        for (channel, (last, _)) in new.iter().zip(newest_of(&*self.kv, &new)?) {
+            self.next_seq.insert((*channel).clone(), last + 1);
         }
         Ok(())
     }

@@ -46,6 +46,16 @@ pub fn kv_contract(kv: &dyn KvBackend) {
     let last: Vec<Option<Vec<u8>>> =
         kv.last_in_ranges(t, &ranges).unwrap().into_iter().map(|e| e.map(|(k, _)| k)).collect();
     assert_eq!(last, vec![Some(b"ab".to_vec()), None, Some(b"b".to_vec())]);
+    let pages: Vec<Vec<Vec<u8>>> = kv
+        .scan_ranges(t, &ranges, 2, Order::Ascending)
+        .unwrap()
+        .into_iter()
+        .map(|page| page.into_iter().map(|(k, _)| k).collect())
+        .collect();
+    assert_eq!(pages, vec![vec![b"a".to_vec(), b"a\x00".to_vec()], vec![], vec![b"\x00".to_vec(), b"a".to_vec()]]);
+    let pages = kv.scan_ranges(t, &ranges, 2, Order::Descending).unwrap();
+    assert_eq!(keys(&pages[0]), [b"ab".to_vec(), b"a\x00".to_vec()]);
+    assert!(kv.scan_ranges(t, &[], 5, Order::Ascending).unwrap().is_empty());
     // Ranges are half-open, in either order, limited from the first end.
     let asc = kv.scan_range(t, b"a", b"b", usize::MAX, Order::Ascending).unwrap();
     assert_eq!(keys(&asc), [b"a".to_vec(), b"a\x00".to_vec(), b"ab".to_vec()]);
