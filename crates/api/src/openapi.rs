@@ -337,10 +337,9 @@ pub(crate) async fn json_errors(dialect: Dialect, response: Response) -> Respons
     let code = status.as_u16();
     match dialect {
         Dialect::WuKong => (status, Json(json!({"msg": text, "status": code}))).into_response(),
-        Dialect::OpenIm => {
-            // OpenIM answers 200 with its error number: 803, bad arguments.
-            Json(json!({"errCode": 803, "errMsg": text})).into_response()
-        }
+        // OpenIM's own errors are HTTP 200; what the listener refuses before any handler
+        // keeps its status, with the envelope and 803 (bad arguments).
+        Dialect::OpenIm => (status, Json(json!({"errCode": 803, "errMsg": text}))).into_response(),
         Dialect::Easemob | Dialect::EasemobToken => {
             let (error, exception) = match status {
                 StatusCode::PAYLOAD_TOO_LARGE => ("request_entity_too_large", "RequestEntityTooLargeException"),
@@ -405,5 +404,38 @@ mod tests {
         let op = operation(&e, &[("acme".into(), "chat".into()), ("beta".into(), "talk".into())]);
         assert_eq!(op["parameters"][0]["schema"]["enum"], json!(["acme", "beta"]));
         assert_eq!(op["parameters"][1]["schema"]["enum"], json!(["chat", "talk"]));
+    }
+
+    async fn rewritten(dialect: Dialect, status: StatusCode, text: &'static str) -> (StatusCode, Value) {
+        let plain = Response::builder().status(status).body(Body::from(text)).unwrap();
+        let answer = json_errors(dialect, plain).await;
+        let status = answer.status();
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn plain_text_rejections_become_each_dialects_json_error_with_their_status() {
+        let too_large = StatusCode::PAYLOAD_TOO_LARGE;
+        let (status, body) = rewritten(Dialect::WuKong, too_large, "length limit exceeded").await;
+        assert_eq!((status, body), (too_large, json!({"msg": "length limit exceeded", "status": 413})));
+        let (status, body) = rewritten(Dialect::OpenIm, too_large, "length limit exceeded").await;
+        assert_eq!((status, body), (too_large, json!({"errCode": 803, "errMsg": "length limit exceeded"})));
+        let (status, body) = rewritten(Dialect::Easemob, StatusCode::BAD_REQUEST, "bad path").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (body["error"].as_str(), body["error_description"].as_str()),
+            (Some("param_illegal"), Some("bad path"))
+        );
+        // JSON answers, successes and empty bodies pass unchanged.
+        let json_error = (StatusCode::BAD_REQUEST, Json(json!({"msg": "x", "status": 400}))).into_response();
+        let passed = json_errors(Dialect::WuKong, json_error).await;
+        assert_eq!(passed.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(passed.into_body(), 1 << 16).await.unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), json!({"msg": "x", "status": 400}));
+        let (status, body) = rewritten(Dialect::WuKong, StatusCode::UNAUTHORIZED, "").await;
+        assert_eq!((status, body), (StatusCode::UNAUTHORIZED, Value::Null));
+        let (status, _) = rewritten(Dialect::OpenIm, StatusCode::OK, "fine").await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

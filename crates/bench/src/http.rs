@@ -111,35 +111,8 @@ pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
     let cpu_before = args.server_pid.and_then(cpu_secs);
     let sync_url = format!("{}/channel/messagesync", args.api);
     let sync_body = Arc::new(json!({"login_uid": members[0], "channel_id": channel, "channel_type": 2, "limit": 100}));
-    let end = Instant::now() + Duration::from_secs(args.seconds);
-    let mut workers = JoinSet::new();
-    for _ in 0..args.sync_workers {
-        let (http, url, body) = (http.clone(), sync_url.clone(), sync_body.clone());
-        workers.spawn(async move {
-            let (mut lat, mut failed) = (Samples::default(), 0u64);
-            while Instant::now() < end {
-                let started = Instant::now();
-                let answer = http.post(&url).json(&*body).send().await;
-                let ok = match answer {
-                    Ok(r) if r.status().is_success() => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|v| v["messages"].as_array().map(Vec::len))
-                        .is_some_and(|n| n == 100),
-                    _ => false,
-                };
-                if ok { lat.record(started.elapsed().as_micros() as u64) } else { failed += 1 }
-            }
-            (lat, failed)
-        });
-    }
-    let (mut sync_latencies, mut sync_failed) = (Samples::default(), 0u64);
-    while let Some(done) = workers.join_next().await {
-        let (lat, f) = done.context("sync worker")?;
-        sync_latencies.extend(lat);
-        sync_failed += f;
-    }
+    let full_page = |v: &serde_json::Value| v["messages"].as_array().is_some_and(|m| m.len() == 100);
+    let (sync_latencies, sync_failed) = closed_loop(&http, &sync_url, sync_body, &args, full_page).await?;
     let cpu = cpu_before.and_then(|b| args.server_pid.and_then(cpu_secs).map(|a| a - b));
     let syncs = sync_latencies.summary();
     println!(
@@ -189,34 +162,10 @@ async fn conversation_sync(
     let url = format!("{}/conversation/sync", args.api);
     let body = Arc::new(json!({"uid": reader, "version": 0, "last_msg_seqs": "", "msg_count": 1}));
     let expected = args.conversations.min(100);
-    let end = Instant::now() + Duration::from_secs(args.seconds);
-    let mut workers = JoinSet::new();
-    for _ in 0..args.sync_workers {
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        workers.spawn(async move {
-            let (mut lat, mut failed) = (Samples::default(), 0u64);
-            while Instant::now() < end {
-                let started = Instant::now();
-                let ok = match http.post(&url).json(&*body).send().await {
-                    Ok(r) if r.status().is_success() => r
-                        .json::<serde_json::Value>()
-                        .await
-                        .ok()
-                        .and_then(|v| v.as_array().map(|a| a.len() == expected && a.iter().all(|c| c["unread"] == 1)))
-                        .unwrap_or(false),
-                    _ => false,
-                };
-                if ok { lat.record(started.elapsed().as_micros() as u64) } else { failed += 1 }
-            }
-            (lat, failed)
-        });
-    }
-    let (mut latencies, mut failed) = (Samples::default(), 0u64);
-    while let Some(done) = workers.join_next().await {
-        let (lat, f) = done.context("conversation worker")?;
-        latencies.extend(lat);
-        failed += f;
-    }
+    let listed = move |v: &serde_json::Value| {
+        v.as_array().is_some_and(|a| a.len() == expected && a.iter().all(|c| c["unread"] == 1))
+    };
+    let (latencies, failed) = closed_loop(http, &url, body, args, listed).await?;
     let cpu = cpu_before.and_then(|b| args.server_pid.and_then(cpu_secs).map(|a| a - b));
     let summary = latencies.summary();
     println!(
@@ -233,4 +182,40 @@ async fn conversation_sync(
             "server_cores": cpu.map(|c| c / secs)}),
     )?;
     Ok(())
+}
+
+/// `args.sync_workers` workers POST `body` to `url` back to back for `args.seconds`;
+/// an answer counts when it is a success whose JSON `ok` accepts. Latencies of those,
+/// and how many did not count.
+async fn closed_loop(
+    http: &reqwest::Client,
+    url: &str,
+    body: Arc<serde_json::Value>,
+    args: &HttpArgs,
+    ok: impl Fn(&serde_json::Value) -> bool + Clone + Send + 'static,
+) -> anyhow::Result<(Samples, u64)> {
+    let end = Instant::now() + Duration::from_secs(args.seconds);
+    let mut workers = JoinSet::new();
+    for _ in 0..args.sync_workers {
+        let (http, url, body, ok) = (http.clone(), url.to_owned(), body.clone(), ok.clone());
+        workers.spawn(async move {
+            let (mut lat, mut failed) = (Samples::default(), 0u64);
+            while Instant::now() < end {
+                let started = Instant::now();
+                let counted = match http.post(&url).json(&*body).send().await {
+                    Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.is_ok_and(|v| ok(&v)),
+                    _ => false,
+                };
+                if counted { lat.record(started.elapsed().as_micros() as u64) } else { failed += 1 }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut latencies, mut failed) = (Samples::default(), 0u64);
+    while let Some(done) = workers.join_next().await {
+        let (lat, f) = done.context("worker")?;
+        latencies.extend(lat);
+        failed += f;
+    }
+    Ok((latencies, failed))
 }

@@ -77,10 +77,7 @@ async fn interval_mode_also_survives_sigkill() {
 /// is killed mid-commit, its transactions are the database's to finish or roll back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_sigkill_exactly_once_on_postgres() {
-    let url = std::env::var("POSTGRES_TEST_URL").expect("POSTGRES_TEST_URL is not set: run ./scripts/test.sh");
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let schema = format!("t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let PostgresConfig { url, schema, .. } = hongyan_store_postgres::testing::config();
     survives_sigkill("fsync", Storage::Postgres { url, schema }).await;
 }
 
@@ -161,9 +158,7 @@ async fn survives_sigkill(durability: &str, storage: Storage) {
             let config = PostgresConfig {
                 url: url.clone(),
                 schema: schema.clone(),
-                pool_size: 2,
-                statement_timeout: Duration::from_secs(10),
-                connect_timeout: Duration::from_secs(5),
+                ..hongyan_store_postgres::testing::config()
             };
             Arc::new(tokio::task::spawn_blocking(move || PostgresBackend::connect(&config).unwrap()).await.unwrap())
         }

@@ -22,6 +22,8 @@
 #![warn(missing_docs)]
 
 mod migrate;
+#[doc(hidden)]
+pub mod testing;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -206,7 +208,7 @@ type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 struct TableSql {
     get: String,
     get_many: String,
-    /// Up to $3 entries of each range, descending then ascending.
+    /// Up to $3 entries of each range, ascending then descending.
     scan_ranges: [String; 2],
     upsert: String,
     insert: String,
@@ -224,7 +226,7 @@ impl TableSql {
         Self {
             get: format!("SELECT v FROM {t} WHERE k = $1"),
             get_many: format!("SELECT k, v FROM {t} WHERE k = ANY($1::bytea[])"),
-            scan_ranges: ["DESC", "ASC"].map(|o| {
+            scan_ranges: ["ASC", "DESC"].map(|o| {
                 format!(
                     "SELECT r.i, m.k, m.v FROM unnest($1::bytea[], $2::bytea[]) WITH ORDINALITY AS r(s, e, i) \
                      CROSS JOIN LATERAL (SELECT k, v FROM {t} WHERE k >= r.s AND k < r.e ORDER BY k {o} LIMIT $3) m \
@@ -287,7 +289,7 @@ impl Shared {
         order: Order,
     ) -> std::result::Result<Vec<Vec<Entry>>, Fault> {
         let client = self.pool.get().await.map_err(pool_fault)?;
-        let text = &self.sql(table).scan_ranges[usize::from(order == Order::Ascending)];
+        let text = &self.sql(table).scan_ranges[usize::from(order == Order::Descending)];
         let statement = client.prepare_cached(text).await.map_err(|e| fault(&e))?;
         let rows = client.query(&statement, &[&starts, &ends, &limit_of(limit)]).await.map_err(|e| fault(&e))?;
         let mut out = vec![Vec::new(); starts.len()];

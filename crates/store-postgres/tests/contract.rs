@@ -8,27 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hongyan_store::{KvBackend, Store, StoreError, Table, Write, testing};
+use hongyan_store_postgres::testing::{config, url};
 use hongyan_store_postgres::{ConnectError, PostgresBackend, PostgresConfig, SCHEMA_VERSION};
-
-fn url() -> String {
-    std::env::var("POSTGRES_TEST_URL").expect(
-        "POSTGRES_TEST_URL is not set: run ./scripts/test.sh (it starts PostgreSQL and creates a test database)",
-    )
-}
-
-/// A configuration for a schema no other test uses.
-fn config() -> PostgresConfig {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    PostgresConfig {
-        url: url(),
-        schema: format!("t_{suffix}"),
-        pool_size: 4,
-        statement_timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(5),
-    }
-}
 
 /// Runs SQL on the test database directly.
 async fn sql(statements: &str) -> Result<(), tokio_postgres::Error> {

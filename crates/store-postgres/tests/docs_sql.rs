@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
-use std::time::Duration;
-
 use hongyan_store::{ChannelKey, Conversation, Durability, MessageLog, NewMessage, Store};
-use hongyan_store_postgres::{PostgresBackend, PostgresConfig};
+use hongyan_store_postgres::PostgresBackend;
 
 /// The SQL block of the doc whose first line is `marker`, on `schema`.
 fn query(marker: &str, schema: &str) -> String {
@@ -32,17 +30,8 @@ fn message(id: i64, from: &str, cmn: &str, topic: Option<&str>, text: &str) -> N
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_queries_read_history_and_conversations() {
-    let url = std::env::var("POSTGRES_TEST_URL").expect("POSTGRES_TEST_URL is not set: run ./scripts/test.sh");
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    let schema = format!("t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let config = PostgresConfig {
-        url: url.clone(),
-        schema: schema.clone(),
-        pool_size: 2,
-        statement_timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(5),
-    };
+    let config = hongyan_store_postgres::testing::config();
+    let (url, schema) = (config.url.clone(), config.schema.clone());
     let backend = std::sync::Arc::new(
         tokio::task::spawn_blocking(move || PostgresBackend::connect(&config).unwrap()).await.unwrap(),
     );

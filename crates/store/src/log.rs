@@ -867,30 +867,30 @@ impl Writer {
         let mut results = Vec::with_capacity(batch.len());
         let mut journal_ids = Vec::with_capacity(batch.len());
         // Every resend-index row the batch could meet, read at once; rows the batch
-        // itself writes are added as it goes.
-        let dedupe_keys: Vec<Option<Vec<u8>>> = batch
+        // itself writes are added as it goes. `slots` says where each message's key is.
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        let slots: Vec<Option<usize>> = batch
             .iter()
             .map(|job| {
                 let m = &job.message;
-                (!m.client_msg_no.is_empty()).then(|| job.channel.client_msg_no_key(&m.from_uid, &m.client_msg_no))
+                (!m.client_msg_no.is_empty()).then(|| {
+                    wanted.push(job.channel.client_msg_no_key(&m.from_uid, &m.client_msg_no));
+                    wanted.len() - 1
+                })
             })
             .collect();
-        let wanted: Vec<Vec<u8>> = dedupe_keys.iter().flatten().cloned().collect();
         let mut known: HashMap<Vec<u8>, (i64, u64)> = HashMap::new();
         for (key, value) in wanted.iter().zip(self.kv.get_many(Table::ChanClientMsgNo, &wanted)?) {
             if let Some(value) = value {
                 known.insert(key.clone(), decode_ids(&value)?);
             }
         }
-        for (job, dedupe_key) in batch.iter().zip(dedupe_keys) {
+        for (job, slot) in batch.iter().zip(slots) {
             let m = &job.message;
-            if let Some(key) = &dedupe_key {
-                let earlier = known.get(key).copied();
-                if let Some((message_id, seq)) = earlier {
-                    results.push(Appended::Duplicate { message_id, seq });
-                    journal_ids.push(None);
-                    continue;
-                }
+            if let Some((message_id, seq)) = slot.and_then(|i| known.get(&wanted[i]).copied()) {
+                results.push(Appended::Duplicate { message_id, seq });
+                journal_ids.push(None);
+                continue;
             }
             let seq = self.take_seq(&job.channel)?;
             let key = job.channel.message_key(seq);
@@ -909,7 +909,8 @@ impl Writer {
             if seq == 1 {
                 writes.extend(job.with_first.iter().cloned());
             }
-            if let Some(key) = dedupe_key {
+            if let Some(i) = slot {
+                let key = std::mem::take(&mut wanted[i]);
                 let mut ids = Vec::with_capacity(17);
                 ids.push(FORMAT_V1);
                 ids.extend_from_slice(&m.message_id.to_be_bytes());

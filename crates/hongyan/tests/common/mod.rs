@@ -17,24 +17,13 @@ pub(crate) struct TestServer {
 }
 
 /// The test database (scripts/test.sh starts PostgreSQL and creates one per run).
-pub(crate) fn postgres_url() -> String {
-    std::env::var("POSTGRES_TEST_URL").expect(
-        "POSTGRES_TEST_URL is not set: run ./scripts/test.sh (it starts PostgreSQL and creates a test database)",
-    )
-}
-
-/// A schema name no other test uses.
-pub(crate) fn fresh_schema() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).unwrap();
-    format!("t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
+pub(crate) use hongyan_store_postgres::testing::url as postgres_url;
 
 /// Points `config` at a fresh schema of the test database.
 pub(crate) fn use_postgres(config: &mut Config) {
     config.storage.backend = hongyan::config::StorageBackend::Postgres;
     config.storage.postgres_url = postgres_url();
-    config.storage.postgres_schema = fresh_schema();
+    config.storage.postgres_schema = hongyan_store_postgres::testing::fresh_schema();
 }
 
 /// Whether this run puts the servers it starts on PostgreSQL (`TEST_STORAGE=postgres`:
