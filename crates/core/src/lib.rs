@@ -26,6 +26,7 @@
 
 pub mod channel;
 pub mod channels;
+pub mod cluster;
 pub mod commands;
 pub mod conversation;
 pub mod directory;
@@ -265,10 +266,16 @@ impl Core {
     ) -> Result<Arc<Self>, StoreError> {
         let system_accounts = std::sync::RwLock::new(store.system_uids()?.into_iter().collect());
         // Message ids continue after the last run's reservation, whatever the clock says.
-        let reserved_until = store.meta_u64(IDS_RESERVED)?.unwrap_or(0);
+        // One reservation per node id: nodes of a cluster share the table. The first
+        // format had one for the whole store, read when a node has none of its own yet.
+        let key = format!("{IDS_RESERVED}/{}", settings.node_id);
+        let reserved_until = match store.meta_u64(&key)? {
+            Some(until) => until,
+            None => store.meta_u64(IDS_RESERVED)?.unwrap_or(0),
+        };
         let reserve: crate::ids::Reserve = {
             let store = store.clone();
-            Box::new(move |until| store.put_meta_u64(IDS_RESERVED, until).is_ok())
+            Box::new(move |until| store.put_meta_u64(&key, until).is_ok())
         };
         let ids = Snowflake::resume(settings.node_id, reserved_until, reserve)
             .ok_or_else(|| StoreError::Engine("cannot store the message id reservation".into()))?;

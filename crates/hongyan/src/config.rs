@@ -47,8 +47,28 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// Channels the server has no record of, from the app server.
     pub datasource: DatasourceConfig,
+    /// Several nodes on one database (`docs/cluster.md`).
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[cluster]`: on when `nats_url` is set (storage must be PostgreSQL then).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server(s) of the cluster, comma-separated `nats://host:port` URLs.
+    /// Empty: this node is not in a cluster.
+    pub nats_url: String,
+    /// A node whose heartbeat is older than this is no longer a member (heartbeats are
+    /// written four times per lease).
+    pub lease_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { nats_url: String::new(), lease_ms: 4000 }
+    }
 }
 
 /// `[webhook]`: on when `url` is set.
@@ -284,6 +304,8 @@ pub struct ExternalConfig {
     pub wss_addr: String,
     /// TCP address for `/route?intranet=1`.
     pub intranet_tcp_addr: String,
+    /// The HTTP API as the app server and the other nodes reach it (`/cluster/nodes`).
+    pub api_addr: String,
 }
 
 /// `[delivery]`.
@@ -467,6 +489,7 @@ impl Default for Config {
             easemob: EasemobConfig::default(),
             webhook: WebhookConfig::default(),
             datasource: DatasourceConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -616,6 +639,11 @@ impl Config {
         ignored
     }
 
+    /// Whether this node is a cluster member (`cluster.nats_url` set).
+    pub fn clustered(&self) -> bool {
+        !self.cluster.nats_url.is_empty()
+    }
+
     /// Checks ranges and combinations the types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, problem: &str| ConfigError::Invalid { key: key.into(), problem: problem.into() };
@@ -657,6 +685,17 @@ impl Config {
                 if value == 0 {
                     return Err(invalid(key, "must be greater than 0"));
                 }
+            }
+        }
+        if self.clustered() {
+            if self.storage.backend != StorageBackend::Postgres {
+                return Err(invalid(
+                    "cluster.nats_url",
+                    "a cluster shares its data in PostgreSQL: set storage.backend = \"postgres\" too",
+                ));
+            }
+            if !(1000..=60_000).contains(&self.cluster.lease_ms) {
+                return Err(invalid("cluster.lease_ms", "must be between 1000 and 60000"));
             }
         }
         for (ty, days) in &self.storage.retention_days {
@@ -982,5 +1021,19 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.node_id, 1001);
         assert_eq!(c.gateway.idle_timeout_secs, 180);
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres_and_a_sane_lease() {
+        let e = Config::from_toml("[cluster]\nnats_url = \"nats://127.0.0.1:4222\"").unwrap_err().to_string();
+        assert!(e.contains("cluster.nats_url") && e.contains("postgres"), "{e}");
+        let on_postgres = "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://h@127.0.0.1/h\"\n\
+                           [cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n";
+        let c = Config::from_toml(on_postgres).unwrap();
+        assert!(c.clustered());
+        assert_eq!(c.cluster.lease_ms, 4000);
+        let e = Config::from_toml(&format!("{on_postgres}lease_ms = 100")).unwrap_err().to_string();
+        assert_eq!(e, "configuration: cluster.lease_ms: must be between 1000 and 60000");
+        assert!(!Config::default().clustered());
     }
 }

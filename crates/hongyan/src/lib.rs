@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hongyan_api::{ApiSettings, AppState, RouteAddrs};
+use hongyan_api::{ApiSettings, AppState};
+use hongyan_cluster::{ClusterSettings, Membership};
+use hongyan_core::cluster::{NodeAddrs, SingleNode, Topology};
 use hongyan_core::{Core, CoreSettings, Sessions};
 use hongyan_gateway::{Gateway, Registry};
 use hongyan_store::{Durability, FjallBackend, KvBackend, MessageLog, Store};
@@ -60,6 +62,8 @@ pub struct Server {
     pub core: Arc<Core>,
     /// The webhooks, when `webhook.url` is set.
     pub webhooks: Option<Arc<hongyan_api::webhook::Webhooks>>,
+    /// This node's cluster membership, when `cluster.nats_url` is set.
+    pub membership: Option<Membership>,
     shutdown: CancellationToken,
     http: TaskTracker,
     fail_stop_grace: Duration,
@@ -69,7 +73,9 @@ pub struct Server {
 /// restart the node.
 pub const FAIL_STOP_EXIT_CODE: i32 = 70;
 
-fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
+/// This node's addresses as clients and the app server reach it: `[external]`, or
+/// derived from the bound listeners.
+fn node_addrs(config: &Config, gateway: &Gateway, api: SocketAddr) -> NodeAddrs {
     let shown = |configured: &str, bound: Option<SocketAddr>, scheme: &str| {
         if !configured.is_empty() {
             return configured.to_owned();
@@ -82,12 +88,44 @@ fn route_addrs(config: &Config, gateway: &Gateway) -> RouteAddrs {
     };
     let e = &config.external;
     let tcp = shown(&e.tcp_addr, gateway.tcp_addr, "");
-    RouteAddrs {
+    NodeAddrs {
         intranet_tcp_addr: if e.intranet_tcp_addr.is_empty() { tcp.clone() } else { e.intranet_tcp_addr.clone() },
         tcp_addr: tcp,
         ws_addr: shown(&e.ws_addr, gateway.ws_addr, "ws://"),
         wss_addr: shown(&e.wss_addr, gateway.wss_addr, "wss://"),
+        api_addr: shown(&e.api_addr, Some(api), "http://"),
     }
+}
+
+/// Joins the cluster when `cluster.nats_url` is set: claims this node's id (refused
+/// while another live process holds it) before anything listens.
+async fn join_cluster(
+    config: &Config,
+    registry: &Arc<Registry>,
+    backend: &Arc<dyn KvBackend>,
+) -> anyhow::Result<Option<Membership>> {
+    if !config.clustered() {
+        return Ok(None);
+    }
+    let settings = ClusterSettings {
+        node_id: config.node_id,
+        postgres: config.storage.postgres(),
+        nats_url: config.cluster.nats_url.clone(),
+        lease: Duration::from_millis(config.cluster.lease_ms),
+    };
+    let counted = registry.clone();
+    let health = backend.health().clone();
+    let membership = Membership::join(
+        &settings,
+        Box::new(move || counted.len() as u64),
+        // Another process holds this node's id now: stop as after a storage failure.
+        Box::new(move |reason| {
+            health.fail(reason);
+        }),
+    )
+    .await
+    .context("cannot start")?;
+    Ok(Some(membership))
 }
 
 /// Opens the store (`storage.backend`), binds every listener and starts serving.
@@ -140,6 +178,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         warn!("storage.durability is interval: a power loss can lose recently acknowledged messages");
     }
     let registry = Arc::new(Registry::with_held_budget(config.gateway.held_budget()));
+    let membership = Box::pin(join_cluster(&config, &registry, &backend)).await?;
     let shutdown = CancellationToken::new();
 
     let core = Core::start(
@@ -195,12 +234,15 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
     )
     .await?;
 
+    // The API is bound first: its address is part of this node's row.
     let api_addr = config.api_addr()?;
+    let mut api_listener =
+        Some(TcpListener::bind(api_addr).await.with_context(|| format!("cannot listen on {api_addr} (api.addr)"))?);
+    let api_bound = api_listener.as_ref().map(TcpListener::local_addr).transpose()?.unwrap_or(api_addr);
     let manager_addr = config.manager_addr()?;
     let settings = ApiSettings {
         manager_token: config.manager_token.clone(),
         system_uid: config.system_uid.clone(),
-        route: route_addrs(&config, &gateway),
         max_body_bytes: config.api.max_body_bytes,
         token_kick_close_delay: Duration::from_secs(10),
         kick_close_delay: Duration::from_millis(config.gateway.kick_close_delay_ms),
@@ -237,7 +279,20 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
             token_ttl: Duration::from_secs(u64::from(config.openim.token_expire_days) * 86_400),
         }),
     };
-    let state = AppState { core: core.clone(), registry: registry.clone(), settings: Arc::new(settings) };
+    let addrs = node_addrs(&config, &gateway, api_bound);
+    let topology: Arc<dyn Topology> = match &membership {
+        Some(m) => Arc::new(m.clone()),
+        None => {
+            let counted = registry.clone();
+            Arc::new(SingleNode::new(config.node_id, addrs.clone(), Box::new(move || counted.len() as u64)))
+        }
+    };
+    let state = AppState {
+        core: core.clone(),
+        registry: registry.clone(),
+        topology: topology.clone(),
+        settings: Arc::new(settings),
+    };
     // Fail-stop: once storage fails, every listener refuses work with 503 and the reason.
     let fail_stop = axum::middleware::from_fn_with_state(core.clone(), hongyan_api::fail_stop);
     let mut api = hongyan_api::wukong::router(state.clone());
@@ -299,7 +354,10 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         max_concurrent_requests: config.api.max_concurrent_requests,
     };
     for (key, addr, router) in listeners {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        let listener = match api_listener.take().filter(|_| key == "api.addr") {
+            Some(listener) => listener,
+            None => TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({key})"))?,
+        };
         let local = listener.local_addr()?;
         debug!(%local, "{key} listening");
         bound.push(local);
@@ -308,6 +366,14 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         http.spawn(http::serve(listener, router, limits, key, shutdown.clone()));
     }
     http.close();
+    if let Some(membership) = &membership {
+        // Routable from now on.
+        if let Err(e) = membership.publish(&addrs).await {
+            shutdown.cancel();
+            membership.leave().await;
+            return Err(anyhow::Error::new(e).context("cannot start"));
+        }
+    }
     let addr_of = |key: &str| listeners_bound.iter().find(|(k, _)| *k == key).map(|(_, a)| *a);
     let (openim_addr, easemob_addr) = (addr_of("openim.addr"), addr_of("easemob.addr"));
     Ok(Server {
@@ -320,6 +386,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         log,
         core,
         webhooks,
+        membership,
         shutdown,
         http,
         fail_stop_grace: Duration::from_secs(config.storage.fail_stop_grace_secs),
@@ -451,6 +518,9 @@ impl Server {
         if let Some(addr) = self.easemob_addr {
             out.push(("Easemob API", http(addr, "")));
         }
+        if self.membership.is_some() {
+            out.push(("Cluster nodes", http(self.api_addr, "/cluster/nodes")));
+        }
         out.push(("Metrics", http(self.manager_addr, "/metrics")));
         out.push(("Health", http(self.manager_addr, "/health")));
         out
@@ -474,6 +544,10 @@ impl Server {
     /// Waits until every connection and HTTP server has finished, then lets the log
     /// writer finish what it has queued.
     pub async fn wait(&self) {
+        // Out of every route first, while connections drain.
+        if let Some(membership) = &self.membership {
+            membership.leave().await;
+        }
         self.gateway.wait_closed().await;
         self.http.wait().await;
         let log = self.log.clone();

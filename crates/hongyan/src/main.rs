@@ -151,6 +151,7 @@ fn announce(server: &hongyan::Server, (node_id, storage, format): (u64, String, 
                 easemob = at("Easemob API"),
                 metrics = at("Metrics"),
                 health = at("Health"),
+                cluster = at("Cluster nodes"),
                 "hongyan is running"
             );
         }

@@ -9,7 +9,10 @@ use deadpool_postgres::Object;
 use crate::ConnectError;
 
 /// Every migration: version, name, SQL (with `{schema}` for the schema).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "tables", include_str!("../migrations/0001_tables.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "tables", include_str!("../migrations/0001_tables.sql")),
+    (2, "cluster", include_str!("../migrations/0002_cluster.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -279,3 +279,85 @@ pub(crate) fn writes_a_message(writes: &[hongyan_store::Write]) -> bool {
     use hongyan_store::{Table, Write};
     writes.iter().any(|w| matches!(w, Write::Put(Table::ChanSeqMessage, ..) | Write::Insert(Table::ChanSeqMessage, ..)))
 }
+
+/// A nats-server of the test's own on a free loopback port, stopped when dropped.
+/// The binary is `NATS_SERVER_BIN`, else the one scripts/test.sh installs under
+/// `target/nats`, else `nats-server` on the PATH.
+pub(crate) struct NatsServer {
+    child: std::process::Child,
+    pub(crate) port: u16,
+}
+
+impl NatsServer {
+    pub(crate) fn start() -> Self {
+        Self::start_on(None)
+    }
+
+    /// On `port` (a restart on the same address), or a free one.
+    pub(crate) fn start_on(port: Option<u16>) -> Self {
+        use std::io::BufRead as _;
+        let binary = std::env::var_os("NATS_SERVER_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats/bin/nats-server");
+            if installed.exists() { installed } else { "nats-server".into() }
+        });
+        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut child = std::process::Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {} ({e}): run scripts/test.sh, or set NATS_SERVER_BIN", binary.display())
+            });
+        let stderr = child.stderr.take().unwrap();
+        let (found, port_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let marker = "Listening for client connections on ";
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find(marker) {
+                    let port = line[at + marker.len()..].rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+                    let _ = found.send(port);
+                }
+            }
+        });
+        let port = port_rx.recv_timeout(Duration::from_secs(10)).ok().flatten().expect("nats-server did not start");
+        Self { child, port }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes `config` node `node_id` of the cluster on PostgreSQL `schema` and `nats_url`,
+/// with a short lease.
+pub(crate) fn cluster_member(config: &mut Config, schema: &str, nats_url: &str, node_id: u64) {
+    use_postgres(config);
+    config.storage.postgres_schema = schema.to_owned();
+    config.node_id = node_id;
+    config.cluster.nats_url = nats_url.to_owned();
+    config.cluster.lease_ms = 2000;
+}
+
+/// Polls `check` every 20 ms until it answers `Some`, or panics after `limit` with `what`.
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
