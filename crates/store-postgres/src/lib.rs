@@ -213,6 +213,10 @@ struct TableSql {
     upsert: String,
     insert: String,
     delete: String,
+    /// The rows that hold the expected values, locked until the commit. Exclusively:
+    /// two batches that expect a row and then replace it would deadlock on shared
+    /// locks; this way the second waits for the first and then finds the row changed.
+    expect: String,
     /// Ascending and descending scans with an upper bound.
     range: [String; 2],
     /// The same without one.
@@ -239,6 +243,10 @@ impl TableSql {
             ),
             insert: format!("INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])"),
             delete: format!("DELETE FROM {t} WHERE k = ANY($1::bytea[])"),
+            expect: format!(
+                "SELECT t.k FROM {t} t JOIN unnest($1::bytea[], $2::bytea[]) AS e(k, v) ON t.k = e.k AND t.v = e.v \
+                 FOR UPDATE OF t"
+            ),
             range: [
                 format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 {}", order("ASC")),
                 format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 {}", order("DESC")),
@@ -333,6 +341,14 @@ impl Shared {
     async fn write(&self, tables: Vec<TableWrites>) -> std::result::Result<(), Fault> {
         let client = self.pool.get().await.map_err(pool_fault)?;
         let mut statements = Vec::with_capacity(tables.len() * 3);
+        // Expectations first: their rows are locked before anything is written,
+        // so none of them can change before the commit.
+        let mut expected = Vec::new();
+        for w in tables.iter().filter(|w| !w.expects.0.is_empty()) {
+            let statement = client.prepare_cached(&self.sql(w.table).expect).await.map_err(|e| fault(&e))?;
+            expected.push((w.table, w.expects.0.len() as u64));
+            statements.push((statement, Some(&w.expects), None));
+        }
         for w in &tables {
             let sql = self.sql(w.table);
             for (rows, text) in [(&w.inserts, &sql.insert), (&w.puts, &sql.upsert)] {
@@ -357,11 +373,20 @@ impl Shared {
             }
         }));
         let (begun, done) = futures_util::future::join(begin, work).await;
-        if let Err(e) = begun.and(done.map(drop)) {
-            // No COMMIT was sent: nothing is applied. (A connection that is gone is
-            // dropped by the pool when it comes back.)
+        let counts = match begun.and(done) {
+            Ok(counts) => counts,
+            Err(e) => {
+                // No COMMIT was sent: nothing is applied. (A connection that is gone is
+                // dropped by the pool when it comes back.)
+                let _ = conn.batch_execute("ROLLBACK").await;
+                return Err(fault(&e));
+            }
+        };
+        if let Some((table, _)) =
+            expected.iter().zip(&counts).find(|((_, wanted), found)| wanted != *found).map(|p| p.0)
+        {
             let _ = conn.batch_execute("ROLLBACK").await;
-            return Err(fault(&e));
+            return Err(Fault::Conflict(format!("a row of {} changed", table.name())));
         }
         conn.batch_execute("COMMIT").await.map_err(|e| commit_fault(&e))
     }
@@ -383,6 +408,8 @@ struct TableWrites {
     inserts: Columns,
     puts: Columns,
     deletes: Vec<Vec<u8>>,
+    /// Rows that must hold these values, one expectation per key and value.
+    expects: Columns,
 }
 
 /// What a batch finally does to one key.
@@ -397,20 +424,35 @@ enum Last {
 fn group(writes: Vec<Write>) -> Vec<TableWrites> {
     use std::collections::BTreeMap;
     let mut last: BTreeMap<(Table, Vec<u8>), Last> = BTreeMap::new();
+    let mut expects = std::collections::BTreeSet::new();
     for w in writes {
         match w {
             Write::Insert(t, k, v) => last.insert((t, k), Last::Insert(v)),
             Write::Put(t, k, v) => last.insert((t, k), Last::Put(v)),
             Write::Delete(t, k) => last.insert((t, k), Last::Delete),
+            Write::Expect(t, k, v) => {
+                expects.insert((t, k, v));
+                None
+            }
         };
     }
     let mut out: Vec<TableWrites> = Vec::new();
-    for ((table, key), write) in last {
-        if out.last().is_none_or(|w| w.table != table) {
-            let empty = || (Vec::new(), Vec::new());
-            out.push(TableWrites { table, inserts: empty(), puts: empty(), deletes: Vec::new() });
+    let of = |out: &mut Vec<TableWrites>, table: Table| -> usize {
+        if let Some(i) = out.iter().position(|w| w.table == table) {
+            return i;
         }
-        let Some(w) = out.last_mut() else { continue };
+        let empty = || (Vec::new(), Vec::new());
+        out.push(TableWrites { table, inserts: empty(), puts: empty(), deletes: Vec::new(), expects: empty() });
+        out.len() - 1
+    };
+    for (table, key, value) in expects {
+        let i = of(&mut out, table);
+        out[i].expects.0.push(key);
+        out[i].expects.1.push(value);
+    }
+    for ((table, key), write) in last {
+        let i = of(&mut out, table);
+        let Some(w) = out.get_mut(i) else { continue };
         match write {
             Last::Insert(v) => {
                 w.inserts.0.push(key);

@@ -49,6 +49,13 @@ fn the_key_value_contract_holds() {
 }
 
 #[test]
+fn expectations_are_atomic_across_connections() {
+    let config = config();
+    let _schema = Schema(config.schema.clone());
+    testing::expectations_are_atomic(open(&config));
+}
+
+#[test]
 fn the_typed_tables_behave_as_on_every_backend() {
     let config = config();
     let _schema = Schema(config.schema.clone());

@@ -50,7 +50,7 @@ pub fn check_bound(bound: &[u8]) -> Result<()> {
 pub fn check_writes(writes: &[Write], max_key_len: usize) -> Result<()> {
     for w in writes {
         match w {
-            Write::Put(_, key, value) | Write::Insert(_, key, value) => {
+            Write::Put(_, key, value) | Write::Insert(_, key, value) | Write::Expect(_, key, value) => {
                 check_key(key, max_key_len)?;
                 if value.len() > MAX_VALUE_LEN {
                     return Err(StoreError::TooLong { what: "stored value" });
@@ -180,6 +180,12 @@ pub enum Write {
     Insert(Table, Vec<u8>, Vec<u8>),
     /// Remove if present.
     Delete(Table, Vec<u8>),
+    /// Apply nothing of the batch unless the stored row holds exactly this value (as
+    /// stored before the batch; a missing row never matches): otherwise the write
+    /// fails with [`StoreError::Conflict`]. A fence: the row cannot change between the
+    /// check and the commit. A cluster's channel owner writes its claim so with every
+    /// batch, and a batch of an owner that lost its claim is refused.
+    Expect(Table, Vec<u8>, Vec<u8>),
 }
 
 /// What a storage engine must provide. Implementations are blocking; async callers run
@@ -251,6 +257,8 @@ pub struct FjallBackend {
     db: Database,
     keyspaces: Vec<Keyspace>,
     health: Arc<Health>,
+    /// Held from checking a batch's expectations to its commit.
+    fence: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for FjallBackend {
@@ -277,7 +285,7 @@ impl FjallBackend {
                     .map_err(engine)
             })
             .collect::<Result<_>>()?;
-        Ok(Self { db, keyspaces, health: Arc::new(Health::new()) })
+        Ok(Self { db, keyspaces, health: Arc::new(Health::new()), fence: Arc::new(Mutex::new(())) })
     }
 
     fn keyspace(&self, table: Table) -> &Keyspace {
@@ -342,15 +350,26 @@ impl KvBackend for FjallBackend {
     fn write(&self, writes: Vec<Write>, durable: bool) -> Result<()> {
         check_writes(&writes, MAX_KEY_LEN)?;
         self.health.guard("write", || {
+            // Only batches with expectations take the lock, and only until their commit:
+            // every write of a fenced row carries its expectation.
+            let fenced = writes.iter().any(|w| matches!(w, Write::Expect(..)));
+            let _fence = fenced.then(|| self.fence.lock().unwrap_or_else(PoisonError::into_inner));
             let mut batch = self.db.batch();
             for w in writes {
                 match w {
                     // One process, one log writer: see `enforces_inserts`.
                     Write::Put(t, k, v) | Write::Insert(t, k, v) => batch.insert(self.keyspace(t), k, v),
                     Write::Delete(t, k) => batch.remove(self.keyspace(t), k),
+                    Write::Expect(t, k, v) => {
+                        let stored = self.keyspace(t).get(&k).map_err(engine)?;
+                        if stored.as_deref() != Some(v.as_slice()) {
+                            return Err(StoreError::Conflict(format!("a row of {} changed", t.name())));
+                        }
+                    }
                 }
             }
             batch.commit().map_err(engine)?;
+            drop(_fence);
             if durable {
                 self.db.persist(PersistMode::SyncAll).map_err(engine)?;
             }
@@ -449,12 +468,18 @@ impl KvBackend for MemoryBackend {
                 Write::Delete(t, k) => {
                     written.insert((*t, k), false);
                 }
+                Write::Expect(t, k, v) => {
+                    if tables.get(&(*t, k.clone())) != Some(v) {
+                        return Err(StoreError::Conflict(format!("a row of {} changed", t.name())));
+                    }
+                }
             }
         }
         for w in writes {
             match w {
                 Write::Put(t, k, v) | Write::Insert(t, k, v) => tables.insert((t, k), v),
                 Write::Delete(t, k) => tables.remove(&(t, k)),
+                Write::Expect(..) => None,
             };
         }
         Ok(())
@@ -468,6 +493,7 @@ mod tests {
     #[test]
     fn memory_keeps_the_contract() {
         crate::testing::kv_contract(&MemoryBackend::new());
+        crate::testing::expectations_are_atomic(Arc::new(MemoryBackend::new()));
     }
 
     #[test]
@@ -483,5 +509,7 @@ mod tests {
     fn fjall_keeps_the_contract_and_refuses_what_it_cannot_hold_instead_of_panicking() {
         let dir = tempfile::tempdir().unwrap();
         crate::testing::kv_contract(&FjallBackend::open(dir.path()).unwrap());
+        let other = tempfile::tempdir().unwrap();
+        crate::testing::expectations_are_atomic(Arc::new(FjallBackend::open(other.path()).unwrap()));
     }
 }

@@ -84,6 +84,7 @@ pub fn kv_contract(kv: &dyn KvBackend) {
         let _ = kv.write(twice, true); // either refused or the last one; never a failure
         assert!(!kv.health().has_failed(), "a conflict is not a failure of the store");
     }
+    expectations(kv);
     // Empty values, large values and binary values round-trip.
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     kv.write(vec![put(Table::Meta, b"empty", b""), put(Table::Meta, b"big", &big)], true).unwrap();
@@ -92,6 +93,64 @@ pub fn kv_contract(kv: &dyn KvBackend) {
     kv.sync().unwrap();
     refuses_what_it_cannot_hold(kv);
     assert!(!kv.health().has_failed());
+}
+
+/// `Write::Expect`: a batch applies only while the row holds the expected value.
+fn expectations(kv: &dyn KvBackend) {
+    let (t, fence) = (Table::Meta, b"fence".as_slice());
+    let expect = |v: &[u8]| Write::Expect(t, fence.to_vec(), v.to_vec());
+    let refused = kv.write(vec![expect(b"1"), put(t, b"x", b"1")], true);
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "a missing row matches nothing: {refused:?}");
+    kv.write(vec![put(t, fence, b"1")], true).unwrap();
+    kv.write(vec![expect(b"1"), put(t, b"x", b"1"), expect(b"1")], true).unwrap();
+    assert_eq!(kv.get(t, b"x").unwrap(), Some(b"1".to_vec()));
+    // Compare and set: the row as stored before the batch is what is compared.
+    kv.write(vec![expect(b"1"), put(t, fence, b"2")], true).unwrap();
+    for stale in [vec![expect(b"1"), put(t, b"y", b"1")], vec![expect(b"2"), expect(b"3"), put(t, b"y", b"1")]] {
+        let refused = kv.write(stale, true);
+        assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    }
+    assert_eq!(kv.get(t, b"y").unwrap(), None, "nothing of a refused batch is applied");
+    assert_eq!(kv.get(t, fence).unwrap(), Some(b"2".to_vec()));
+    assert!(!kv.health().has_failed(), "a refused expectation is not a failure of the store");
+}
+
+/// Writers racing on one fenced counter: every batch reads the value, expects it and
+/// writes the next one with a row of its own. Exactly the batches that were accepted
+/// are applied, and no two of them saw the same value (no lost update).
+pub fn expectations_are_atomic(kv: Arc<dyn KvBackend>) {
+    let t = Table::Meta;
+    kv.write(vec![put(t, b"counter", &0u64.to_be_bytes())], true).unwrap();
+    let threads: Vec<_> = (0..4u8)
+        .map(|id| {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let mut won = 0u64;
+                for i in 0..40u8 {
+                    let seen = kv.get(t, b"counter").unwrap().unwrap();
+                    let next = u64::from_be_bytes(seen.as_slice().try_into().unwrap()) + 1;
+                    let batch = vec![
+                        Write::Expect(t, b"counter".to_vec(), seen),
+                        put(t, b"counter", &next.to_be_bytes()),
+                        put(t, &[b'w', id, i], &next.to_be_bytes()),
+                    ];
+                    match kv.write(batch, false) {
+                        Ok(()) => won += 1,
+                        Err(StoreError::Conflict(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let won: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let counter = kv.get(t, b"counter").unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(counter.as_slice().try_into().unwrap()), won);
+    let rows = kv.scan_prefix(t, b"w", usize::MAX).unwrap();
+    assert_eq!(rows.len() as u64, won, "one row per accepted batch");
+    let values: std::collections::BTreeSet<_> = rows.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len() as u64, won, "no two accepted batches saw the same value");
 }
 
 /// What every backend does with keys it cannot hold: refuse them with an error, apply
