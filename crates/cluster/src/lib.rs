@@ -346,6 +346,10 @@ impl Topology for Membership {
         self.inner.node_id
     }
 
+    fn local_boot_id(&self) -> String {
+        self.inner.boot_id.clone()
+    }
+
     fn nodes(&self) -> Vec<NodeInfo> {
         self.inner.view.read().unwrap_or_else(|p| p.into_inner()).nodes.clone()
     }

@@ -55,6 +55,8 @@ pub struct NodeInfo {
 pub trait Topology: Send + Sync + std::fmt::Debug {
     /// This node's id.
     fn local_id(&self) -> u64;
+    /// This process's boot id (empty on a single node).
+    fn local_boot_id(&self) -> String;
     /// Every node known, live or not, ordered by id.
     fn nodes(&self) -> Vec<NodeInfo>;
     /// The live nodes, ordered by id: what keys are placed on. Never empty while this
@@ -123,6 +125,10 @@ impl SingleNode {
 impl Topology for SingleNode {
     fn local_id(&self) -> u64 {
         self.node.id
+    }
+
+    fn local_boot_id(&self) -> String {
+        self.node.boot_id.clone()
     }
 
     fn nodes(&self) -> Vec<NodeInfo> {

@@ -32,6 +32,7 @@ pub mod conversation;
 pub mod directory;
 pub mod hooks;
 pub mod ids;
+pub mod owners;
 pub mod retry;
 
 use std::sync::Arc;

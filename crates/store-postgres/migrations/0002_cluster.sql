@@ -30,3 +30,8 @@ CREATE TABLE {schema}.cluster_nodes (
     owned_channels bigint NOT NULL DEFAULT 0,
     nats boolean NOT NULL DEFAULT false
 );
+
+-- Channel ownership claims: a key-value table of hongyan-store (Table::ChanOwner),
+-- channel → (owner node, epoch, boot). Every log batch of a cluster node expects its
+-- claims' rows unchanged (Write::Expect), so a node that lost a claim stores nothing.
+CREATE TABLE {schema}.chan_owner (k bytea PRIMARY KEY, v bytea NOT NULL);

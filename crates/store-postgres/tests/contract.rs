@@ -72,6 +72,16 @@ async fn the_message_log_keeps_its_promises_and_resumes_after_a_restart() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_of_a_channel_are_fenced_by_the_database() {
+    let config = config();
+    let _schema = Schema(config.schema.clone());
+    let (first, second) = (config.clone(), config.clone());
+    let a = tokio::task::spawn_blocking(move || open(&first)).await.unwrap();
+    let b = tokio::task::spawn_blocking(move || open(&second)).await.unwrap();
+    testing::fenced_owners(a, b).await;
+}
+
 #[tokio::test]
 async fn the_schema_is_versioned_and_a_newer_one_is_refused() {
     let config = config();

@@ -104,11 +104,14 @@ pub enum Table {
     /// channel → the highest seq it ever had, once messages up to it were deleted: the
     /// seq counter outlives the messages.
     ChanSeqFloor,
+    /// channel → its owner's claim (node, epoch, boot): in a cluster, which node alone
+    /// may append to the channel's log (`docs/cluster.md`).
+    ChanOwner,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -128,6 +131,7 @@ impl Table {
         Table::HookQueue,
         Table::Meta,
         Table::ChanSeqFloor,
+        Table::ChanOwner,
     ];
 
     /// The table's name on disk.
@@ -152,6 +156,7 @@ impl Table {
             Self::HookQueue => "laneid_hook",
             Self::Meta => "name_meta",
             Self::ChanSeqFloor => "chan_seqfloor",
+            Self::ChanOwner => "chan_owner",
         }
     }
 }

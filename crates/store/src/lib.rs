@@ -34,7 +34,7 @@ pub use backend::{
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
 pub use health::{Failure, Health};
 pub use log::{
-    Appended, ChannelKey, Durability, JournalSink, Journaled, MAX_QUEUED, MessageLog, NewMessage, OnCommit,
+    Appended, ChannelKey, Durability, Fence, JournalSink, Journaled, MAX_QUEUED, MessageLog, NewMessage, OnCommit,
     PendingAppend, Pruned, StoredMessage,
 };
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};

@@ -52,6 +52,11 @@ impl ChannelKey {
         Self { channel_type, channel_id: channel_id.into() }
     }
 
+    /// The channel's key in tables keyed by channel alone (its seq floor, its owner).
+    pub fn encoded(&self) -> Vec<u8> {
+        self.prefix()
+    }
+
     /// `[type][len][id]`: the prefix of every key of this channel in the log.
     fn prefix(&self) -> Vec<u8> {
         let mut key = Vec::with_capacity(3 + self.channel_id.len() + 8);
@@ -186,8 +191,23 @@ struct Journal {
     sink: JournalSink,
 }
 
+/// What a cluster node's append carries: its claim on the channel, as stored in
+/// [`Table::ChanOwner`] under `key`. The append's batch expects that row to still hold
+/// `value` ([`Write::Expect`]); when another node has claimed the channel since, the
+/// append is refused with [`StoreError::Conflict`] and nothing of it is stored. The
+/// writer also reloads a channel's seq counter whenever the claim it appends under
+/// changes, since the previous owner may have stored messages in between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The claim's row key (the owned channel's [`ChannelKey::encoded`]).
+    pub key: Vec<u8>,
+    /// The claim as this node wrote it.
+    pub value: Vec<u8>,
+}
+
 struct Job {
     channel: ChannelKey,
+    fence: Option<Fence>,
     message: NewMessage,
     /// Written in the same atomic batch as the message, only if it is the channel's
     /// first (seq 1).
@@ -399,7 +419,14 @@ impl MessageLog {
     fn start(kv: Arc<dyn KvBackend>, durability: Durability, journal: Option<Journal>) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let writer = Writer { kv: kv.clone(), durability, next_seq: HashMap::new(), journal, queued: queued.clone() };
+        let writer = Writer {
+            kv: kv.clone(),
+            durability,
+            next_seq: HashMap::new(),
+            counted_under: HashMap::new(),
+            journal,
+            queued: queued.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("hongyan-log-writer".into())
             .spawn(move || writer.run(&rx))
@@ -435,6 +462,18 @@ impl MessageLog {
         with_first: Vec<Write>,
         on_commit: Option<OnCommit>,
     ) -> Result<PendingAppend> {
+        self.enqueue_fenced(channel, message, with_first, None, on_commit)
+    }
+
+    /// Like [`Self::enqueue_with_first`], under a cluster owner's claim: see [`Fence`].
+    pub fn enqueue_fenced(
+        &self,
+        channel: ChannelKey,
+        message: NewMessage,
+        with_first: Vec<Write>,
+        fence: Option<Fence>,
+        on_commit: Option<OnCommit>,
+    ) -> Result<PendingAppend> {
         // Refuse here, not in the writer thread: strings are stored with 2-byte lengths,
         // and no key the writer builds may exceed what the engine takes. (Ids are capped
         // far lower at the edge; this keeps the log safe whatever its caller checked.)
@@ -453,6 +492,12 @@ impl MessageLog {
             return Err(StoreError::TooLong { what: "message key (channel id, client_msg_no and sender together)" });
         }
         crate::backend::check_writes(&with_first, self.kv.max_key_len())?;
+        if let Some(f) = &fence {
+            crate::backend::check_writes(
+                &[Write::Expect(Table::ChanOwner, f.key.clone(), f.value.clone())],
+                self.kv.max_key_len(),
+            )?;
+        }
         let (reply, answer) = oneshot::channel();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = jobs.as_ref().ok_or_else(|| StoreError::Engine("the message log is closed".into()))?;
@@ -460,7 +505,7 @@ impl MessageLog {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::Busy("the message log's queue is full"));
         }
-        if sender.send(Job { channel, message, with_first, on_commit, reply }).is_err() {
+        if sender.send(Job { channel, fence, message, with_first, on_commit, reply }).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::Engine("the log writer has stopped".into()));
         }
@@ -725,6 +770,9 @@ struct Writer {
     /// Next seq per channel touched lately, loaded from storage on first use; emptied
     /// when it reaches [`MAX_CACHED_COUNTERS`] (every counter is in storage too).
     next_seq: HashMap<ChannelKey, u64>,
+    /// The claim each fenced channel's counter was loaded under: a counter loaded under
+    /// another claim is reloaded, since another owner may have appended in between.
+    counted_under: HashMap<ChannelKey, Vec<u8>>,
     journal: Option<Journal>,
 }
 
@@ -805,6 +853,9 @@ impl Writer {
             Err(StoreError::Engine(format!("the log writer panicked: {}", panic_message(&*panic))))
         });
         match planned {
+            Err(StoreError::Conflict(why)) if batch.iter().any(|j| j.fence.is_some()) => {
+                self.commit_without_lost_claims(batch, &why);
+            }
             Ok((results, journal_ids)) => {
                 for ((job, result), journal_id) in batch.into_iter().zip(results).zip(journal_ids) {
                     // The message is stored whatever its listeners do; a panic in one of
@@ -830,6 +881,27 @@ impl Writer {
             }
             Err(e) => self.fail_batch(batch, &e),
         }
+    }
+
+    /// A fenced batch met a conflict: the appends whose claim moved are refused (their
+    /// channel has another owner now); if that leaves the rest, it is committed again,
+    /// so one channel's ownership change does not refuse other channels' messages.
+    fn commit_without_lost_claims(&mut self, batch: Vec<Job>, why: &str) {
+        let keys: Vec<Vec<u8>> = batch.iter().filter_map(|j| j.fence.as_ref().map(|f| f.key.clone())).collect();
+        let stored = match self.kv.get_many(Table::ChanOwner, &keys) {
+            Ok(stored) => keys.into_iter().zip(stored).collect::<HashMap<_, _>>(),
+            Err(e) => return self.fail_batch(batch, &e),
+        };
+        let (lost, kept): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| {
+            j.fence.as_ref().is_some_and(|f| stored.get(&f.key).is_none_or(|v| v.as_deref() != Some(&f.value[..])))
+        });
+        if lost.is_empty() || kept.is_empty() {
+            let all = if lost.is_empty() { kept } else { lost };
+            return self.fail_batch(all, &StoreError::Conflict(why.to_owned()));
+        }
+        metrics::counter!("hongyan_log_fenced_appends_total").increment(lost.len() as u64);
+        self.fail_batch(lost, &StoreError::Conflict("the channel's owner changed".into()));
+        self.commit(kept);
     }
 
     fn fail_batch(&mut self, batch: Vec<Job>, e: &StoreError) {
@@ -864,6 +936,12 @@ impl Writer {
     fn plan(&mut self, batch: &[Job]) -> Result<(Vec<Write>, Vec<Appended>, Vec<Option<u64>>)> {
         self.load_counters(batch)?;
         let mut writes = Vec::with_capacity(batch.len() * 2);
+        let mut fences: Vec<&Fence> = batch.iter().filter_map(|j| j.fence.as_ref()).collect();
+        fences.sort_unstable_by(|a, b| (&a.key, &a.value).cmp(&(&b.key, &b.value)));
+        fences.dedup();
+        for f in fences {
+            writes.push(Write::Expect(Table::ChanOwner, f.key.clone(), f.value.clone()));
+        }
         let mut results = Vec::with_capacity(batch.len());
         let mut journal_ids = Vec::with_capacity(batch.len());
         // Every resend-index row the batch could meet, read at once; rows the batch
@@ -929,6 +1007,15 @@ impl Writer {
         // for each. Every earlier batch is committed, so storage has them all.
         if self.next_seq.len() >= MAX_CACHED_COUNTERS {
             self.next_seq.clear();
+            self.counted_under.clear();
+        }
+        for job in batch {
+            if let Some(fence) = &job.fence
+                && self.counted_under.get(&job.channel) != Some(&fence.value)
+            {
+                self.next_seq.remove(&job.channel);
+                self.counted_under.insert(job.channel.clone(), fence.value.clone());
+            }
         }
         let mut new: Vec<&ChannelKey> =
             batch.iter().map(|j| &j.channel).filter(|c| !self.next_seq.contains_key(*c)).collect();
@@ -991,6 +1078,12 @@ mod tests {
             Arc::new(FjallBackend::open(&path).unwrap())
         })
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_under_a_lost_claim_store_nothing() {
+        let memory: Arc<dyn KvBackend> = Arc::new(MemoryBackend::new());
+        crate::testing::fenced_owners(memory.clone(), memory).await;
     }
 
     #[tokio::test]

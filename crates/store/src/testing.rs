@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hongyan_proto::DeviceLevel;
 
 use crate::{
-    Appended, ChannelInfo, ChannelKey, Conversation, Device, Durability, KvBackend, MAX_KEY_LEN, MemberList,
+    Appended, ChannelInfo, ChannelKey, Conversation, Device, Durability, Fence, KvBackend, MAX_KEY_LEN, MemberList,
     MessageLog, NewMessage, Order, Store, StoreError, Table, Write,
 };
 
@@ -326,4 +326,56 @@ pub async fn log_contract(kv: Arc<dyn KvBackend>, reopen: impl FnOnce() -> Arc<d
         Appended::Duplicate { message_id: 20, seq: 5 }
     );
     assert_eq!(log.append(channels[0].clone(), message(23, "s", "", "x")).await.unwrap().ids(), (23, 101));
+}
+
+/// Two logs over one store, as two cluster nodes, each appending under its claim on a
+/// channel ([`Fence`]): an append under a claim that was taken over stores nothing,
+/// even in a batch with other channels' appends (which are stored), and an owner that
+/// claims the channel again continues from the seqs the other stored. `a` and `b` may
+/// be the same backend or two connections to one database.
+pub async fn fenced_owners(a: Arc<dyn KvBackend>, b: Arc<dyn KvBackend>) {
+    let g = ChannelKey::new("owned", 2);
+    let other = ChannelKey::new("elsewhere", 2);
+    let claim = |node: u8, epoch: u8| Fence { key: g.encoded(), value: vec![node, epoch] };
+    let other_claim = Fence { key: other.encoded(), value: vec![1, 1] };
+    let set_claim = |kv: &Arc<dyn KvBackend>, f: &Fence| {
+        kv.write(vec![Write::Put(Table::ChanOwner, f.key.clone(), f.value.clone())], true).unwrap();
+    };
+    let node1 = Arc::new(MessageLog::open(a.clone(), Durability::Fsync).unwrap());
+    let node2 = Arc::new(MessageLog::open(b, Durability::Fsync).unwrap());
+    let append = |log: &Arc<MessageLog>, channel: &ChannelKey, fence: Fence, id: i64| {
+        log.enqueue_fenced(channel.clone(), message(id, "s", "", "m"), Vec::new(), Some(fence), None).unwrap()
+    };
+    set_claim(&a, &claim(1, 1));
+    set_claim(&a, &other_claim);
+    for id in 1..=2 {
+        assert_eq!(append(&node1, &g, claim(1, 1), id).await.unwrap().ids(), (id, id as u64));
+    }
+    // Node 2 takes the channel over and appends from where node 1 stopped.
+    set_claim(&a, &claim(2, 2));
+    assert_eq!(append(&node2, &g, claim(2, 2), 3).await.unwrap().ids(), (3, 3));
+    // Node 1's appends under its old claim are refused; its other channel's are not,
+    // whether or not they share a batch.
+    // (The first refusal empties node 1's counters, so its second try takes seq 4,
+    // which no row holds yet: only the claim refuses it.)
+    for _ in 0..2 {
+        let stale = append(&node1, &g, claim(1, 1), 4);
+        let fine = append(&node1, &other, other_claim.clone(), 5);
+        assert!(matches!(stale.await, Err(StoreError::Conflict(_))));
+        fine.await.unwrap();
+    }
+    assert_eq!(node1.last_seq(&other).unwrap(), 2);
+    // Node 1 claims the channel back: its counter is reloaded, not reused.
+    set_claim(&a, &claim(1, 3));
+    assert_eq!(append(&node1, &g, claim(1, 3), 6).await.unwrap().ids(), (6, 4));
+    assert!(matches!(append(&node2, &g, claim(2, 2), 7).await, Err(StoreError::Conflict(_))));
+    let stored: Vec<(i64, u64)> = node1
+        .read(&g, 1, 0, usize::MAX, Order::Ascending)
+        .unwrap()
+        .iter()
+        .map(|m| (m.message.message_id, m.seq))
+        .collect();
+    assert_eq!(stored, [(1, 1), (2, 2), (3, 3), (6, 4)]);
+    assert_eq!(node1.read(&other, 1, 0, 9, Order::Ascending).unwrap().len(), 2);
+    assert!(!node1.has_failed() && !node2.has_failed());
 }
