@@ -46,6 +46,11 @@ impl Bus {
         Ok(Self { client, prefix: format!("hy.{cluster_id}") })
     }
 
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Whether the client is connected right now.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

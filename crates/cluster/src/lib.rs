@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod forward;
 mod rows;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -92,6 +93,8 @@ struct Inner {
     /// Re-read the membership now (a NATS notice came).
     refresh: Notify,
     connections: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Counts the channels this node owns, once the core is there.
+    owned: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     on_evicted: Box<dyn Fn(String) + Send + Sync>,
     stop: CancellationToken,
 }
@@ -154,6 +157,7 @@ impl Membership {
             lease_until: Mutex::new(Instant::now() + settings.lease),
             refresh: Notify::new(),
             connections,
+            owned: std::sync::OnceLock::new(),
             on_evicted,
             stop: CancellationToken::new(),
         });
@@ -173,6 +177,11 @@ impl Membership {
     /// This process's boot id.
     pub fn boot_id(&self) -> &str {
         &self.inner.boot_id
+    }
+
+    /// Counts the channels this node owns for its row (`/cluster/nodes`); set once.
+    pub fn count_owned(&self, owned: Box<dyn Fn() -> u64 + Send + Sync>) {
+        let _ = self.inner.owned.set(owned);
     }
 
     /// The NATS client of this node.
@@ -304,7 +313,7 @@ impl Inner {
         let sent = Instant::now();
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let connections = i64::try_from((self.connections)()).unwrap_or(i64::MAX);
-        let owned: i64 = 0;
+        let owned = i64::try_from(self.owned.get().map_or(0, |count| count())).unwrap_or(i64::MAX);
         let renewed = client
             .execute(
                 &self.sql.heartbeat,

@@ -156,6 +156,14 @@ impl ChannelCache {
         Ok(state)
     }
 
+    /// Forgets every entry.
+    pub(crate) fn clear(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.epoch += 1;
+        entries.map.clear();
+        entries.weight = 0;
+    }
+
     /// Forgets `key` after a change to it was stored.
     pub(crate) fn changed(&self, key: &ChannelKey) {
         let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
@@ -186,7 +194,7 @@ impl Core {
     /// Sets a channel's attributes (on a person channel, the user's ban and mute). Blocking.
     pub fn set_channel_info(&self, key: &ChannelKey, info: ChannelInfo) -> Result<(), StoreError> {
         self.store().put_channel_info(&key.channel_id, key.channel_type, info)?;
-        self.channels.changed(key);
+        self.channel_changed(key);
         Ok(())
     }
 
@@ -213,7 +221,7 @@ impl Core {
             (_, ListChange::Remove) => store.remove_members(list, id, ty, uids).map(|()| Vec::new()),
         };
         // Forget the entry even after a failure: part of a change may have landed.
-        self.channels.changed(key);
+        self.channel_changed(key);
         self.after_members_left(key, &result?)
     }
 
@@ -234,7 +242,7 @@ impl Core {
             left = removed;
         }
         let stored = self.store().apply(writes);
-        self.channels.changed(key);
+        self.channel_changed(key);
         stored?;
         self.after_members_left(key, &left)
     }
@@ -253,7 +261,7 @@ impl Core {
             writes.extend(store.add_member_writes(list, id, ty, &[], true)?);
         }
         let stored = store.apply(writes);
-        self.channels.changed(key);
+        self.channel_changed(key);
         stored?;
         self.after_members_left(key, &left)?;
         self.log().clear_channel(key)?;

@@ -64,6 +64,93 @@ pub trait Topology: Send + Sync + std::fmt::Debug {
     fn live(&self) -> Arc<[NodeInfo]>;
 }
 
+/// A SEND handed to the channel's owner on another node: what the owner needs to
+/// admit and store it as if it had arrived there. The payload is plaintext (the
+/// receiving node opened it with its connection's keys); the message id was made by
+/// the receiving node, so it is unique in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedSend {
+    /// The sender's uid (for the app server's sends, as it named it; empty for the
+    /// system uid).
+    pub from_uid: String,
+    /// Sent by the app server (`/message/send`: no sender checks) rather than a client.
+    pub from_app: bool,
+    /// The target as the sender named it: for person chat, the peer's uid.
+    pub channel_id: String,
+    /// The target's type.
+    pub channel_type: u8,
+    /// The id the receiving node gave the message.
+    pub message_id: i64,
+    /// Header flag bits (DUP cleared).
+    pub header: u8,
+    /// The setting byte.
+    pub setting: u8,
+    /// The sender's idempotency key (may be empty for clients).
+    pub client_msg_no: String,
+    /// Seconds until the message expires, 0 = never.
+    pub expire: u32,
+    /// The topic, when the setting says so.
+    pub topic: Option<String>,
+    /// The plaintext payload.
+    pub payload: bytes::Bytes,
+}
+
+/// What the owner answered a [`ForwardedSend`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// Stored (or recognised as a resend): the message's id and seq. Seq 0 for a
+    /// message that is not stored (NoPersist).
+    Stored {
+        /// The stored message's id (the original's, for a resend).
+        message_id: i64,
+        /// Its seq.
+        seq: u64,
+    },
+    /// Refused with this reason code; nothing was stored.
+    Refused(hongyan_proto::ReasonCode),
+    /// The node asked does not own the channel (its membership differs); nothing was
+    /// stored.
+    NotOwner,
+}
+
+/// Why a forward has no outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// It never reached a node that would handle it (no node listening, the bus
+    /// down): nothing was stored.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
+    /// No answer in time: it may or may not have been stored.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+}
+
+/// A forward in flight.
+pub type ForwardFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ForwardOutcome, ForwardError>> + Send>>;
+
+/// Carries SENDs to their channel's owner on another node. Implemented by the cluster
+/// layer over NATS request/reply; a single node has none.
+pub trait Forwarder: Send + Sync + std::fmt::Debug {
+    /// Hands `send` to node `node` and waits for its outcome.
+    fn forward(&self, node: u64, send: ForwardedSend) -> ForwardFuture;
+}
+
+/// A change other nodes must hear of, because they cache what it changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// A channel's attributes or member lists.
+    Channel(hongyan_store::ChannelKey),
+    /// The system accounts.
+    SystemAccounts,
+}
+
+/// Tells the other nodes of changes (best effort, after the change is stored).
+pub trait ChangeNotifier: Send + Sync + std::fmt::Debug {
+    /// Tells every other node that `what` changed.
+    fn changed(&self, what: Changed);
+}
+
 /// The live node a key belongs to: the highest rendezvous score, ties (which need a
 /// 64-bit collision) to the lower id. `None` only for an empty list.
 pub fn home_of<'a>(key: &[u8], live: &'a [NodeInfo]) -> Option<&'a NodeInfo> {

@@ -149,7 +149,7 @@ impl Core {
                 let key = ChannelKey::new(id.clone(), crate::channel::TEMP);
                 self.delete_channel(&key)?;
                 store.apply(vec![store.channel_info_removal(&id, crate::channel::TEMP)])?;
-                self.channels.changed(&key);
+                self.channel_changed(&key);
                 removed += 1;
             }
             after = Some(id);

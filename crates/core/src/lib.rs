@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod commands;
 pub mod conversation;
 pub mod directory;
+mod forward;
 pub mod hooks;
 pub mod ids;
 pub mod owners;
@@ -42,8 +43,8 @@ use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, 
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
 use hongyan_store::ChannelInfo;
 use hongyan_store::{
-    Appended, ChannelKey, Conversation, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store, StoreError,
-    Write,
+    Appended, ChannelKey, Conversation, Fence, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store,
+    StoreError, Write,
 };
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -125,7 +126,7 @@ pub struct AppSent {
 }
 
 /// What [`Core::submit`] did.
-enum Submitted {
+pub(crate) enum Submitted {
     /// Queued for storage; await for the ids.
     Stored(PendingAppend),
     /// NoPersist: delivered, not stored.
@@ -205,6 +206,12 @@ pub struct Core {
     datasource: std::sync::OnceLock<Arc<dyn hooks::Datasource>>,
     /// System accounts the datasource names, refreshed by [`Core::refresh_system_accounts`].
     remote_system_accounts: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// In a cluster: the channels this node owns (unset on a single node: all).
+    owners: std::sync::OnceLock<Arc<owners::Owners>>,
+    /// In a cluster: carries sends to the owners of other nodes' channels.
+    forwarder: std::sync::OnceLock<Arc<dyn cluster::Forwarder>>,
+    /// In a cluster: tells the other nodes of changes to what they cache.
+    notifier: std::sync::OnceLock<Arc<dyn cluster::ChangeNotifier>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -308,6 +315,9 @@ impl Core {
             observer: std::sync::OnceLock::new(),
             datasource: std::sync::OnceLock::new(),
             remote_system_accounts: std::sync::RwLock::default(),
+            owners: std::sync::OnceLock::new(),
+            forwarder: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
         });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
@@ -397,6 +407,8 @@ impl Core {
                 set.remove(uid);
             }
         }
+        drop(set);
+        self.tell_others(cluster::Changed::SystemAccounts);
         Ok(())
     }
 
@@ -526,19 +538,16 @@ impl Core {
     /// rows the channel's first message must bring, or the SENDACK reason code.
     fn admit(
         &self,
-        conn: &Conn,
+        sender: &str,
         send: &Send,
+        open: impl FnOnce() -> Result<Bytes, ReasonCode>,
         sender_state: &ChannelState,
         target: Option<&ChannelState>,
     ) -> Result<(ChannelKey, Bytes, Vec<Write>), ReasonCode> {
-        let sender = &*conn.uid;
         if sender_state.info.send_ban {
             return Err(ReasonCode::SendBan);
         }
-        let plain = match &conn.cipher {
-            Some(cipher) => Bytes::from(cipher.open_send(send).map_err(|e| e.reason_code())?),
-            None => send.payload.clone(),
-        };
+        let plain = open()?;
         let channel_type = send.channel_type;
         if channel_type == 0 || channel_type > MAX_TYPE {
             return Err(ReasonCode::NotSupportChannelType);
@@ -644,27 +653,64 @@ impl Core {
             };
             let _ = conn.send(&Packet::Sendack(ack));
         };
-        let (sender_key, target_key) = Self::admission_keys(&conn.uid, &send);
+        // In a cluster, a message is stored by its channel's owner; online-only ones are
+        // delivered from where they arrive.
+        let owned = if send.flags.no_persist {
+            None
+        } else {
+            Self::owned_channel(&conn.uid, &send.channel_id, send.channel_type)
+        };
+        let fence = match self.placement(owned.as_ref()).await {
+            Ok(owners::Placement::Local(fence)) => fence,
+            Ok(owners::Placement::Remote(node)) => {
+                self.forward_client_send(conn, send.clone(), message_id, node).await;
+                drop(slot);
+                return;
+            }
+            Err(reason) => return ack(message_id, 0, reason),
+        };
+        // The SENDACK goes out from the log's commit callback, once the append is
+        // durable, without holding up the connection's next packet.
+        let ack_to =
+            AckTo { conn: conn.clone(), _slot: slot, flags: send.flags, client_seq: send.client_seq, message_id };
+        let open = || match &conn.cipher {
+            Some(cipher) => cipher.open_send(&send).map(Bytes::from).map_err(|e| e.reason_code()),
+            None => Ok(send.payload.clone()),
+        };
+        match self.admit_and_submit(&conn.uid, &send, open, message_id, Some(ack_to), fence).await {
+            Ok(Submitted::Stored(_)) => {}
+            Ok(Submitted::OnlineOnly) => ack(message_id, 0, ReasonCode::Success),
+            Err(reason) => ack(message_id, 0, reason),
+        }
+    }
+
+    /// Admits a SEND from `sender` (in WuKongIM's order of checks; `open` gives the
+    /// plaintext payload) and submits it. A refusal is counted here and returned.
+    async fn admit_and_submit(
+        self: &Arc<Self>,
+        sender: &str,
+        send: &Send,
+        open: impl FnOnce() -> Result<Bytes, ReasonCode>,
+        message_id: i64,
+        ack_to: Option<AckTo>,
+        fence: Option<Fence>,
+    ) -> Result<Submitted, ReasonCode> {
+        let (sender_key, target_key) = Self::admission_keys(sender, send);
         let has_target = target_key.is_some();
         let admitted = match self.channel_states([sender_key].into_iter().chain(target_key).collect()).await {
             Ok(states) => {
                 let target = if has_target { states.get(1).map(|s| &**s) } else { None };
-                self.admit(conn, &send, &states[0], target)
+                self.admit(sender, send, open, &states[0], target)
             }
             Err(e) => Err(storage(e)),
         };
-        let (channel, payload, rows) = match admitted {
-            Ok(ok) => ok,
-            Err(reason) => {
-                metrics::counter!("hongyan_core_sends_total", "result" => reason.name()).increment(1);
-                ack(message_id, 0, reason);
-                return;
-            }
-        };
+        let (channel, payload, rows) = admitted.inspect_err(|reason| {
+            metrics::counter!("hongyan_core_sends_total", "result" => reason.name()).increment(1);
+        })?;
         let message = NewMessage {
             message_id,
             timestamp_ms: now_ms(),
-            from_uid: conn.uid.to_string(),
+            from_uid: sender.to_owned(),
             client_msg_no: send.client_msg_no.clone(),
             header: send.flags.bits() & !HeaderFlags::DUP,
             setting: send.setting.0,
@@ -672,15 +718,7 @@ impl Core {
             topic: send.topic.clone(),
             payload,
         };
-        // Admission is done. The SENDACK goes out from the log's commit callback, once
-        // the append is durable, without holding up the connection's next packet.
-        let ack_to =
-            AckTo { conn: conn.clone(), _slot: slot, flags: send.flags, client_seq: send.client_seq, message_id };
-        match self.submit(channel, message, Some(ack_to), rows).await {
-            Ok(Submitted::Stored(_)) => {}
-            Ok(Submitted::OnlineOnly) => ack(message_id, 0, ReasonCode::Success),
-            Err(reason) => ack(message_id, 0, reason),
-        }
+        self.submit(channel, message, ack_to, rows, fence).await
     }
 
     /// Stores (unless NoPersist) and delivers an admitted message; `ack_to` is the
@@ -694,6 +732,7 @@ impl Core {
         message: NewMessage,
         ack_to: Option<AckTo>,
         rows: Vec<Write>,
+        fence: Option<Fence>,
     ) -> Result<Submitted, ReasonCode> {
         let origin = ack_to.as_ref().map_or(0, |a| a.conn.id);
         if !is_valid_client_msg_no(&message.client_msg_no) {
@@ -715,10 +754,15 @@ impl Core {
             let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(Submitted::OnlineOnly);
         }
+        // An append refused under a claim may mean the channel moved: forget the claim.
+        let claim = fence.is_some().then(|| self.owners.get().cloned()).flatten().map(|o| (o, base_channel(&channel)));
         let on_commit: OnCommit = {
             let shard = self.shard(&channel).clone();
             let (channel, message) = (channel.clone(), message.clone());
             Box::new(move |appended| {
+                if let (None, Some((owners, owned))) = (&appended, &claim) {
+                    owners.release(owned);
+                }
                 let label = match appended {
                     Some(Appended::New { seq, .. }) => {
                         // On the writer thread: a full shard holds up the writer, which
@@ -750,7 +794,7 @@ impl Core {
                 }
             })
         };
-        let pending = self.log.enqueue_with_first(channel, message, rows, Some(on_commit)).map_err(storage)?;
+        let pending = self.log.enqueue_fenced(channel, message, rows, fence, Some(on_commit)).map_err(storage)?;
         Ok(Submitted::Stored(pending))
     }
 
@@ -761,11 +805,54 @@ impl Core {
     /// new temporary channel. Returns once the message is durable (a resend returns the
     /// original).
     pub async fn send_as_app(self: &Arc<Self>, request: AppSend) -> Result<AppSent, SendError> {
-        let from_uid = if request.from_uid.is_empty() { self.settings.system_uid.clone() } else { request.from_uid };
+        self.send_as_app_placed(request, None, None).await
+    }
+
+    /// [`Self::send_as_app`], with the id a forwarding node gave the message and, when
+    /// placed already (by the owner admitting a forward), the claim to store under.
+    pub(crate) async fn send_as_app_placed(
+        self: &Arc<Self>,
+        request: AppSend,
+        message_id: Option<i64>,
+        placed: Option<Option<Fence>>,
+    ) -> Result<AppSent, SendError> {
+        let from_uid =
+            if request.from_uid.is_empty() { self.settings.system_uid.clone() } else { request.from_uid.clone() };
         if !is_valid_uid(&from_uid) {
             return Err(ReasonCode::ChannelIdError.into());
         }
-        let message_id = self.ids.next_id();
+        let message_id = message_id.unwrap_or_else(|| self.ids.next_id());
+        let to_channel = request.subscribers.is_empty() && !request.header.no_persist;
+        let owned =
+            if to_channel { Self::owned_channel(&from_uid, &request.channel_id, request.channel_type) } else { None };
+        let fence = match placed {
+            Some(fence) => fence,
+            None => match self.placement(owned.as_ref()).await? {
+                owners::Placement::Local(fence) => fence,
+                owners::Placement::Remote(node) => {
+                    let client_msg_no = if request.client_msg_no.is_empty() {
+                        format!("{message_id:x}0")
+                    } else {
+                        request.client_msg_no.clone()
+                    };
+                    let forwarded = cluster::ForwardedSend {
+                        from_uid: request.from_uid,
+                        from_app: true,
+                        channel_id: request.channel_id,
+                        channel_type: request.channel_type,
+                        message_id,
+                        header: request.header.bits() & !HeaderFlags::DUP,
+                        setting: 0,
+                        client_msg_no,
+                        expire: request.expire,
+                        topic: None,
+                        payload: request.payload,
+                    };
+                    let owned = owned.expect("invariant: only a stored channel is placed remotely");
+                    return self.forward_app_send(node, &owned, forwarded).await;
+                }
+            },
+        };
         let sync_once = request.header.sync_once;
         let mut only_to = None;
         let (channel, rows) = if request.subscribers.is_empty() {
@@ -834,7 +921,7 @@ impl Core {
             let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(AppSent { message_id, seq: 0, client_msg_no });
         }
-        let (message_id, seq) = match self.submit(channel, message, None, rows).await? {
+        let (message_id, seq) = match self.submit(channel, message, None, rows, fence).await? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(SendError::from_store)?,
         };

@@ -124,6 +124,21 @@ impl Owners {
         Ok(Placement::Local(Some(fence)))
     }
 
+    /// Where appends to `channel` go, when that needs no storage: `None` when this node
+    /// must claim the channel first ([`Self::place`]).
+    pub fn placed(&self, channel: &ChannelKey) -> Option<Placement> {
+        if !self.clustered {
+            return Some(Placement::Local(None));
+        }
+        let local = self.topology.local_id();
+        let home = home_of(&channel.encoded(), &self.topology.live()).map_or(local, |n| n.id);
+        if home != local {
+            self.release(channel);
+            return Some(Placement::Remote(home));
+        }
+        self.claims().get(channel).map(|fence| Placement::Local(Some(fence.clone())))
+    }
+
     /// Forgets this node's claim on `channel` (an append under it was refused, or the
     /// channel moved): the next placement reads the row again.
     pub fn release(&self, channel: &ChannelKey) {

@@ -211,6 +211,22 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         core.set_datasource(Arc::new(source));
         spawn_system_account_refresh(&core, Duration::from_secs(config.datasource.cache_ttl_secs.max(1)), &shutdown);
     }
+    if let Some(membership) = &membership {
+        // Sends to channels other nodes own go to them; changes to cached state are
+        // told to them.
+        let forwarding = hongyan_cluster::forward::Forwarding::start(
+            membership.bus().clone(),
+            config.node_id,
+            core.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start: cluster forwarding: {e}"))?;
+        let forwarding = Arc::new(forwarding);
+        core.join_cluster(Arc::new(membership.clone()), forwarding.clone(), forwarding);
+        let counted = Arc::downgrade(&core);
+        membership.count_owned(Box::new(move || counted.upgrade().map_or(0, |c| c.owned_channels() as u64)));
+    }
     let webhooks = if webhooks_on {
         let settings = webhook_settings(&config);
         let webhooks = hongyan_api::webhook::Webhooks::start(settings, core.clone(), backend.clone(), feed, backlog)

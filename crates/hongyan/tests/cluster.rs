@@ -271,3 +271,153 @@ async fn a_single_node_lists_itself_and_routes_everyone_to_itself() {
     assert_eq!((status, bad["msg"].as_str().unwrap().starts_with("[1]:")), (400, true), "{bad}");
     server.stop().await;
 }
+
+/// A connected, logged-in client of `server`.
+async fn login(server: &TestServer, uid: &str, device: &str) -> Client {
+    let (client, connack) = Client::connect(&server.tcp(), uid, "t", device_flag::APP, device, 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success, "{uid} on node {}", server.config.node_id);
+    client
+}
+
+/// The (message id, seq) of every message of a channel, as `server` syncs them.
+async fn history(server: &TestServer, login_uid: &str, channel: (&str, u8)) -> Vec<(i64, u64)> {
+    let body = json!({"login_uid": login_uid, "channel_id": channel.0, "channel_type": channel.1,
+        "start_message_seq": 0, "limit": 1000});
+    let (status, answer) = server.post("/channel/messagesync", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["message_id"].as_i64().unwrap(), m["message_seq"].as_u64().unwrap()))
+        .collect()
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Members of a group and of a person chat on different nodes send at once: every
+/// message is stored by the channel's one owner, with dense seqs, acknowledged with
+/// the seq it got, the same from every node; a resend through another node is stored
+/// once; member changes made on any node are heard by the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_from_every_node_are_stored_by_the_channels_owner_with_dense_seqs() {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let nodes = [node(&schema, &nats, 1).await, node(&schema, &nats, 2).await, node(&schema, &nats, 3).await];
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    wait_for_members(&all, &[1, 2, 3]).await;
+    for uid in ["ann", "bob", "cid", "dee"] {
+        nodes[0].register(uid, "t", device_flag::APP, 1).await;
+    }
+    let (status, _) = nodes[1]
+        .post("/channel", json!({"channel_id": "crew", "channel_type": 2, "subscribers": ["ann", "bob", "cid"]}))
+        .await;
+    assert_eq!(status, 200);
+
+    // Each sender on its own node; 20 messages each, all in flight together.
+    const EACH: u32 = 20;
+    let mut senders = Vec::new();
+    for (i, uid) in ["ann", "bob", "cid"].into_iter().enumerate() {
+        let mut client = login(&nodes[i], uid, "d1").await;
+        senders.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            for n in 1..=EACH {
+                let ack = common::send_text(
+                    &mut client,
+                    ("crew", 2),
+                    n,
+                    &format!("{uid}-{n}"),
+                    &format!("{uid} says {n}"),
+                    hongyan_proto::HeaderFlags::default(),
+                )
+                .await;
+                assert_eq!(ack.reason_code, ReasonCode::Success, "{uid}'s message {n}");
+                acks.push((ack.message_id, u64::from(ack.message_seq)));
+            }
+            (client, acks)
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut clients = Vec::new();
+    let mut anns_first = None;
+    for sender in senders {
+        let (client, acks) = sender.await.unwrap();
+        anns_first = anns_first.or(Some(acks[0]));
+        acked.extend(acks);
+        clients.push(client);
+    }
+    acked.sort_by_key(|(_, seq)| *seq);
+    let seqs: Vec<u64> = acked.iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(seqs, (1..=u64::from(3 * EACH)).collect::<Vec<_>>(), "one dense run of seqs");
+    for server in &nodes {
+        assert_eq!(
+            history(server, "ann", ("crew", 2)).await,
+            acked,
+            "node {} syncs what was acked",
+            server.config.node_id
+        );
+    }
+    // One node owns the group and admitted the other two nodes' sends. (The test's
+    // nodes share one process, hence one metrics registry: the count is the cluster's.)
+    let admitted = counter(&nodes[0].metrics().await, "hongyan_cluster_admitted_forwards_total");
+    assert_eq!(admitted, u64::from(2 * EACH), "forwards admitted in the cluster");
+
+    let owners = eventually(WITHIN_A_LEASE, "the owner's row counts its channel", || async {
+        let (_, listed) = nodes[0].get("/cluster/nodes").await;
+        let owned: Vec<u64> = listed.as_array()?.iter().map(|n| n["owned_channels"].as_u64().unwrap_or(0)).collect();
+        (owned.iter().sum::<u64>() == 1).then_some(owned)
+    })
+    .await;
+    assert_eq!(owners.iter().filter(|&&n| n == 1).count(), 1, "{owners:?}");
+
+    // A resend of an acknowledged message through another node: the original's ids.
+    let mut ann_elsewhere = login(&nodes[2], "ann", "d2").await;
+    let again = common::send_text(&mut ann_elsewhere, ("crew", 2), 1, "ann-1", "ann says 1", Default::default()).await;
+    assert_eq!(again.reason_code, ReasonCode::Success);
+    assert_eq!(Some((again.message_id, u64::from(again.message_seq))), anns_first, "the original's ids");
+    assert_eq!(history(&nodes[0], "ann", ("crew", 2)).await.len(), 3 * EACH as usize, "stored once");
+
+    // Member changes on any node reach the owner's admission.
+    let (status, _) = nodes[2]
+        .post("/channel/subscriber_add", json!({"channel_id": "crew", "channel_type": 2, "subscribers": ["dee"]}))
+        .await;
+    assert_eq!(status, 200);
+    let mut dee = login(&nodes[0], "dee", "d1").await;
+    // The owner hears of the change over NATS: the first sends may race the notice.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        let ack = common::send_text(&mut dee, ("crew", 2), seq, &format!("dee-{seq}"), "hi", Default::default()).await;
+        if ack.reason_code == ReasonCode::Success {
+            break;
+        }
+        assert_eq!(ack.reason_code, ReasonCode::SubscriberNotExist);
+        assert!(tokio::time::Instant::now() < deadline, "the owner never admitted the new member");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(dee);
+
+    // A person chat between nodes: both directions in one channel, dense seqs.
+    let mut bob_on_3 = login(&nodes[2], "bob", "d3").await;
+    let a = common::send_text(&mut clients[0], ("bob", 1), 100, "p-1", "hi bob", Default::default()).await;
+    let b = common::send_text(&mut bob_on_3, ("ann", 1), 1, "p-2", "hi ann", Default::default()).await;
+    assert_eq!((a.reason_code, b.reason_code), (ReasonCode::Success, ReasonCode::Success));
+    assert_eq!((a.message_seq, b.message_seq), (1, 2));
+
+    // The app server's sends from every node continue the same run.
+    let mut last = history(&nodes[0], "ann", ("crew", 2)).await.last().unwrap().1;
+    for server in &nodes {
+        let body = json!({"from_uid": "ann", "channel_id": "crew", "channel_type": 2, "payload": common::b64("app")});
+        let (status, answer) = server.post("/message/send", body).await;
+        assert_eq!(status, 200, "{answer}");
+        last += 1;
+        assert_eq!(answer["data"]["message_seq"], last, "from node {}", server.config.node_id);
+    }
+}

@@ -195,6 +195,11 @@ impl Store {
         &*self.kv
     }
 
+    /// The backend the tables are stored in.
+    pub fn backend(&self) -> &Arc<dyn KvBackend> {
+        &self.kv
+    }
+
     /// The registration of (uid, device_flag), if any.
     pub fn device(&self, uid: &str, device_flag: u8) -> Result<Option<Device>> {
         let Some(value) = self.kv.get(Table::UidDevice, &device_key(uid, device_flag))? else {
