@@ -1,8 +1,10 @@
-//! Cluster membership and routing (docs/cluster.md): nodes on one PostgreSQL schema
-//! and one nats-server find each other, route uids the same way from every node, refuse
-//! a duplicate node id, and drop a killed node from every route within a lease.
-//! Needs PostgreSQL (`POSTGRES_TEST_URL`) and nats-server, which scripts/test.sh
-//! provides.
+//! The cluster (docs/cluster.md): nodes on one PostgreSQL schema and one nats-server
+//! find each other, route uids the same way from every node, refuse a duplicate node
+//! id and drop a killed node from every route within a lease; each channel's messages
+//! are stored by its one owner, whichever node they arrive at, with dense seqs; an
+//! owner that is killed or paused loses its channels within a lease and nothing
+//! acknowledged. Needs PostgreSQL (`POSTGRES_TEST_URL`) and nats-server, which
+//! scripts/test.sh provides.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -419,5 +421,143 @@ async fn sends_from_every_node_are_stored_by_the_channels_owner_with_dense_seqs(
         assert_eq!(status, 200, "{answer}");
         last += 1;
         assert_eq!(answer["data"]["message_seq"], last, "from node {}", server.config.node_id);
+    }
+}
+
+/// The owner of a busy group is paused past its lease: within a lease the other node
+/// claims the group and stores the sends it could not forward; the resumed owner,
+/// home again, claims the group back and continues from the other node's seqs. Every
+/// acknowledged message is stored once, at the seq it was acknowledged with, and the
+/// seqs stay dense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_loses_its_channels_and_no_seq_is_stored_twice_or_skipped() {
+    owner_fails(false).await;
+}
+
+/// The owner of a busy group is SIGKILLed during sends: within a lease the other node
+/// owns the group, and every acknowledged message is stored once at its seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_loses_nothing_acknowledged_and_its_channels_move() {
+    owner_fails(true).await;
+}
+
+/// Node 2 owns a group that a client on node 1 sends to; node 2 is killed (`kill`) or
+/// paused and resumed while the client keeps sending, resending what is refused.
+async fn owner_fails(kill: bool) {
+    use hongyan_core::cluster::{NodeAddrs, NodeInfo, home_of};
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let one = node(&schema, &nats, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut paused = spawn_node(&schema, &nats.url(), 2, api, dir.path());
+    wait_for_members(&[&one], &[1, 2]).await;
+    // A group whose owner, while both nodes live, is node 2.
+    let info = |id| NodeInfo {
+        id,
+        boot_id: String::new(),
+        online: true,
+        started_at_ms: 0,
+        heartbeat_at_ms: 0,
+        heartbeat_age_ms: 0,
+        addrs: NodeAddrs::default(),
+        connections: 0,
+        owned_channels: 0,
+        bus_connected: true,
+    };
+    let both = [info(1), info(2)];
+    let group = (0..64)
+        .map(|i| format!("busy-{i}"))
+        .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &both).unwrap().id == 2)
+        .unwrap();
+    one.register("ann", "t", device_flag::APP, 1).await;
+    let body = json!({"channel_id": group, "channel_type": 2, "subscribers": ["ann", "bob"]});
+    assert_eq!(one.post("/channel", body).await.0, 200);
+    let mut ann = login(&one, "ann", "d1").await;
+
+    // Sends as a client makes them: each resent (same client_msg_no) until acknowledged.
+    let mut acked: Vec<(String, i64, u64)> = Vec::new();
+    let mut refused = 0;
+    let mut client_seq = 0;
+    let mut send = async |ann: &mut Client, n: usize, acked: &mut Vec<(String, i64, u64)>, refused: &mut usize| {
+        let cmn = format!("m{n}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            client_seq += 1;
+            let ack = send_patiently(ann, &group, client_seq, &cmn).await;
+            if ack.reason_code == ReasonCode::Success {
+                acked.push((cmn, ack.message_id, u64::from(ack.message_seq)));
+                return;
+            }
+            assert_eq!(ack.reason_code, ReasonCode::SystemError, "{cmn}");
+            *refused += 1;
+            assert!(tokio::time::Instant::now() < deadline, "{cmn} never acknowledged");
+        }
+    };
+    for n in 1..=5 {
+        send(&mut ann, n, &mut acked, &mut refused).await;
+    }
+    assert_eq!(refused, 0, "node 2 answers while it runs");
+    let signal = |sig: &str, child: &Child| {
+        assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    };
+    signal(if kill { "-KILL" } else { "-STOP" }, &paused);
+    // The first send after the pause waits for an answer that does not come, and is
+    // refused; by the time it is resent, node 2's lease has run out and node 1 owns
+    // the group.
+    for n in 6..=15 {
+        send(&mut ann, n, &mut acked, &mut refused).await;
+    }
+    assert!(refused >= 1, "a send was forwarded to the lost owner");
+    let last = if kill {
+        15
+    } else {
+        // Resumed, node 2 renews its lease (nobody took its id) and is the group's home
+        // again: it claims the group anew and continues from node 1's seqs.
+        signal("-CONT", &paused);
+        wait_for_members(&[&one], &[1, 2]).await;
+        for n in 16..=20 {
+            send(&mut ann, n, &mut acked, &mut refused).await;
+        }
+        20
+    };
+    let stored = {
+        let body =
+            json!({"login_uid": "ann", "channel_id": group, "channel_type": 2, "start_message_seq": 0, "limit": 100});
+        let (status, answer) = one.post("/channel/messagesync", body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["client_msg_no"].as_str().unwrap().to_owned(),
+                    m["message_id"].as_i64().unwrap(),
+                    m["message_seq"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stored, acked, "every acknowledged message once, at its acknowledged seq, seqs dense from 1");
+    assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
+    let _ = paused.kill();
+    paused.wait().unwrap();
+    one.stop().await;
+}
+
+/// Seals a SEND to a group and waits for its SENDACK longer than a forward may take.
+async fn send_patiently(client: &mut Client, group: &str, client_seq: u32, text: &str) -> hongyan_proto::Sendack {
+    use hongyan_proto::{Packet, Send};
+    let mut packet =
+        Send { client_seq, client_msg_no: text.into(), channel_id: group.into(), channel_type: 2, ..Send::default() };
+    client.cipher.as_ref().unwrap().seal_send(&mut packet, text.as_bytes());
+    client.send(&Packet::Send(packet)).await.unwrap();
+    loop {
+        match client.recv_within(Duration::from_secs(15)).await.unwrap() {
+            Packet::Sendack(ack) if ack.client_seq == client_seq => return ack,
+            Packet::Recv(_) => continue,
+            other => panic!("expected SENDACK, got {other:?}"),
+        }
     }
 }
