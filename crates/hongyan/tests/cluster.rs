@@ -444,7 +444,6 @@ async fn a_killed_owner_loses_nothing_acknowledged_and_its_channels_move() {
 /// Node 2 owns a group that a client on node 1 sends to; node 2 is killed (`kill`) or
 /// paused and resumed while the client keeps sending, resending what is refused.
 async fn owner_fails(kill: bool) {
-    use hongyan_core::cluster::{NodeAddrs, NodeInfo, home_of};
     let nats = NatsServer::start();
     let schema = hongyan_store_postgres::testing::fresh_schema();
     let one = node(&schema, &nats, 1).await;
@@ -452,7 +451,78 @@ async fn owner_fails(kill: bool) {
     let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut paused = spawn_node(&schema, &nats.url(), 2, api, dir.path());
     wait_for_members(&[&one], &[1, 2]).await;
-    // A group whose owner, while both nodes live, is node 2.
+    let mut ann = GroupSender::new(&one, group_homed_on(2, &[1, 2])).await;
+    for n in 1..=5 {
+        ann.send(n).await;
+    }
+    assert_eq!(ann.refused, 0, "node 2 answers while it runs");
+    let signal = |sig: &str, child: &Child| {
+        assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+    };
+    signal(if kill { "-KILL" } else { "-STOP" }, &paused);
+    // The first send after the pause waits for an answer that does not come, and is
+    // refused; by the time it is resent, node 2's lease has run out and node 1 owns
+    // the group.
+    for n in 6..=15 {
+        ann.send(n).await;
+    }
+    assert!(ann.refused >= 1, "a send was forwarded to the lost owner");
+    let last = if kill {
+        15
+    } else {
+        // Resumed, node 2 renews its lease (nobody took its id) and is the group's home
+        // again: it claims the group anew and continues from node 1's seqs.
+        signal("-CONT", &paused);
+        wait_for_members(&[&one], &[1, 2]).await;
+        for n in 16..=20 {
+            ann.send(n).await;
+        }
+        20
+    };
+    ann.check_stored(&one, last).await;
+    let _ = paused.kill();
+    paused.wait().unwrap();
+    one.stop().await;
+}
+
+/// nats-server is restarted while a client sends to a group owned by another node:
+/// the nodes reconnect by themselves, and every acknowledged message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_traffic_loses_nothing_acknowledged() {
+    let nats = NatsServer::start();
+    let port = nats.port;
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let (one, two) = (node(&schema, &nats, 1).await, node(&schema, &nats, 2).await);
+    wait_for_members(&[&one, &two], &[1, 2]).await;
+    let mut ann = GroupSender::new(&one, group_homed_on(2, &[1, 2])).await;
+    for n in 1..=5 {
+        ann.send(n).await;
+    }
+    drop(nats);
+    let (restarted, mut nats) = (tokio::sync::oneshot::channel(), None);
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = restarted.0.send(NatsServer::start_on(Some(port)));
+    });
+    for n in 6..=15 {
+        ann.send(n).await;
+    }
+    restart.await.unwrap();
+    nats.replace(restarted.1.await.unwrap());
+    // While NATS is down the sends wait (the client holds requests until it
+    // reconnects, up to the forward timeout) or are refused and resent: either way
+    // each is stored once.
+    for n in 16..=20 {
+        ann.send(n).await;
+    }
+    ann.check_stored(&two, 20).await;
+    two.stop().await;
+    one.stop().await;
+}
+
+/// A group id whose home among the live nodes `live` is `node`.
+fn group_homed_on(node: u64, live: &[u64]) -> String {
+    use hongyan_core::cluster::{NodeAddrs, NodeInfo, home_of};
     let info = |id| NodeInfo {
         id,
         boot_id: String::new(),
@@ -465,85 +535,69 @@ async fn owner_fails(kill: bool) {
         owned_channels: 0,
         bus_connected: true,
     };
-    let both = [info(1), info(2)];
-    let group = (0..64)
+    let live: Vec<NodeInfo> = live.iter().map(|&id| info(id)).collect();
+    (0..256)
         .map(|i| format!("busy-{i}"))
-        .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &both).unwrap().id == 2)
-        .unwrap();
-    one.register("ann", "t", device_flag::APP, 1).await;
-    let body = json!({"channel_id": group, "channel_type": 2, "subscribers": ["ann", "bob"]});
-    assert_eq!(one.post("/channel", body).await.0, 200);
-    let mut ann = login(&one, "ann", "d1").await;
+        .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &live).unwrap().id == node)
+        .unwrap()
+}
 
-    // Sends as a client makes them: each resent (same client_msg_no) until acknowledged.
-    let mut acked: Vec<(String, i64, u64)> = Vec::new();
-    let mut refused = 0;
-    let mut client_seq = 0;
-    let mut send = async |ann: &mut Client, n: usize, acked: &mut Vec<(String, i64, u64)>, refused: &mut usize| {
+/// "ann", sending to a group of hers as a client does: each message resent (same
+/// client_msg_no) until it is acknowledged.
+struct GroupSender {
+    client: Client,
+    group: String,
+    client_seq: u32,
+    /// (client_msg_no, message id, seq) of each acknowledged message.
+    acked: Vec<(String, i64, u64)>,
+    refused: usize,
+}
+
+impl GroupSender {
+    async fn new(server: &TestServer, group: String) -> Self {
+        server.register("ann", "t", device_flag::APP, 1).await;
+        let body = json!({"channel_id": group, "channel_type": 2, "subscribers": ["ann", "bob"]});
+        assert_eq!(server.post("/channel", body).await.0, 200);
+        let client = login(server, "ann", "d1").await;
+        Self { client, group, client_seq: 0, acked: Vec::new(), refused: 0 }
+    }
+
+    async fn send(&mut self, n: usize) {
         let cmn = format!("m{n}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            client_seq += 1;
-            let ack = send_patiently(ann, &group, client_seq, &cmn).await;
+            self.client_seq += 1;
+            let ack = send_patiently(&mut self.client, &self.group, self.client_seq, &cmn).await;
             if ack.reason_code == ReasonCode::Success {
-                acked.push((cmn, ack.message_id, u64::from(ack.message_seq)));
+                self.acked.push((cmn, ack.message_id, u64::from(ack.message_seq)));
                 return;
             }
             assert_eq!(ack.reason_code, ReasonCode::SystemError, "{cmn}");
-            *refused += 1;
+            self.refused += 1;
             assert!(tokio::time::Instant::now() < deadline, "{cmn} never acknowledged");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
-    for n in 1..=5 {
-        send(&mut ann, n, &mut acked, &mut refused).await;
     }
-    assert_eq!(refused, 0, "node 2 answers while it runs");
-    let signal = |sig: &str, child: &Child| {
-        assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
-    };
-    signal(if kill { "-KILL" } else { "-STOP" }, &paused);
-    // The first send after the pause waits for an answer that does not come, and is
-    // refused; by the time it is resent, node 2's lease has run out and node 1 owns
-    // the group.
-    for n in 6..=15 {
-        send(&mut ann, n, &mut acked, &mut refused).await;
-    }
-    assert!(refused >= 1, "a send was forwarded to the lost owner");
-    let last = if kill {
-        15
-    } else {
-        // Resumed, node 2 renews its lease (nobody took its id) and is the group's home
-        // again: it claims the group anew and continues from node 1's seqs.
-        signal("-CONT", &paused);
-        wait_for_members(&[&one], &[1, 2]).await;
-        for n in 16..=20 {
-            send(&mut ann, n, &mut acked, &mut refused).await;
-        }
-        20
-    };
-    let stored = {
-        let body =
-            json!({"login_uid": "ann", "channel_id": group, "channel_type": 2, "start_message_seq": 0, "limit": 100});
-        let (status, answer) = one.post("/channel/messagesync", body).await;
+
+    /// Every acknowledged message is stored once, at its acknowledged seq, and the
+    /// seqs are 1..=`last`.
+    async fn check_stored(&self, server: &TestServer, last: u64) {
+        let body = json!({"login_uid": "ann", "channel_id": self.group, "channel_type": 2,
+            "start_message_seq": 0, "limit": 100});
+        let (status, answer) = server.post("/channel/messagesync", body).await;
         assert_eq!(status, 200, "{answer}");
-        answer["messages"]
+        let stored: Vec<(String, i64, u64)> = answer["messages"]
             .as_array()
             .unwrap()
             .iter()
             .map(|m| {
-                (
-                    m["client_msg_no"].as_str().unwrap().to_owned(),
-                    m["message_id"].as_i64().unwrap(),
-                    m["message_seq"].as_u64().unwrap(),
-                )
+                let cmn = m["client_msg_no"].as_str().unwrap().to_owned();
+                (cmn, m["message_id"].as_i64().unwrap(), m["message_seq"].as_u64().unwrap())
             })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(stored, acked, "every acknowledged message once, at its acknowledged seq, seqs dense from 1");
-    assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>());
-    let _ = paused.kill();
-    paused.wait().unwrap();
-    one.stop().await;
+            .collect();
+        assert_eq!(stored, self.acked, "every acknowledged message once, at its acknowledged seq");
+        assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "dense");
+    }
 }
 
 /// Seals a SEND to a group and waits for its SENDACK longer than a forward may take.
