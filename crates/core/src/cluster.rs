@@ -50,6 +50,24 @@ pub struct NodeInfo {
     pub bus_connected: bool,
 }
 
+impl NodeInfo {
+    /// A live node known by its id alone: what placement ([`home_of`]) reads.
+    pub fn placed_only(id: u64) -> Self {
+        Self {
+            id,
+            boot_id: String::new(),
+            online: true,
+            started_at_ms: 0,
+            heartbeat_at_ms: 0,
+            heartbeat_age_ms: 0,
+            addrs: NodeAddrs::default(),
+            connections: 0,
+            owned_channels: 0,
+            bus_connected: true,
+        }
+    }
+}
+
 /// Who the nodes are. Implemented by the cluster layer's membership, and by
 /// [`SingleNode`] when there is no cluster.
 pub trait Topology: Send + Sync + std::fmt::Debug {
@@ -233,18 +251,7 @@ mod tests {
     use super::*;
 
     fn node(id: u64) -> NodeInfo {
-        NodeInfo {
-            id,
-            boot_id: String::new(),
-            online: true,
-            started_at_ms: 0,
-            heartbeat_at_ms: 0,
-            heartbeat_age_ms: 0,
-            addrs: NodeAddrs::default(),
-            connections: 0,
-            owned_channels: 0,
-            bus_connected: true,
-        }
+        NodeInfo::placed_only(id)
     }
 
     fn homes(keys: &[String], live: &[NodeInfo]) -> Vec<u64> {

@@ -194,7 +194,7 @@ impl Owners {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{NodeAddrs, NodeInfo};
+    use crate::cluster::NodeInfo;
     use hongyan_store::{Durability, MemoryBackend, MessageLog, NewMessage};
     use std::sync::RwLock;
 
@@ -217,19 +217,7 @@ mod tests {
             self.live().to_vec()
         }
         fn live(&self) -> Arc<[NodeInfo]> {
-            let node = |id| NodeInfo {
-                id,
-                boot_id: String::new(),
-                online: true,
-                started_at_ms: 0,
-                heartbeat_at_ms: 0,
-                heartbeat_age_ms: 0,
-                addrs: NodeAddrs::default(),
-                connections: 0,
-                owned_channels: 0,
-                bus_connected: true,
-            };
-            self.live.read().unwrap().iter().map(|&id| node(id)).collect()
+            self.live.read().unwrap().iter().map(|&id| NodeInfo::placed_only(id)).collect()
         }
     }
 

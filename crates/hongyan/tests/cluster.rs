@@ -522,20 +522,8 @@ async fn a_nats_restart_mid_traffic_loses_nothing_acknowledged() {
 
 /// A group id whose home among the live nodes `live` is `node`.
 fn group_homed_on(node: u64, live: &[u64]) -> String {
-    use hongyan_core::cluster::{NodeAddrs, NodeInfo, home_of};
-    let info = |id| NodeInfo {
-        id,
-        boot_id: String::new(),
-        online: true,
-        started_at_ms: 0,
-        heartbeat_at_ms: 0,
-        heartbeat_age_ms: 0,
-        addrs: NodeAddrs::default(),
-        connections: 0,
-        owned_channels: 0,
-        bus_connected: true,
-    };
-    let live: Vec<NodeInfo> = live.iter().map(|&id| info(id)).collect();
+    use hongyan_core::cluster::{NodeInfo, home_of};
+    let live: Vec<NodeInfo> = live.iter().map(|&id| NodeInfo::placed_only(id)).collect();
     (0..256)
         .map(|i| format!("busy-{i}"))
         .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &live).unwrap().id == node)
