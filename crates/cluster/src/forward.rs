@@ -18,7 +18,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use hongyan_core::Core;
 use hongyan_core::cluster::{
-    ChangeNotifier, Changed, ForwardError, ForwardFuture, ForwardOutcome, ForwardedSend, Forwarder,
+    ChangeNotifier, Changed, ForwardError, ForwardFuture, ForwardOutcome, ForwardedSend, Forwarder, Origin,
 };
 use hongyan_proto::ReasonCode;
 use hongyan_store::ChannelKey;
@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::wire::{get_bytes, get_str, put_str};
 
 /// How long a forwarded send may take, the owner's commit included.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,9 +34,6 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// holds them, and drops them past its own limit: their senders get no answer and
 /// resend).
 const MAX_ADMITTING: usize = 4096;
-/// The longest string a forwarded send may carry (ids are far shorter; a payload is
-/// bounded by NATS's `max_payload`).
-const MAX_FIELD: usize = 65_535;
 
 /// This node's side of forwarding and change notices.
 #[derive(Clone, Debug)]
@@ -149,39 +147,19 @@ impl ChangeNotifier for Forwarding {
     }
 }
 
-fn put_str(out: &mut BytesMut, s: &str) -> Option<()> {
-    out.put_u32(u32::try_from(s.len()).ok().filter(|&n| n as usize <= MAX_FIELD)?);
-    out.put_slice(s.as_bytes());
-    Some(())
-}
-
-fn get_bytes(input: &mut Bytes) -> Option<Bytes> {
-    if input.remaining() < 4 {
-        return None;
-    }
-    let len = input.get_u32() as usize;
-    (input.remaining() >= len).then(|| input.split_to(len))
-}
-
-fn get_str(input: &mut Bytes) -> Option<String> {
-    let bytes = get_bytes(input)?;
-    if bytes.len() > MAX_FIELD {
-        return None;
-    }
-    String::from_utf8(bytes.to_vec()).ok()
-}
-
-/// Version 1: flags, type, header, setting, expire, message id, then the strings and
-/// the payload, each with a 4-byte length.
+/// Version 2: flags, type, header, setting, expire, message id, the origin (node,
+/// connection), then the strings and the payload, each with a 4-byte length.
 fn encode_send(s: &ForwardedSend) -> Option<Bytes> {
     let mut out = BytesMut::with_capacity(64 + s.payload.len() + s.from_uid.len() + s.channel_id.len());
-    out.put_u8(1);
+    out.put_u8(2);
     out.put_u8(u8::from(s.from_app) | if s.topic.is_some() { 2 } else { 0 });
     out.put_u8(s.channel_type);
     out.put_u8(s.header);
     out.put_u8(s.setting);
     out.put_u32(s.expire);
     out.put_i64(s.message_id);
+    out.put_u64(s.origin.node);
+    out.put_u64(s.origin.conn);
     put_str(&mut out, &s.from_uid)?;
     put_str(&mut out, &s.channel_id)?;
     put_str(&mut out, &s.client_msg_no)?;
@@ -192,12 +170,13 @@ fn encode_send(s: &ForwardedSend) -> Option<Bytes> {
 }
 
 fn decode_send(mut input: Bytes) -> Option<ForwardedSend> {
-    if input.remaining() < 17 || input.get_u8() != 1 {
+    if input.remaining() < 33 || input.get_u8() != 2 {
         return None;
     }
     let flags = input.get_u8();
     let (channel_type, header, setting) = (input.get_u8(), input.get_u8(), input.get_u8());
     let (expire, message_id) = (input.get_u32(), input.get_i64());
+    let origin = Origin { node: input.get_u64(), conn: input.get_u64() };
     let from_uid = get_str(&mut input)?;
     let channel_id = get_str(&mut input)?;
     let client_msg_no = get_str(&mut input)?;
@@ -215,6 +194,7 @@ fn decode_send(mut input: Bytes) -> Option<ForwardedSend> {
         expire,
         topic: (flags & 2 != 0).then_some(topic),
         payload,
+        origin,
     })
 }
 
@@ -296,6 +276,7 @@ mod tests {
             expire: 60,
             topic: Some(String::new()),
             payload: Bytes::from_static(b"\x00hello"),
+            origin: Origin { node: 4, conn: 99 },
         };
         assert_eq!(decode_send(encode_send(&send).unwrap()), Some(send.clone()));
         let app = ForwardedSend { from_app: true, topic: None, ..send };

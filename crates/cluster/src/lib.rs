@@ -12,8 +12,11 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod deliver;
 pub mod forward;
+pub mod presence;
 mod rows;
+mod wire;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};

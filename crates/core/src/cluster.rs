@@ -111,6 +111,8 @@ pub struct ForwardedSend {
     pub topic: Option<String>,
     /// The plaintext payload.
     pub payload: bytes::Bytes,
+    /// The sending connection (none for the app server's sends).
+    pub origin: Origin,
 }
 
 /// What the owner answered a [`ForwardedSend`].
@@ -167,6 +169,58 @@ pub enum Changed {
 pub trait ChangeNotifier: Send + Sync + std::fmt::Debug {
     /// Tells every other node that `what` changed.
     fn changed(&self, what: Changed);
+}
+
+/// Where a message's sending connection is: that connection does not get the message
+/// back. `conn` 0 is none (the app server's sends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The node the connection is on.
+    pub node: u64,
+    /// The connection's id on that node.
+    pub conn: u64,
+}
+
+/// A message handed to another node for its own connections: what the owner (or, for
+/// an online-only message, the node it arrived at) delivers there instead of once per
+/// recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteDelivery {
+    /// The channel it is stored in (a command channel for SyncOnce messages).
+    pub channel: hongyan_store::ChannelKey,
+    /// Its seq; 0 for an online-only message.
+    pub seq: u64,
+    /// The seq of the message this node sent the same node before on this channel (0:
+    /// none it remembers). A receiver that got less reads the gap from storage.
+    pub prev_seq: u64,
+    /// The sending connection.
+    pub origin: Origin,
+    /// The recipients, when not the channel's (an online-only send to a list).
+    pub only_to: Option<Vec<String>>,
+    /// The message.
+    pub message: hongyan_store::NewMessage,
+}
+
+/// Which uids have connections on which other nodes. Implemented by the cluster layer
+/// (deltas and digests over NATS); a single node has none.
+pub trait Presence: Send + Sync + std::fmt::Debug {
+    /// A connection of `uid` opened on this node.
+    fn connected(&self, uid: &str);
+    /// A connection of `uid` on this node closed.
+    fn disconnected(&self, uid: &str);
+    /// The other nodes where at least one of `uids` has a connection, ascending.
+    fn nodes_with(&self, uids: &mut dyn Iterator<Item = &str>) -> Vec<u64>;
+}
+
+/// A delivery on its way to another node.
+pub type DeliverFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Carries messages to other nodes for their connections (at most once: a lost one is
+/// healed by the receiver's gap check and by clients' sync). Waits while the carrier's
+/// buffer is full, which slows the fan-out and through it the senders.
+pub trait Deliverer: Send + Sync + std::fmt::Debug {
+    /// Hands `delivery` to node `node`.
+    fn deliver(&self, node: u64, delivery: &RemoteDelivery) -> DeliverFuture;
 }
 
 /// The live node a key belongs to: the highest rendezvous score, ties (which need a

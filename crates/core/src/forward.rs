@@ -175,6 +175,7 @@ impl Core {
             expire: send.expire,
             topic: send.topic.clone(),
             payload,
+            origin: self.here(conn.id),
         };
         match self.forward(node, &channel, forwarded).await {
             ForwardOutcome::Stored { message_id, seq } => ack(message_id, seq, ReasonCode::Success),
@@ -239,7 +240,7 @@ impl Core {
             topic: f.topic,
             payload: f.payload,
         };
-        self.store_forwarded(sender, send, f.message_id, fence).await
+        self.store_forwarded(sender, send, f.message_id, fence, f.origin).await
     }
 
     /// A forwarded client SEND: the same admission and storage as one that arrived
@@ -250,9 +251,11 @@ impl Core {
         send: Send,
         message_id: i64,
         fence: Option<Fence>,
+        origin: crate::cluster::Origin,
     ) -> ForwardOutcome {
         let plain = send.payload.clone();
-        match self.admit_and_submit(&sender, &send, || Ok(plain), message_id, None, fence).await {
+        let how = crate::Submission { message_id, ack_to: None, fence, origin };
+        match self.admit_and_submit(&sender, &send, || Ok(plain), how).await {
             Ok(crate::Submitted::Stored(pending)) => match pending.await {
                 Ok(appended) => {
                     let (message_id, seq) = appended.ids();

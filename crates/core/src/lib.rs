@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod commands;
 pub mod conversation;
 pub mod directory;
+mod fanout;
 mod forward;
 pub mod hooks;
 pub mod ids;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_client_msg_no, is_valid_uid};
-use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Recv, Send, Sendack, Setting, Suback};
+use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Send, Sendack, Suback};
 use hongyan_store::ChannelInfo;
 use hongyan_store::{
     Appended, ChannelKey, Conversation, Fence, MemberList, MessageLog, NewMessage, OnCommit, PendingAppend, Store,
@@ -49,13 +50,10 @@ use hongyan_store::{
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use crate::channel::{
-    CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, base_channel, command_channel, is_command, person_channel_id,
-    person_channel_members,
-};
+use crate::channel::{CUSTOMER_SERVICE, INFO, MAX_TYPE, PERSON, base_channel, command_channel, person_channel_id};
 use crate::channels::{ChannelCache, ChannelState, ListChange};
 use crate::ids::Snowflake;
-use crate::retry::{Acked, CommandPosition, RetryQueue, RetrySettings};
+use crate::retry::{Acked, RetryQueue, RetrySettings};
 
 /// Fan-out shards: each delivers its channels' messages in order; together they spread
 /// the per-recipient encryption over the runtime's workers.
@@ -144,15 +142,30 @@ struct AckTo {
     message_id: i64,
 }
 
+/// How an admitted SEND is stored: under which id and claim, answered to whom,
+/// delivered to all but which connection.
+struct Submission {
+    /// The id given at arrival.
+    message_id: i64,
+    /// The sending connection on this node, which gets the SENDACK.
+    ack_to: Option<AckTo>,
+    /// The ownership claim the append is made under (in a cluster).
+    fence: Option<Fence>,
+    /// The sending connection, wherever it is.
+    origin: cluster::Origin,
+}
+
 /// A message on its way to recipients.
 struct Delivery {
     channel: ChannelKey,
     message: NewMessage,
     seq: u64,
     /// The sending connection, which does not get its own message back.
-    origin: u64,
+    origin: cluster::Origin,
     /// The recipients, when not the channel's (an online-only send to a list).
     only_to: Option<Vec<String>>,
+    /// How it reached this node.
+    arrival: fanout::Arrival,
     /// The message's share of the pipeline budget, given back once it is delivered.
     _budget: tokio::sync::OwnedSemaphorePermit,
 }
@@ -212,6 +225,8 @@ pub struct Core {
     forwarder: std::sync::OnceLock<Arc<dyn cluster::Forwarder>>,
     /// In a cluster: tells the other nodes of changes to what they cache.
     notifier: std::sync::OnceLock<Arc<dyn cluster::ChangeNotifier>>,
+    /// In a cluster: deliveries to and from the other nodes.
+    links: fanout::Links,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -318,6 +333,7 @@ impl Core {
             owners: std::sync::OnceLock::new(),
             forwarder: std::sync::OnceLock::new(),
             notifier: std::sync::OnceLock::new(),
+            links: fanout::Links::default(),
         });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.
@@ -455,6 +471,13 @@ impl Core {
     }
 
     fn report_presence(&self, conn: &Conn, online: bool) {
+        if let Some(presence) = self.links.presence.get() {
+            if online {
+                presence.connected(&conn.uid);
+            } else {
+                presence.disconnected(&conn.uid);
+            }
+        }
         if let Some(observer) = self.observer() {
             let connections = self.registry.connections(&conn.uid);
             let same_flag = connections.iter().filter(|c| c.device_flag == conn.device_flag).count();
@@ -677,7 +700,8 @@ impl Core {
             Some(cipher) => cipher.open_send(&send).map(Bytes::from).map_err(|e| e.reason_code()),
             None => Ok(send.payload.clone()),
         };
-        match self.admit_and_submit(&conn.uid, &send, open, message_id, Some(ack_to), fence).await {
+        let how = Submission { message_id, ack_to: Some(ack_to), fence, origin: self.here(conn.id) };
+        match self.admit_and_submit(&conn.uid, &send, open, how).await {
             Ok(Submitted::Stored(_)) => {}
             Ok(Submitted::OnlineOnly) => ack(message_id, 0, ReasonCode::Success),
             Err(reason) => ack(message_id, 0, reason),
@@ -691,10 +715,9 @@ impl Core {
         sender: &str,
         send: &Send,
         open: impl FnOnce() -> Result<Bytes, ReasonCode>,
-        message_id: i64,
-        ack_to: Option<AckTo>,
-        fence: Option<Fence>,
+        how: Submission,
     ) -> Result<Submitted, ReasonCode> {
+        let Submission { message_id, ack_to, fence, origin } = how;
         let (sender_key, target_key) = Self::admission_keys(sender, send);
         let has_target = target_key.is_some();
         let admitted = match self.channel_states([sender_key].into_iter().chain(target_key).collect()).await {
@@ -718,7 +741,7 @@ impl Core {
             topic: send.topic.clone(),
             payload,
         };
-        self.submit(channel, message, ack_to, rows, fence).await
+        self.submit(channel, message, ack_to, rows, fence, origin).await
     }
 
     /// Stores (unless NoPersist) and delivers an admitted message; `ack_to` is the
@@ -733,8 +756,8 @@ impl Core {
         ack_to: Option<AckTo>,
         rows: Vec<Write>,
         fence: Option<Fence>,
+        origin: cluster::Origin,
     ) -> Result<Submitted, ReasonCode> {
-        let origin = ack_to.as_ref().map_or(0, |a| a.conn.id);
         if !is_valid_client_msg_no(&message.client_msg_no) {
             metrics::counter!("hongyan_core_sends_total", "result" => "bad_client_msg_no").increment(1);
             return Err(ReasonCode::NotAllowSend);
@@ -750,7 +773,15 @@ impl Core {
             if let Some(observer) = self.observer() {
                 observer.unstored(&channel, &message, None);
             }
-            let delivery = Delivery { channel, message, seq: 0, origin, only_to: None, _budget: budget };
+            let delivery = Delivery {
+                channel,
+                message,
+                seq: 0,
+                origin,
+                only_to: None,
+                arrival: fanout::Arrival::Here,
+                _budget: budget,
+            };
             let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(Submitted::OnlineOnly);
         }
@@ -767,7 +798,15 @@ impl Core {
                     Some(Appended::New { seq, .. }) => {
                         // On the writer thread: a full shard holds up the writer, which
                         // holds up senders through the pipeline budget.
-                        let delivery = Delivery { channel, message, seq, origin, only_to: None, _budget: budget };
+                        let delivery = Delivery {
+                            channel,
+                            message,
+                            seq,
+                            origin,
+                            only_to: None,
+                            arrival: fanout::Arrival::Here,
+                            _budget: budget,
+                        };
                         let _ = shard.blocking_send(delivery);
                         "stored"
                     }
@@ -847,6 +886,7 @@ impl Core {
                         expire: request.expire,
                         topic: None,
                         payload: request.payload,
+                        origin: cluster::Origin::default(),
                     };
                     let owned = owned.expect("invariant: only a stored channel is placed remotely");
                     return self.forward_app_send(node, &owned, forwarded).await;
@@ -917,104 +957,24 @@ impl Core {
                 observer.unstored(&channel, &message, Some(&uids));
             }
             let budget = self.budget(&message).await;
-            let delivery = Delivery { channel, message, seq: 0, origin: 0, only_to: Some(uids), _budget: budget };
+            let delivery = Delivery {
+                channel,
+                message,
+                seq: 0,
+                origin: cluster::Origin::default(),
+                only_to: Some(uids),
+                arrival: fanout::Arrival::Here,
+                _budget: budget,
+            };
             let _ = self.shard(&delivery.channel).send(delivery).await;
             return Ok(AppSent { message_id, seq: 0, client_msg_no });
         }
-        let (message_id, seq) = match self.submit(channel, message, None, rows, fence).await? {
+        let origin = cluster::Origin::default();
+        let (message_id, seq) = match self.submit(channel, message, None, rows, fence, origin).await? {
             Submitted::OnlineOnly => (message_id, 0),
             Submitted::Stored(pending) => pending.await.map(Appended::ids).map_err(SendError::from_store)?,
         };
         Ok(AppSent { message_id, seq, client_msg_no })
-    }
-
-    /// The online connections a message goes to: both members of a person chat, or
-    /// the subscribers of the channel (of its base channel, for a command channel). The
-    /// cost follows whichever is smaller, the member list or the users online.
-    async fn recipients(self: &Arc<Self>, d: &Delivery) -> Vec<Arc<Conn>> {
-        if let Some(uids) = &d.only_to {
-            return uids.iter().flat_map(|u| self.registry.connections(u)).collect();
-        }
-        let base = base_channel(&d.channel);
-        if base.channel_type == PERSON {
-            return match person_channel_members(&base.channel_id) {
-                Some((a, b)) if a == b => self.registry.connections(a),
-                Some((a, b)) => self.registry.connections(a).into_iter().chain(self.registry.connections(b)).collect(),
-                None => Vec::new(),
-            };
-        }
-        let Ok(states) = self.channel_states(vec![base]).await else { return Vec::new() };
-        let subscribers = &states[0].subscribers;
-        if subscribers.len() > self.registry.user_count() {
-            self.registry.connections_where(|uid| subscribers.contains(uid))
-        } else {
-            subscribers.iter().flat_map(|u| self.registry.connections(u)).collect()
-        }
-    }
-
-    /// Sends one message to every online connection of its recipients.
-    async fn deliver(self: &Arc<Self>, d: Delivery) {
-        let from = d.message.from_uid.as_str();
-        let base = base_channel(&d.channel);
-        let command =
-            (is_command(&d.channel) && d.seq > 0).then(|| CommandPosition { channel: d.channel.clone(), seq: d.seq });
-        let header = HeaderFlags::from_bits(d.message.header);
-        // Stream fields are never produced; their bits would change the RECV layout.
-        let mut setting = Setting(d.message.setting).with(Setting::STREAM, false).with(Setting::STREAM_LEGACY, false);
-        setting = setting.with(Setting::TOPIC, d.message.topic.is_some());
-        let mut delivered = 0u64;
-        for conn in self.recipients(&d).await {
-            if conn.id == d.origin || *conn.uid == self.settings.system_uid {
-                continue;
-            }
-            let own = *conn.uid == *from;
-            let channel_id = match (base.channel_type, own) {
-                (PERSON, false) => from.to_owned(),
-                (PERSON, true) => person_channel_members(&base.channel_id)
-                    .map(|(a, b)| if a == from { b } else { a })
-                    .unwrap_or_default()
-                    .to_owned(),
-                _ => base.channel_id.clone(),
-            };
-            let mut recv = Recv {
-                flags: HeaderFlags { red_dot: header.red_dot && !own, dup: false, ..header },
-                setting,
-                msg_key: String::new(),
-                from_uid: if from == self.settings.system_uid { String::new() } else { from.to_owned() },
-                channel_id,
-                channel_type: base.channel_type,
-                expire: d.message.expire,
-                client_msg_no: d.message.client_msg_no.clone(),
-                stream: None,
-                message_id: d.message.message_id,
-                message_seq: d.seq as u32,
-                timestamp: (d.message.timestamp_ms / 1000) as i32,
-                topic: d.message.topic.clone(),
-                payload: Bytes::new(),
-            };
-            match &conn.cipher {
-                Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
-                None => recv.payload = d.message.payload.clone(),
-            }
-            let frame = match conn.codec().encode_to_bytes(&Packet::Recv(recv)) {
-                Ok(frame) => frame,
-                Err(e) => {
-                    warn!(conn = conn.id, error = %e, "RECV does not encode");
-                    continue;
-                }
-            };
-            match conn.send_frame(frame.clone()) {
-                Ok(()) => {
-                    delivered += 1;
-                    // Stored messages wait for their RECVACK; online-only ones do not.
-                    if d.seq > 0 {
-                        self.retry.track(&conn, d.message.message_id, frame, command.clone());
-                    }
-                }
-                Err(e) => warn!(conn = conn.id, error = %e, "RECV not queued"),
-            }
-        }
-        metrics::counter!("hongyan_core_deliveries_total").increment(delivered);
     }
 }
 

@@ -224,6 +224,18 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("cannot start: cluster forwarding: {e}"))?;
         let forwarding = Arc::new(forwarding);
         core.join_cluster(Arc::new(membership.clone()), forwarding.clone(), forwarding);
+        // Messages go once to each node where a recipient is connected.
+        let bus = membership.bus().clone();
+        let boot = membership.boot_id().to_owned();
+        let presence =
+            hongyan_cluster::presence::PresenceBook::start(bus.clone(), config.node_id, boot, shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start: cluster presence: {e}"))?;
+        let deliveries =
+            hongyan_cluster::deliver::Deliveries::start(bus, config.node_id, core.clone(), shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start: cluster deliveries: {e}"))?;
+        core.join_delivery(Arc::new(presence), Arc::new(deliveries));
         let counted = Arc::downgrade(&core);
         membership.count_owned(Box::new(move || counted.upgrade().map_or(0, |c| c.owned_channels() as u64)));
     }

@@ -603,3 +603,112 @@ async fn send_patiently(client: &mut Client, group: &str, client_seq: u32, text:
         }
     }
 }
+
+/// Waits until every node in `servers` answers `/user/onlinestatus` for `asked` with
+/// exactly `online` (presence travels between nodes over NATS).
+async fn wait_for_presence(servers: &[&TestServer], asked: &[&str], online: &[&str]) {
+    let wanted: BTreeSet<String> = online.iter().map(|u| (*u).to_owned()).collect();
+    for server in servers {
+        eventually(WITHIN_A_LEASE, &format!("node {} sees {wanted:?} online", server.config.node_id), || async {
+            let (status, answer) = server.post("/user/onlinestatus", json!(asked)).await;
+            assert_eq!(status, 200, "{answer}");
+            let seen: BTreeSet<String> =
+                answer.as_array()?.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect();
+            (seen == wanted).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The next `n` RECVs of `client`: (channel id, seq, text), acknowledged.
+async fn receive_n(client: &mut Client, n: usize) -> Vec<(String, u32, String)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let (recv, text) = tokio::time::timeout(Duration::from_secs(5), common::receive(client))
+            .await
+            .unwrap_or_else(|_| panic!("RECV {} of {n} never came (got {got:?})", got.len() + 1));
+        let ack =
+            hongyan_proto::Recvack { flags: recv.flags, message_id: recv.message_id, message_seq: recv.message_seq };
+        client.send(&hongyan_proto::Packet::Recvack(ack)).await.unwrap();
+        got.push((recv.channel_id, recv.message_seq, text));
+    }
+    got
+}
+
+/// Recipients connected to other nodes than the channel's owner get each message at
+/// once, in seq order and once per connection; the sending connection does not get
+/// its own message back, the sender's other devices do; presence follows a user who
+/// moves to another node, and `/user/onlinestatus` sees every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_recipients_on_every_node_once_and_in_order() {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let nodes = [node(&schema, &nats, 1).await, node(&schema, &nats, 2).await, node(&schema, &nats, 3).await];
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    wait_for_members(&all, &[1, 2, 3]).await;
+    let everyone = ["ann", "bob", "cid", "dee"];
+    for uid in everyone {
+        nodes[0].register(uid, "t", device_flag::APP, 1).await;
+    }
+    let (status, _) =
+        nodes[1].post("/channel", json!({"channel_id": "crew", "channel_type": 2, "subscribers": everyone})).await;
+    assert_eq!(status, 200);
+
+    let mut ann = login(&nodes[0], "ann", "d1").await;
+    let mut ann_elsewhere = login(&nodes[2], "ann", "d2").await;
+    let mut bob = login(&nodes[1], "bob", "d1").await;
+    let mut cid = login(&nodes[2], "cid", "d1").await;
+    let mut dee = login(&nodes[0], "dee", "d1").await;
+    wait_for_presence(&all, &everyone, &everyone).await;
+
+    const N: u32 = 15;
+    for n in 1..=N {
+        let ack =
+            common::send_text(&mut ann, ("crew", 2), n, &format!("m{n}"), &format!("ann {n}"), Default::default())
+                .await;
+        assert_eq!((ack.reason_code, ack.message_seq), (ReasonCode::Success, n));
+    }
+    let expected: Vec<(String, u32, String)> = (1..=N).map(|n| ("crew".to_owned(), n, format!("ann {n}"))).collect();
+    for (who, client) in
+        [("bob", &mut bob), ("cid", &mut cid), ("dee", &mut dee), ("ann's other device", &mut ann_elsewhere)]
+    {
+        assert_eq!(receive_n(client, N as usize).await, expected, "{who}");
+    }
+    // Exactly once each: nothing more on any connection, and nothing back to the sender.
+    for client in [&mut ann, &mut ann_elsewhere, &mut bob, &mut cid, &mut dee] {
+        common::nothing_more(client).await;
+    }
+    let sent = counter(&nodes[0].metrics().await, "hongyan_cluster_deliveries_sent_total");
+    assert!(sent <= u64::from(N) * 2, "at most one delivery per message per other node: {sent}");
+
+    // A person chat between two nodes, both ways.
+    let a = common::send_text(&mut bob, ("cid", 1), 100, "p1", "hi cid", Default::default()).await;
+    assert_eq!(a.reason_code, ReasonCode::Success);
+    assert_eq!(receive_n(&mut cid, 1).await, [("bob".to_owned(), 1, "hi cid".to_owned())]);
+    let b = common::send_text(&mut cid, ("bob", 1), 100, "p2", "hi bob", Default::default()).await;
+    assert_eq!(b.reason_code, ReasonCode::Success);
+    assert_eq!(receive_n(&mut bob, 1).await, [("cid".to_owned(), 2, "hi bob".to_owned())]);
+
+    // The app server's send through any node reaches every member.
+    let body =
+        json!({"from_uid": "dee", "channel_id": "crew", "channel_type": 2, "payload": common::b64("from the app")});
+    let (status, answer) = nodes[1].post("/message/send", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let seq = N + 1;
+    for client in [&mut ann, &mut ann_elsewhere, &mut bob, &mut cid] {
+        assert_eq!(receive_n(client, 1).await, [("crew".to_owned(), seq, "from the app".to_owned())]);
+    }
+    // dee's own device gets the app's message sent in its name (as on one node).
+    assert_eq!(receive_n(&mut dee, 1).await, [("crew".to_owned(), seq, "from the app".to_owned())]);
+
+    // bob moves from node 2 to node 1: presence follows him.
+    drop(bob);
+    wait_for_presence(&all, &everyone, &["ann", "cid", "dee"]).await;
+    let mut bob = login(&nodes[0], "bob", "d1").await;
+    wait_for_presence(&all, &everyone, &everyone).await;
+    let ack = common::send_text(&mut cid, ("crew", 2), 101, "m-c", "cid here", Default::default()).await;
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let seq = ack.message_seq;
+    assert_eq!(receive_n(&mut bob, 1).await, [("crew".to_owned(), seq, "cid here".to_owned())]);
+    common::nothing_more(&mut bob).await;
+}

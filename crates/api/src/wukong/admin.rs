@@ -15,7 +15,8 @@ const ONLINE_STATUS_MAX: usize = 10_000;
 /// `POST /user/onlinestatus` with a JSON array of uids. LiMaoIM's answer (the default)
 /// is the array of those online; WuKongIM v2's (`api.onlinestatus_format = "devices"`)
 /// has one `{uid, device_flag, online: 1}` per online connection, and `{"status":200}`
-/// for an empty question.
+/// for an empty question. In a cluster the uids list counts every node's connections
+/// (from the presence the nodes share); the devices list is this node's only.
 pub(super) async fn online_status(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let uids: Vec<String> = parse(&body)?;
     if uids.len() > ONLINE_STATUS_MAX {
@@ -28,8 +29,13 @@ pub(super) async fn online_status(State(state): State<AppState>, body: Bytes) ->
     Ok(Json(match state.settings.online_status_format {
         OnlineStatusFormat::Uids => {
             let mut seen = std::collections::HashSet::new();
-            let online: Vec<&String> =
-                uids.iter().filter(|u| seen.insert(u.as_str()) && !registry.connections(u).is_empty()).collect();
+            // In a cluster, online on any node.
+            let online: Vec<&String> = uids
+                .iter()
+                .filter(|u| {
+                    seen.insert(u.as_str()) && (!registry.connections(u).is_empty() || state.core.online_elsewhere(u))
+                })
+                .collect();
             json!(online)
         }
         OnlineStatusFormat::Devices if uids.is_empty() => json!({"status": 200}),

@@ -1,0 +1,660 @@
+//! Which uids are connected to which node: the core's [`Presence`] for a cluster,
+//! kept in memory on every node from what the others publish over NATS
+//! (`docs/cluster.md`, "Presence").
+//!
+//! * Each node counts its own connections per uid. A uid's first connection and its
+//!   last disconnection are *deltas*, numbered 1, 2, 3… per boot of the node, published
+//!   on `hy.<cluster>.presence` as soon as the previous publish is done (so in
+//!   batches under load).
+//! * Every second each node also publishes a *digest*: its boot, the number of its
+//!   last delta, how many uids it has online and a hash of them.
+//! * Another node applies the deltas. A gap in the numbers, a digest that names a
+//!   delta it never got or disagrees with what it holds, or a node (or boot) it has not
+//!   heard of makes it read that node's set again, in 256 buckets of uids
+//!   (`hy.<cluster>.presence.snap.<node>`, request/reply). A bucket's answer names the
+//!   delta it is current to; deltas up to it are skipped for that bucket, later ones
+//!   applied, whichever arrives first.
+//! * A node not heard from (no digest) for 3.5 s is dropped, as are the uids of a boot
+//!   that is no longer the node's.
+//!
+//! Nothing correct rests on it: a node missing from the answer for a uid means that
+//! device gets the message by sync instead of at once; an extra node costs one
+//! message that finds nobody there.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use hongyan_core::cluster::Presence;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::wire::{get_str, put_str};
+
+/// How many buckets a node's set is read back in.
+const BUCKETS: usize = 256;
+/// How often a node publishes its digest.
+const DIGEST_EVERY: Duration = Duration::from_secs(1);
+/// A node with no digest for this long is dropped.
+const SILENT: Duration = Duration::from_millis(3500);
+/// Deltas not yet published, at most; past it they are dropped and the numbers jump,
+/// so the other nodes read the set again.
+const MOST_PENDING: usize = 65_536;
+/// Deltas in one message.
+const DELTAS_PER_MESSAGE: usize = 2048;
+/// How long one bucket's answer may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// FNV-1a, 64 bits: the uid's bucket and its share of a digest's hash.
+fn hash_uid(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn bucket_of(uid: &str) -> usize {
+    (hash_uid(uid) % BUCKETS as u64) as usize
+}
+
+/// This node's own connections per uid, and the deltas not yet published.
+#[derive(Default)]
+struct Local {
+    counts: HashMap<Arc<str>, u32>,
+    /// The number of the last delta made.
+    seq: u64,
+    /// The number of the first pending delta.
+    pending_from: u64,
+    pending: Vec<(bool, Arc<str>)>,
+    /// XOR of the hashes of the uids online.
+    hash: u64,
+}
+
+impl Local {
+    fn change(&mut self, uid: Arc<str>, online: bool) {
+        self.seq += 1;
+        self.hash ^= hash_uid(&uid);
+        if self.pending.len() >= MOST_PENDING {
+            // The other nodes see the jump and read the set again.
+            self.pending.clear();
+        }
+        if self.pending.is_empty() {
+            self.pending_from = self.seq;
+        }
+        self.pending.push((online, uid));
+    }
+}
+
+/// What one uid's last known state on a peer is, and from which delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    online: bool,
+    seq: u64,
+}
+
+/// Another node's set as this node knows it.
+#[derive(Debug)]
+struct Peer {
+    boot: String,
+    buckets: Vec<HashMap<Arc<str>, Entry>>,
+    /// Per bucket, the delta its last snapshot was current to.
+    snap_seq: Vec<u64>,
+    /// One past the last delta applied.
+    next_seq: u64,
+    online: u64,
+    hash: u64,
+    heard: Instant,
+    /// Being read again; while it is, offline uids are kept (with their delta number)
+    /// so that an older snapshot cannot bring them back.
+    syncing: bool,
+    /// Needs reading again (set by a gap or a disagreeing digest).
+    stale: bool,
+}
+
+impl Peer {
+    fn new(boot: &str) -> Self {
+        Self {
+            boot: boot.to_owned(),
+            buckets: (0..BUCKETS).map(|_| HashMap::new()).collect(),
+            snap_seq: vec![0; BUCKETS],
+            next_seq: 1,
+            online: 0,
+            hash: 0,
+            heard: Instant::now(),
+            syncing: false,
+            stale: true,
+        }
+    }
+
+    fn set(&mut self, uid: Arc<str>, entry: Entry) {
+        let b = bucket_of(&uid);
+        let was = self.buckets[b].get(&uid).is_some_and(|e| e.online);
+        if was != entry.online {
+            self.hash ^= hash_uid(&uid);
+            if entry.online {
+                self.online += 1;
+            } else {
+                self.online -= 1;
+            }
+        }
+        if entry.online || self.syncing {
+            self.buckets[b].insert(uid, entry);
+        } else {
+            self.buckets[b].remove(&uid);
+        }
+    }
+
+    /// Applies deltas `first`, `first + 1`, …; marks the peer stale on a gap.
+    fn apply_deltas(&mut self, first: u64, deltas: Vec<(bool, String)>) {
+        if first > self.next_seq {
+            self.stale = true;
+        }
+        let n = deltas.len() as u64;
+        for (i, (online, uid)) in deltas.into_iter().enumerate() {
+            let seq = first + i as u64;
+            let b = bucket_of(&uid);
+            if seq < self.next_seq || seq <= self.snap_seq[b] {
+                continue;
+            }
+            if self.buckets[b].get(uid.as_str()).is_some_and(|e| e.seq >= seq) {
+                continue;
+            }
+            self.set(Arc::from(uid), Entry { online, seq });
+        }
+        self.next_seq = self.next_seq.max(first + n);
+    }
+
+    /// Bucket `b` as of delta `seq`: the uids online then, except where a later delta
+    /// already arrived.
+    fn apply_snapshot(&mut self, b: usize, seq: u64, uids: Vec<String>) {
+        let old = std::mem::take(&mut self.buckets[b]);
+        for (uid, entry) in &old {
+            if entry.online {
+                self.hash ^= hash_uid(uid);
+                self.online -= 1;
+            }
+        }
+        for uid in uids {
+            if bucket_of(&uid) == b {
+                self.set(Arc::from(uid), Entry { online: true, seq });
+            }
+        }
+        for (uid, entry) in old {
+            if entry.seq > seq {
+                self.set(uid, entry);
+            }
+        }
+        self.snap_seq[b] = self.snap_seq[b].max(seq);
+    }
+
+    /// Marks the peer stale when its digest says it holds something else.
+    fn check_digest(&mut self, seq: u64, online: u64, hash: u64) {
+        if self.syncing {
+            return;
+        }
+        if seq >= self.next_seq || (seq + 1 == self.next_seq && (online, hash) != (self.online, self.hash)) {
+            self.stale = true;
+        }
+    }
+
+    /// After reading every bucket, each current to delta `through` or earlier: the
+    /// offline uids kept meanwhile are older than any answer still to come.
+    fn synced(&mut self, through: u64) {
+        self.next_seq = self.next_seq.max(through + 1);
+        for bucket in &mut self.buckets {
+            bucket.retain(|_, e| e.online);
+        }
+    }
+
+    fn has(&self, uid: &str, b: usize) -> bool {
+        self.buckets[b].get(uid).is_some_and(|e| e.online)
+    }
+}
+
+struct Inner {
+    node_id: u64,
+    boot_id: String,
+    bus: Bus,
+    local: Mutex<Local>,
+    /// Held while deltas or a snapshot answer are published, so that an answer
+    /// current to delta n is sent before delta n + 1.
+    order: tokio::sync::Mutex<()>,
+    wake: Notify,
+    peers: RwLock<HashMap<u64, Peer>>,
+}
+
+/// The presence of uids on every node of the cluster, as this node knows it.
+#[derive(Clone)]
+pub struct PresenceBook {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PresenceBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceBook").field("node_id", &self.inner.node_id).finish_non_exhaustive()
+    }
+}
+
+impl PresenceBook {
+    /// Starts publishing this node's presence and following the other nodes', until
+    /// `stop`.
+    pub async fn start(bus: Bus, node_id: u64, boot_id: String, stop: CancellationToken) -> Result<Self, String> {
+        let client = bus.client().clone();
+        let mut heard = client.subscribe(bus.subject("presence")).await.map_err(|e| e.to_string())?;
+        let mut asked =
+            client.subscribe(bus.subject(&format!("presence.snap.{node_id}"))).await.map_err(|e| e.to_string())?;
+        let inner = Arc::new(Inner {
+            node_id,
+            boot_id,
+            bus,
+            local: Mutex::new(Local::default()),
+            order: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            peers: RwLock::new(HashMap::new()),
+        });
+        let book = Self { inner };
+        let (publisher, stopping) = (book.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DIGEST_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let digest = tokio::select! {
+                    () = stopping.cancelled() => break,
+                    () = publisher.inner.wake.notified() => false,
+                    _ = tick.tick() => true,
+                };
+                publisher.publish(digest).await;
+                if digest {
+                    publisher.drop_silent();
+                }
+            }
+        });
+        let (answering, stopping) = (book.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    () = stopping.cancelled() => break,
+                    next = asked.next() => match next { Some(r) => r, None => break },
+                };
+                if let (Some(reply), Some(&b)) = (request.reply, request.payload.first()) {
+                    answering.answer(reply, usize::from(b)).await;
+                }
+            }
+        });
+        let following = book.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = heard.next() => match next { Some(m) => m, None => break },
+                };
+                following.heard(message.payload);
+            }
+        });
+        Ok(book)
+    }
+
+    /// Publishes the pending deltas and, when `digest`, the digest.
+    async fn publish(&self, digest: bool) {
+        let inner = &self.inner;
+        let _order = inner.order.lock().await;
+        let (first, deltas, summary) = {
+            let mut local = inner.local.lock().unwrap_or_else(PoisonError::into_inner);
+            let deltas = std::mem::take(&mut local.pending);
+            (local.pending_from, deltas, (local.seq, local.counts.len() as u64, local.hash))
+        };
+        let client = inner.bus.client();
+        let subject = inner.bus.subject("presence");
+        for (i, chunk) in deltas.chunks(DELTAS_PER_MESSAGE).enumerate() {
+            let mut out = BytesMut::with_capacity(64 + chunk.len() * 16);
+            out.put_u8(0);
+            out.put_u64(inner.node_id);
+            let _ = put_str(&mut out, &inner.boot_id);
+            out.put_u64(first + (i * DELTAS_PER_MESSAGE) as u64);
+            out.put_u32(chunk.len() as u32);
+            for (online, uid) in chunk {
+                out.put_u8(u8::from(*online));
+                let _ = put_str(&mut out, uid);
+            }
+            if let Err(e) = client.publish(subject.clone(), out.freeze()).await {
+                tracing::debug!("presence deltas not sent: {e}");
+            }
+        }
+        if digest {
+            let (seq, online, hash) = summary;
+            let mut out = BytesMut::with_capacity(64);
+            out.put_u8(1);
+            out.put_u64(inner.node_id);
+            let _ = put_str(&mut out, &inner.boot_id);
+            out.put_u64(seq);
+            out.put_u64(online);
+            out.put_u64(hash);
+            if let Err(e) = client.publish(subject, out.freeze()).await {
+                tracing::debug!("presence digest not sent: {e}");
+            }
+        }
+    }
+
+    /// Answers a request for bucket `b` of this node's set.
+    async fn answer(&self, reply: async_nats::Subject, b: usize) {
+        if b >= BUCKETS {
+            return;
+        }
+        let inner = &self.inner;
+        let _order = inner.order.lock().await;
+        let mut out = BytesMut::new();
+        {
+            let local = inner.local.lock().unwrap_or_else(PoisonError::into_inner);
+            let uids: Vec<&Arc<str>> = local.counts.keys().filter(|u| bucket_of(u) == b).collect();
+            let _ = put_str(&mut out, &inner.boot_id);
+            out.put_u64(local.seq);
+            out.put_u32(uids.len() as u32);
+            for uid in uids {
+                let _ = put_str(&mut out, uid);
+            }
+        }
+        if let Err(e) = inner.bus.client().publish(reply, out.freeze()).await {
+            tracing::debug!("a presence snapshot was not sent: {e}");
+        }
+    }
+
+    /// Applies a delta or digest another node published.
+    fn heard(&self, mut input: Bytes) {
+        if input.remaining() < 9 {
+            return;
+        }
+        let (kind, node) = (input.get_u8(), input.get_u64());
+        let Some(boot) = get_str(&mut input) else { return };
+        if node == self.inner.node_id || input.remaining() < 8 {
+            return;
+        }
+        let seq = input.get_u64();
+        let resync = {
+            let mut peers = self.inner.peers.write().unwrap_or_else(PoisonError::into_inner);
+            let peer = peers.entry(node).or_insert_with(|| Peer::new(&boot));
+            if peer.boot != boot {
+                *peer = Peer::new(&boot);
+            }
+            peer.heard = Instant::now();
+            match kind {
+                0 => {
+                    let Some(deltas) = decode_deltas(&mut input) else { return };
+                    peer.apply_deltas(seq, deltas);
+                }
+                1 if input.remaining() >= 16 => peer.check_digest(seq, input.get_u64(), input.get_u64()),
+                _ => return,
+            }
+            let resync = peer.stale && !peer.syncing;
+            if resync {
+                peer.syncing = true;
+            }
+            resync
+        };
+        if resync {
+            let book = self.clone();
+            tokio::spawn(async move { book.read_again(node, boot).await });
+        }
+    }
+
+    /// Reads node `node`'s whole set again, bucket by bucket, until a pass completes
+    /// with no new gap (or the node, or its boot, is gone).
+    async fn read_again(&self, node: u64, boot: String) {
+        metrics::counter!("hongyan_cluster_presence_resyncs_total").increment(1);
+        let client = self.inner.bus.client().clone();
+        let subject = self.inner.bus.subject(&format!("presence.snap.{node}"));
+        loop {
+            if !self.with_peer(node, &boot, |p| p.stale = false) {
+                return;
+            }
+            let mut through = 0;
+            let mut complete = true;
+            for b in 0..BUCKETS {
+                let asked = client.request(subject.clone(), Bytes::from(vec![b as u8]));
+                let answer = match tokio::time::timeout(SNAPSHOT_TIMEOUT, asked).await {
+                    Ok(Ok(answer)) => answer.payload,
+                    _ => {
+                        complete = false;
+                        break;
+                    }
+                };
+                let Some((their_boot, seq, uids)) = decode_snapshot(answer) else {
+                    complete = false;
+                    break;
+                };
+                if their_boot != boot {
+                    return;
+                }
+                through = through.max(seq);
+                if !self.with_peer(node, &boot, |p| p.apply_snapshot(b, seq, uids)) {
+                    return;
+                }
+            }
+            let mut again = !complete;
+            let present = self.with_peer(node, &boot, |p| {
+                if complete {
+                    p.synced(through);
+                }
+                again |= p.stale;
+                if !again {
+                    p.syncing = false;
+                }
+            });
+            if !present || !again {
+                return;
+            }
+            if !complete {
+                tokio::time::sleep(DIGEST_EVERY).await;
+            }
+        }
+    }
+
+    /// Runs `f` on node `node`'s entry if it still has boot `boot`.
+    fn with_peer(&self, node: u64, boot: &str, f: impl FnOnce(&mut Peer)) -> bool {
+        let mut peers = self.inner.peers.write().unwrap_or_else(PoisonError::into_inner);
+        match peers.get_mut(&node) {
+            Some(peer) if peer.boot == boot => {
+                f(peer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the nodes not heard from for a while.
+    fn drop_silent(&self) {
+        let mut peers = self.inner.peers.write().unwrap_or_else(PoisonError::into_inner);
+        peers.retain(|node, peer| {
+            let keep = peer.heard.elapsed() < SILENT;
+            if !keep {
+                tracing::info!(node, "presence of a silent node forgotten");
+            }
+            keep
+        });
+        metrics::gauge!("hongyan_cluster_presence_nodes").set(peers.len() as f64);
+    }
+
+    /// The other nodes this node knows a set for (for tests and `/cluster/nodes`).
+    pub fn known_nodes(&self) -> Vec<u64> {
+        let peers = self.inner.peers.read().unwrap_or_else(PoisonError::into_inner);
+        let mut nodes: Vec<u64> = peers.keys().copied().collect();
+        nodes.sort_unstable();
+        nodes
+    }
+}
+
+fn decode_deltas(input: &mut Bytes) -> Option<Vec<(bool, String)>> {
+    if input.remaining() < 4 {
+        return None;
+    }
+    let n = input.get_u32() as usize;
+    if n > input.remaining() / 5 {
+        return None;
+    }
+    let mut deltas = Vec::with_capacity(n);
+    for _ in 0..n {
+        if input.remaining() < 1 {
+            return None;
+        }
+        let online = input.get_u8() != 0;
+        deltas.push((online, get_str(input)?));
+    }
+    Some(deltas)
+}
+
+fn decode_snapshot(mut input: Bytes) -> Option<(String, u64, Vec<String>)> {
+    let boot = get_str(&mut input)?;
+    if input.remaining() < 12 {
+        return None;
+    }
+    let seq = input.get_u64();
+    let n = input.get_u32() as usize;
+    if n > input.remaining() / 4 {
+        return None;
+    }
+    let uids = (0..n).map(|_| get_str(&mut input)).collect::<Option<Vec<_>>>()?;
+    Some((boot, seq, uids))
+}
+
+impl Presence for PresenceBook {
+    fn connected(&self, uid: &str) {
+        let mut local = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = local.counts.get_mut(uid) {
+            *count += 1;
+            return;
+        }
+        let uid: Arc<str> = Arc::from(uid);
+        local.counts.insert(uid.clone(), 1);
+        local.change(uid, true);
+        drop(local);
+        self.inner.wake.notify_one();
+    }
+
+    fn disconnected(&self, uid: &str) {
+        let mut local = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(count) = local.counts.get_mut(uid) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        let Some((uid, _)) = local.counts.remove_entry(uid) else { return };
+        local.change(uid, false);
+        drop(local);
+        self.inner.wake.notify_one();
+    }
+
+    fn nodes_with(&self, uids: &mut dyn Iterator<Item = &str>) -> Vec<u64> {
+        let peers = self.inner.peers.read().unwrap_or_else(PoisonError::into_inner);
+        if peers.is_empty() {
+            return Vec::new();
+        }
+        let mut found = HashSet::new();
+        for uid in uids {
+            let b = bucket_of(uid);
+            for (node, peer) in peers.iter() {
+                if !found.contains(node) && peer.has(uid, b) {
+                    found.insert(*node);
+                }
+            }
+            if found.len() == peers.len() {
+                break;
+            }
+        }
+        let mut nodes: Vec<u64> = found.into_iter().collect();
+        nodes.sort_unstable();
+        nodes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(p: &Peer, uid: &str) -> bool {
+        p.has(uid, bucket_of(uid))
+    }
+
+    fn d(online: bool, uid: &str) -> (bool, String) {
+        (online, uid.to_owned())
+    }
+
+    #[test]
+    fn deltas_in_order_keep_the_set_and_its_digest() {
+        let mut p = Peer::new("b1");
+        p.synced(0);
+        p.stale = false;
+        p.apply_deltas(1, vec![d(true, "a"), d(true, "b")]);
+        p.apply_deltas(3, vec![d(false, "a")]);
+        assert!(!online(&p, "a") && online(&p, "b"));
+        assert!(!p.stale);
+        p.check_digest(3, 1, hash_uid("b"));
+        assert!(!p.stale, "an agreeing digest");
+        p.check_digest(3, 1, 0);
+        assert!(p.stale, "a disagreeing digest");
+    }
+
+    #[test]
+    fn a_gap_or_a_digest_ahead_marks_the_peer_stale() {
+        let mut p = Peer::new("b1");
+        p.synced(0);
+        p.stale = false;
+        p.apply_deltas(2, vec![d(true, "a")]);
+        assert!(p.stale, "delta 1 never came");
+        let mut q = Peer::new("b1");
+        q.synced(0);
+        q.stale = false;
+        q.apply_deltas(1, vec![d(true, "a")]);
+        q.check_digest(2, 1, hash_uid("a"));
+        assert!(q.stale, "the digest names delta 2, which never came");
+    }
+
+    #[test]
+    fn a_snapshot_and_deltas_agree_whichever_arrives_first() {
+        // The node had "a" and "b" online at delta 4; delta 5 takes "a" offline and
+        // delta 6 brings "c" online.
+        let all = || vec!["a".to_owned(), "b".to_owned()];
+        for deltas_first in [false, true] {
+            let mut p = Peer::new("b1");
+            p.syncing = true;
+            if deltas_first {
+                p.apply_deltas(5, vec![d(false, "a"), d(true, "c")]);
+            }
+            for b in 0..BUCKETS {
+                p.apply_snapshot(b, 4, all().into_iter().filter(|u| bucket_of(u) == b).collect());
+            }
+            if !deltas_first {
+                // Deltas up to 4 arriving late are skipped; 5 and 6 apply.
+                p.apply_deltas(3, vec![d(true, "a"), d(true, "x"), d(false, "a"), d(true, "c")]);
+            }
+            p.synced(4);
+            assert!(!online(&p, "a") && online(&p, "b") && online(&p, "c"), "deltas first: {deltas_first}");
+            assert!(!online(&p, "x"), "delta 4 was before the snapshot");
+            assert_eq!(p.online, 2);
+            assert_eq!(p.hash, hash_uid("b") ^ hash_uid("c"));
+            assert!(p.buckets.iter().all(|b| b.values().all(|e| e.online)), "no offline entries kept");
+        }
+    }
+
+    #[test]
+    fn local_changes_number_each_first_and_last_connection() {
+        let mut local = Local::default();
+        local.change(Arc::from("a"), true);
+        local.change(Arc::from("b"), true);
+        assert_eq!((local.pending_from, local.pending.len(), local.seq), (1, 2, 2));
+        local.pending.clear();
+        local.change(Arc::from("a"), false);
+        assert_eq!((local.pending_from, local.seq), (3, 3));
+        assert_eq!(local.hash, hash_uid("b"));
+    }
+
+    #[test]
+    fn forged_counts_are_refused_before_allocating() {
+        let mut out = BytesMut::new();
+        out.put_u32(u32::MAX);
+        assert_eq!(decode_deltas(&mut out.freeze()), None);
+        let mut out = BytesMut::new();
+        put_str(&mut out, "boot").unwrap();
+        out.put_u64(1);
+        out.put_u32(u32::MAX);
+        assert_eq!(decode_snapshot(out.freeze()), None);
+    }
+}
