@@ -61,21 +61,6 @@ pub struct ApiSettings {
     pub token_limit: Arc<ratelimit::PerAddress>,
 }
 
-/// Sends DISCONNECT(`reason`) to each connection and closes it after `delay`.
-pub(crate) fn kick(
-    conns: Vec<Arc<hongyan_gateway::Conn>>,
-    reason: hongyan_proto::ReasonCode,
-    text: &str,
-    delay: Duration,
-) {
-    use hongyan_proto::{Disconnect, Packet};
-    for conn in conns {
-        let packet = Packet::Disconnect(Disconnect { reason_code: reason, reason: text.to_owned() });
-        let frame = conn.codec().encode_to_bytes(&packet).ok();
-        conn.outbox.close_after(frame, delay, hongyan_gateway::CloseReason::Kicked);
-    }
-}
-
 /// `/health`: 200 `{"status":"ok"}` while storage can be trusted and reached; 503 with
 /// the reason once it has failed (`unhealthy`, fail-stop) or while it cannot be reached
 /// (`unavailable`, a database that is down; ok again when it is back), so a load

@@ -659,8 +659,7 @@ async fn delete_user(State(state): State<AppState>, body: Bytes) -> Answer {
     let mut failed = Vec::new();
     for (uid, done) in deleted {
         if done {
-            let conns = state.registry.take(&uid, None);
-            crate::kick(conns, ReasonCode::ConnectKick, "account deleted", state.settings.kick_close_delay);
+            state.core.kick(&uid, None, ReasonCode::ConnectKick, "account deleted", state.settings.kick_close_delay);
         } else {
             failed.push(uid);
         }

@@ -228,7 +228,9 @@ fn decode_outcome(mut input: Bytes) -> Option<ForwardOutcome> {
     }
 }
 
-/// `[from node][0][type][id]` a channel, `[from node][1]` the system accounts.
+/// `[from node][0][type][id]` a channel, `[from node][1]` the system accounts,
+/// `[from node][2][flag][level][at ms][uid][device id]` a login,
+/// `[from node][3][flag or 255][reason][delay ms][uid][text]` a kick.
 fn encode_change(from: u64, what: &Changed) -> Option<Bytes> {
     let mut out = BytesMut::with_capacity(32);
     out.put_u64(from);
@@ -239,6 +241,22 @@ fn encode_change(from: u64, what: &Changed) -> Option<Bytes> {
             put_str(&mut out, &key.channel_id)?;
         }
         Changed::SystemAccounts => out.put_u8(1),
+        Changed::Login { uid, device_flag, device_id, level, at_ms } => {
+            out.put_u8(2);
+            out.put_u8(*device_flag);
+            out.put_u8(*level as u8);
+            out.put_i64(*at_ms);
+            put_str(&mut out, uid)?;
+            put_str(&mut out, device_id)?;
+        }
+        Changed::Kick { uid, device_flag, reason, text, delay_ms } => {
+            out.put_u8(3);
+            out.put_u8(device_flag.unwrap_or(u8::MAX));
+            out.put_u8(*reason as u8);
+            out.put_u64(*delay_ms);
+            put_str(&mut out, uid)?;
+            put_str(&mut out, text)?;
+        }
     }
     Some(out.freeze())
 }
@@ -254,6 +272,20 @@ fn decode_change(mut input: Bytes) -> Option<(u64, Changed)> {
             Some((from, Changed::Channel(ChannelKey::new(get_str(&mut input)?, channel_type))))
         }
         1 => Some((from, Changed::SystemAccounts)),
+        2 if input.remaining() >= 10 => {
+            let (device_flag, level, at_ms) = (input.get_u8(), input.get_u8(), input.get_i64());
+            let level = hongyan_proto::DeviceLevel::from_u8(level)?;
+            let uid = get_str(&mut input)?;
+            Some((from, Changed::Login { uid, device_flag, device_id: get_str(&mut input)?, level, at_ms }))
+        }
+        3 if input.remaining() >= 10 => {
+            let flag = input.get_u8();
+            let reason = ReasonCode::from_u8(input.get_u8())?;
+            let delay_ms = input.get_u64();
+            let uid = get_str(&mut input)?;
+            let device_flag = (flag != u8::MAX).then_some(flag);
+            Some((from, Changed::Kick { uid, device_flag, reason, text: get_str(&mut input)?, delay_ms }))
+        }
         _ => None,
     }
 }
@@ -292,7 +324,23 @@ mod tests {
         ] {
             assert_eq!(decode_outcome(encode_outcome(outcome)), Some(outcome));
         }
-        for what in [Changed::Channel(ChannelKey::new("g", 2)), Changed::SystemAccounts] {
+        let login = Changed::Login {
+            uid: "ann".into(),
+            device_flag: 1,
+            device_id: "phone".into(),
+            level: hongyan_proto::DeviceLevel::Master,
+            at_ms: 1_700_000_000_000,
+        };
+        let kick = |device_flag| Changed::Kick {
+            uid: "bob".into(),
+            device_flag,
+            reason: ReasonCode::Ban,
+            text: "banned".into(),
+            delay_ms: 300,
+        };
+        for what in
+            [Changed::Channel(ChannelKey::new("g", 2)), Changed::SystemAccounts, login, kick(Some(2)), kick(None)]
+        {
             assert_eq!(decode_change(encode_change(3, &what).unwrap()), Some((3, what)));
         }
     }

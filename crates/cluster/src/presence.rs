@@ -2,10 +2,11 @@
 //! kept in memory on every node from what the others publish over NATS
 //! (`docs/cluster.md`, "Presence").
 //!
-//! * Each node counts its own connections per uid. A uid's first connection and its
-//!   last disconnection are *deltas*, numbered 1, 2, 3… per boot of the node, published
-//!   on `hy.<cluster>.presence` as soon as the previous publish is done (so in
-//!   batches under load).
+//! * Each node counts its own connections per uid, and how many of them are master
+//!   devices. A change of a uid's *state* — offline, online, online with a master
+//!   device — is a *delta*, numbered 1, 2, 3… per boot of the node, published on
+//!   `hy.<cluster>.presence` as soon as the previous publish is done (so in batches
+//!   under load).
 //! * Every second each node also publishes a *digest*: its boot, the number of its
 //!   last delta, how many uids it has online and a hash of them.
 //! * Another node applies the deltas. A gap in the numbers, a digest that names a
@@ -57,23 +58,75 @@ fn bucket_of(uid: &str) -> usize {
     (hash_uid(uid) % BUCKETS as u64) as usize
 }
 
+/// Offline.
+const OFFLINE: u8 = 0;
+/// Online, no master device.
+const ONLINE: u8 = 1;
+/// Online with a master device.
+const MASTER: u8 = 2;
+
+/// A uid's share of a digest's hash in `state`.
+fn contribution(uid: &str, state: u8) -> u64 {
+    if state == OFFLINE { 0 } else { hash_uid(uid).wrapping_add(u64::from(state)) }
+}
+
+/// The state of a uid with `all` connections, `masters` of them master devices.
+fn state_of((all, masters): (u32, u32)) -> u8 {
+    match (all, masters) {
+        (0, _) => OFFLINE,
+        (_, 0) => ONLINE,
+        _ => MASTER,
+    }
+}
+
 /// This node's own connections per uid, and the deltas not yet published.
 #[derive(Default)]
 struct Local {
-    counts: HashMap<Arc<str>, u32>,
+    /// Per uid online here: its connections, and how many are master devices.
+    counts: HashMap<Arc<str>, (u32, u32)>,
     /// The number of the last delta made.
     seq: u64,
     /// The number of the first pending delta.
     pending_from: u64,
-    pending: Vec<(bool, Arc<str>)>,
-    /// XOR of the hashes of the uids online.
+    pending: Vec<(u8, Arc<str>)>,
+    /// XOR of the [`contribution`]s of the uids online.
     hash: u64,
 }
 
 impl Local {
-    fn change(&mut self, uid: Arc<str>, online: bool) {
+    /// Counts a connection of `uid` (a master device's when `master`) opening or
+    /// closing; true when the uid's state changed (a delta was made).
+    fn count(&mut self, uid: &str, master: bool, opened: bool) -> bool {
+        let before = self.counts.get(uid).copied().unwrap_or((0, 0));
+        if !opened && before.0 == 0 {
+            return false;
+        }
+        let step = |n: u32, applies: bool| match (applies, opened) {
+            (false, _) => n,
+            (true, true) => n + 1,
+            (true, false) => n.saturating_sub(1),
+        };
+        let after = (step(before.0, true), step(before.1, master));
+        let uid: Arc<str> = match self.counts.get_key_value(uid) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(uid),
+        };
+        if after.0 == 0 {
+            self.counts.remove(&uid);
+        } else {
+            self.counts.insert(uid.clone(), after);
+        }
+        let (was, now) = (state_of(before), state_of(after));
+        if was == now {
+            return false;
+        }
+        self.change(uid, was, now);
+        true
+    }
+
+    fn change(&mut self, uid: Arc<str>, was: u8, now: u8) {
         self.seq += 1;
-        self.hash ^= hash_uid(&uid);
+        self.hash ^= contribution(&uid, was) ^ contribution(&uid, now);
         if self.pending.len() >= MOST_PENDING {
             // The other nodes see the jump and read the set again.
             self.pending.clear();
@@ -81,14 +134,14 @@ impl Local {
         if self.pending.is_empty() {
             self.pending_from = self.seq;
         }
-        self.pending.push((online, uid));
+        self.pending.push((now, uid));
     }
 }
 
 /// What one uid's last known state on a peer is, and from which delta.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
-    online: bool,
+    state: u8,
     seq: u64,
 }
 
@@ -128,16 +181,14 @@ impl Peer {
 
     fn set(&mut self, uid: Arc<str>, entry: Entry) {
         let b = bucket_of(&uid);
-        let was = self.buckets[b].get(&uid).is_some_and(|e| e.online);
-        if was != entry.online {
-            self.hash ^= hash_uid(&uid);
-            if entry.online {
-                self.online += 1;
-            } else {
-                self.online -= 1;
-            }
+        let was = self.buckets[b].get(&uid).map_or(OFFLINE, |e| e.state);
+        self.hash ^= contribution(&uid, was) ^ contribution(&uid, entry.state);
+        match (was != OFFLINE, entry.state != OFFLINE) {
+            (false, true) => self.online += 1,
+            (true, false) => self.online -= 1,
+            _ => {}
         }
-        if entry.online || self.syncing {
+        if entry.state != OFFLINE || self.syncing {
             self.buckets[b].insert(uid, entry);
         } else {
             self.buckets[b].remove(&uid);
@@ -145,12 +196,12 @@ impl Peer {
     }
 
     /// Applies deltas `first`, `first + 1`, …; marks the peer stale on a gap.
-    fn apply_deltas(&mut self, first: u64, deltas: Vec<(bool, String)>) {
+    fn apply_deltas(&mut self, first: u64, deltas: Vec<(u8, String)>) {
         if first > self.next_seq {
             self.stale = true;
         }
         let n = deltas.len() as u64;
-        for (i, (online, uid)) in deltas.into_iter().enumerate() {
+        for (i, (state, uid)) in deltas.into_iter().enumerate() {
             let seq = first + i as u64;
             let b = bucket_of(&uid);
             if seq < self.next_seq || seq <= self.snap_seq[b] {
@@ -159,24 +210,24 @@ impl Peer {
             if self.buckets[b].get(uid.as_str()).is_some_and(|e| e.seq >= seq) {
                 continue;
             }
-            self.set(Arc::from(uid), Entry { online, seq });
+            self.set(Arc::from(uid), Entry { state, seq });
         }
         self.next_seq = self.next_seq.max(first + n);
     }
 
-    /// Bucket `b` as of delta `seq`: the uids online then, except where a later delta
-    /// already arrived.
-    fn apply_snapshot(&mut self, b: usize, seq: u64, uids: Vec<String>) {
+    /// Bucket `b` as of delta `seq`: the uids online then, with their states, except
+    /// where a later delta already arrived.
+    fn apply_snapshot(&mut self, b: usize, seq: u64, uids: Vec<(u8, String)>) {
         let old = std::mem::take(&mut self.buckets[b]);
         for (uid, entry) in &old {
-            if entry.online {
-                self.hash ^= hash_uid(uid);
+            if entry.state != OFFLINE {
+                self.hash ^= contribution(uid, entry.state);
                 self.online -= 1;
             }
         }
-        for uid in uids {
-            if bucket_of(&uid) == b {
-                self.set(Arc::from(uid), Entry { online: true, seq });
+        for (state, uid) in uids {
+            if bucket_of(&uid) == b && state != OFFLINE {
+                self.set(Arc::from(uid), Entry { state, seq });
             }
         }
         for (uid, entry) in old {
@@ -202,12 +253,14 @@ impl Peer {
     fn synced(&mut self, through: u64) {
         self.next_seq = self.next_seq.max(through + 1);
         for bucket in &mut self.buckets {
-            bucket.retain(|_, e| e.online);
+            bucket.retain(|_, e| e.state != OFFLINE);
         }
     }
 
-    fn has(&self, uid: &str, b: usize) -> bool {
-        self.buckets[b].get(uid).is_some_and(|e| e.online)
+    /// Whether `uid` (in bucket `b`) is online here, with a master device if `master`.
+    fn has(&self, uid: &str, b: usize, master: bool) -> bool {
+        let wanted = if master { MASTER } else { ONLINE };
+        self.buckets[b].get(uid).is_some_and(|e| e.state >= wanted)
     }
 }
 
@@ -312,8 +365,8 @@ impl PresenceBook {
             let _ = put_str(&mut out, &inner.boot_id);
             out.put_u64(first + (i * DELTAS_PER_MESSAGE) as u64);
             out.put_u32(chunk.len() as u32);
-            for (online, uid) in chunk {
-                out.put_u8(u8::from(*online));
+            for (state, uid) in chunk {
+                out.put_u8(*state);
                 let _ = put_str(&mut out, uid);
             }
             if let Err(e) = client.publish(subject.clone(), out.freeze()).await {
@@ -345,11 +398,17 @@ impl PresenceBook {
         let mut out = BytesMut::new();
         {
             let local = inner.local.lock().unwrap_or_else(PoisonError::into_inner);
-            let uids: Vec<&Arc<str>> = local.counts.keys().filter(|u| bucket_of(u) == b).collect();
+            let uids: Vec<(&Arc<str>, u8)> = local
+                .counts
+                .iter()
+                .filter(|(u, _)| bucket_of(u) == b)
+                .map(|(u, counts)| (u, state_of(*counts)))
+                .collect();
             let _ = put_str(&mut out, &inner.boot_id);
             out.put_u64(local.seq);
             out.put_u32(uids.len() as u32);
-            for uid in uids {
+            for (uid, state) in uids {
+                out.put_u8(state);
                 let _ = put_str(&mut out, uid);
             }
         }
@@ -378,7 +437,7 @@ impl PresenceBook {
             peer.heard = Instant::now();
             match kind {
                 0 => {
-                    let Some(deltas) = decode_deltas(&mut input) else { return };
+                    let Some(deltas) = decode_states(&mut input) else { return };
                     peer.apply_deltas(seq, deltas);
                 }
                 1 if input.remaining() >= 16 => peer.check_digest(seq, input.get_u64(), input.get_u64()),
@@ -482,7 +541,9 @@ impl PresenceBook {
     }
 }
 
-fn decode_deltas(input: &mut Bytes) -> Option<Vec<(bool, String)>> {
+/// `(state, uid)` pairs: a count, then each as a state byte and a string; a count
+/// the input cannot hold and an unknown state are refused.
+fn decode_states(input: &mut Bytes) -> Option<Vec<(u8, String)>> {
     if input.remaining() < 4 {
         return None;
     }
@@ -495,51 +556,40 @@ fn decode_deltas(input: &mut Bytes) -> Option<Vec<(bool, String)>> {
         if input.remaining() < 1 {
             return None;
         }
-        let online = input.get_u8() != 0;
-        deltas.push((online, get_str(input)?));
+        let state = input.get_u8();
+        if state > MASTER {
+            return None;
+        }
+        deltas.push((state, get_str(input)?));
     }
     Some(deltas)
 }
 
-fn decode_snapshot(mut input: Bytes) -> Option<(String, u64, Vec<String>)> {
+/// A bucket's answer: the node's boot, the delta it is current to, the uids' states.
+type Snapshot = (String, u64, Vec<(u8, String)>);
+
+fn decode_snapshot(mut input: Bytes) -> Option<Snapshot> {
     let boot = get_str(&mut input)?;
-    if input.remaining() < 12 {
+    if input.remaining() < 8 {
         return None;
     }
     let seq = input.get_u64();
-    let n = input.get_u32() as usize;
-    if n > input.remaining() / 4 {
-        return None;
-    }
-    let uids = (0..n).map(|_| get_str(&mut input)).collect::<Option<Vec<_>>>()?;
-    Some((boot, seq, uids))
+    Some((boot, seq, decode_states(&mut input)?))
 }
 
 impl Presence for PresenceBook {
-    fn connected(&self, uid: &str) {
-        let mut local = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = local.counts.get_mut(uid) {
-            *count += 1;
-            return;
+    fn connected(&self, uid: &str, master: bool) {
+        let changed = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner).count(uid, master, true);
+        if changed {
+            self.inner.wake.notify_one();
         }
-        let uid: Arc<str> = Arc::from(uid);
-        local.counts.insert(uid.clone(), 1);
-        local.change(uid, true);
-        drop(local);
-        self.inner.wake.notify_one();
     }
 
-    fn disconnected(&self, uid: &str) {
-        let mut local = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(count) = local.counts.get_mut(uid) else { return };
-        *count -= 1;
-        if *count > 0 {
-            return;
+    fn disconnected(&self, uid: &str, master: bool) {
+        let changed = self.inner.local.lock().unwrap_or_else(PoisonError::into_inner).count(uid, master, false);
+        if changed {
+            self.inner.wake.notify_one();
         }
-        let Some((uid, _)) = local.counts.remove_entry(uid) else { return };
-        local.change(uid, false);
-        drop(local);
-        self.inner.wake.notify_one();
     }
 
     fn nodes_with(&self, uids: &mut dyn Iterator<Item = &str>) -> Vec<u64> {
@@ -551,7 +601,7 @@ impl Presence for PresenceBook {
         for uid in uids {
             let b = bucket_of(uid);
             for (node, peer) in peers.iter() {
-                if !found.contains(node) && peer.has(uid, b) {
+                if !found.contains(node) && peer.has(uid, b, false) {
                     found.insert(*node);
                 }
             }
@@ -563,6 +613,12 @@ impl Presence for PresenceBook {
         nodes.sort_unstable();
         nodes
     }
+
+    fn elsewhere(&self, uid: &str, master: bool) -> bool {
+        let peers = self.inner.peers.read().unwrap_or_else(PoisonError::into_inner);
+        let b = bucket_of(uid);
+        peers.values().any(|p| p.has(uid, b, master))
+    }
 }
 
 #[cfg(test)]
@@ -570,87 +626,103 @@ mod tests {
     use super::*;
 
     fn online(p: &Peer, uid: &str) -> bool {
-        p.has(uid, bucket_of(uid))
+        p.has(uid, bucket_of(uid), false)
     }
 
-    fn d(online: bool, uid: &str) -> (bool, String) {
-        (online, uid.to_owned())
+    fn d(state: u8, uid: &str) -> (u8, String) {
+        (state, uid.to_owned())
+    }
+
+    fn fresh() -> Peer {
+        let mut p = Peer::new("b1");
+        p.synced(0);
+        p.stale = false;
+        p
     }
 
     #[test]
     fn deltas_in_order_keep_the_set_and_its_digest() {
-        let mut p = Peer::new("b1");
-        p.synced(0);
-        p.stale = false;
-        p.apply_deltas(1, vec![d(true, "a"), d(true, "b")]);
-        p.apply_deltas(3, vec![d(false, "a")]);
+        let mut p = fresh();
+        p.apply_deltas(1, vec![d(ONLINE, "a"), d(MASTER, "b")]);
+        p.apply_deltas(3, vec![d(OFFLINE, "a"), d(ONLINE, "b")]);
         assert!(!online(&p, "a") && online(&p, "b"));
+        assert!(!p.has("b", bucket_of("b"), true), "b's master device left");
         assert!(!p.stale);
-        p.check_digest(3, 1, hash_uid("b"));
+        p.check_digest(4, 1, contribution("b", ONLINE));
         assert!(!p.stale, "an agreeing digest");
-        p.check_digest(3, 1, 0);
+        p.check_digest(4, 1, contribution("b", MASTER));
         assert!(p.stale, "a disagreeing digest");
     }
 
     #[test]
     fn a_gap_or_a_digest_ahead_marks_the_peer_stale() {
-        let mut p = Peer::new("b1");
-        p.synced(0);
-        p.stale = false;
-        p.apply_deltas(2, vec![d(true, "a")]);
+        let mut p = fresh();
+        p.apply_deltas(2, vec![d(ONLINE, "a")]);
         assert!(p.stale, "delta 1 never came");
-        let mut q = Peer::new("b1");
-        q.synced(0);
-        q.stale = false;
-        q.apply_deltas(1, vec![d(true, "a")]);
-        q.check_digest(2, 1, hash_uid("a"));
+        let mut q = fresh();
+        q.apply_deltas(1, vec![d(ONLINE, "a")]);
+        q.check_digest(2, 1, contribution("a", ONLINE));
         assert!(q.stale, "the digest names delta 2, which never came");
     }
 
     #[test]
     fn a_snapshot_and_deltas_agree_whichever_arrives_first() {
-        // The node had "a" and "b" online at delta 4; delta 5 takes "a" offline and
-        // delta 6 brings "c" online.
-        let all = || vec!["a".to_owned(), "b".to_owned()];
+        // The node had "a" and "b" (with a master device) online at delta 4; delta 5
+        // takes "a" offline and delta 6 brings "c" online.
+        let all = || vec![d(ONLINE, "a"), d(MASTER, "b")];
         for deltas_first in [false, true] {
             let mut p = Peer::new("b1");
             p.syncing = true;
             if deltas_first {
-                p.apply_deltas(5, vec![d(false, "a"), d(true, "c")]);
+                p.apply_deltas(5, vec![d(OFFLINE, "a"), d(ONLINE, "c")]);
             }
             for b in 0..BUCKETS {
-                p.apply_snapshot(b, 4, all().into_iter().filter(|u| bucket_of(u) == b).collect());
+                p.apply_snapshot(b, 4, all().into_iter().filter(|(_, u)| bucket_of(u) == b).collect());
             }
             if !deltas_first {
                 // Deltas up to 4 arriving late are skipped; 5 and 6 apply.
-                p.apply_deltas(3, vec![d(true, "a"), d(true, "x"), d(false, "a"), d(true, "c")]);
+                p.apply_deltas(3, vec![d(ONLINE, "a"), d(ONLINE, "x"), d(OFFLINE, "a"), d(ONLINE, "c")]);
             }
             p.synced(4);
             assert!(!online(&p, "a") && online(&p, "b") && online(&p, "c"), "deltas first: {deltas_first}");
+            assert!(p.has("b", bucket_of("b"), true), "b's master device");
             assert!(!online(&p, "x"), "delta 4 was before the snapshot");
             assert_eq!(p.online, 2);
-            assert_eq!(p.hash, hash_uid("b") ^ hash_uid("c"));
-            assert!(p.buckets.iter().all(|b| b.values().all(|e| e.online)), "no offline entries kept");
+            assert_eq!(p.hash, contribution("b", MASTER) ^ contribution("c", ONLINE));
+            assert!(p.buckets.iter().all(|b| b.values().all(|e| e.state != OFFLINE)), "no offline entries kept");
         }
     }
 
     #[test]
-    fn local_changes_number_each_first_and_last_connection() {
+    fn local_counts_make_a_delta_only_when_a_uids_state_changes() {
         let mut local = Local::default();
-        local.change(Arc::from("a"), true);
-        local.change(Arc::from("b"), true);
-        assert_eq!((local.pending_from, local.pending.len(), local.seq), (1, 2, 2));
+        assert!(local.count("a", false, true), "a's first connection");
+        assert!(!local.count("a", false, true), "a second one changes nothing");
+        assert!(local.count("a", true, true), "a master device");
+        assert!(local.count("b", true, true));
+        assert_eq!((local.pending_from, local.seq), (1, 3));
+        let states: Vec<(u8, &str)> = local.pending.iter().map(|(s, u)| (*s, &**u)).collect();
+        assert_eq!(states, [(ONLINE, "a"), (MASTER, "a"), (MASTER, "b")]);
         local.pending.clear();
-        local.change(Arc::from("a"), false);
-        assert_eq!((local.pending_from, local.seq), (3, 3));
-        assert_eq!(local.hash, hash_uid("b"));
+        assert!(local.count("a", true, false), "the master device left");
+        assert!(!local.count("a", false, false));
+        assert!(local.count("a", false, false), "a's last connection");
+        assert!(!local.count("a", false, false), "a close of an unknown uid is ignored");
+        assert_eq!((local.pending_from, local.seq), (4, 5));
+        assert_eq!(local.hash, contribution("b", MASTER));
+        assert!(!local.counts.contains_key("a"));
     }
 
     #[test]
-    fn forged_counts_are_refused_before_allocating() {
+    fn forged_counts_and_states_are_refused_before_allocating() {
         let mut out = BytesMut::new();
         out.put_u32(u32::MAX);
-        assert_eq!(decode_deltas(&mut out.freeze()), None);
+        assert_eq!(decode_states(&mut out.freeze()), None);
+        let mut out = BytesMut::new();
+        out.put_u32(1);
+        out.put_u8(9);
+        put_str(&mut out, "a").unwrap();
+        assert_eq!(decode_states(&mut out.freeze()), None, "no state 9");
         let mut out = BytesMut::new();
         put_str(&mut out, "boot").unwrap();
         out.put_u64(1);

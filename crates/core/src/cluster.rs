@@ -156,13 +156,42 @@ pub trait Forwarder: Send + Sync + std::fmt::Debug {
     fn forward(&self, node: u64, send: ForwardedSend) -> ForwardFuture;
 }
 
-/// A change other nodes must hear of, because they cache what it changed.
+/// A change other nodes must hear of: they cache what it changed, or hold
+/// connections it ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Changed {
     /// A channel's attributes or member lists.
     Channel(hongyan_store::ChannelKey),
     /// The system accounts.
     SystemAccounts,
+    /// A login on the sending node: the connections of the same user it displaces by
+    /// the kick rules (a master login: every other device with its flag; any login:
+    /// the same device), among those opened before it, are closed.
+    Login {
+        /// The user.
+        uid: String,
+        /// The login's device flag.
+        device_flag: u8,
+        /// The login's device id.
+        device_id: String,
+        /// The login's device level.
+        level: hongyan_proto::DeviceLevel,
+        /// When it connected (ms since the Unix epoch, the sending node's clock).
+        at_ms: i64,
+    },
+    /// A user's connections (of one device flag, or all) are closed with a DISCONNECT.
+    Kick {
+        /// The user.
+        uid: String,
+        /// The device flag, or every flag.
+        device_flag: Option<u8>,
+        /// The DISCONNECT's reason code.
+        reason: hongyan_proto::ReasonCode,
+        /// The DISCONNECT's text.
+        text: String,
+        /// How long the socket stays open after the DISCONNECT.
+        delay_ms: u64,
+    },
 }
 
 /// Tells the other nodes of changes (best effort, after the change is stored).
@@ -204,12 +233,15 @@ pub struct RemoteDelivery {
 /// Which uids have connections on which other nodes. Implemented by the cluster layer
 /// (deltas and digests over NATS); a single node has none.
 pub trait Presence: Send + Sync + std::fmt::Debug {
-    /// A connection of `uid` opened on this node.
-    fn connected(&self, uid: &str);
+    /// A connection of `uid` (a master device's when `master`) opened on this node.
+    fn connected(&self, uid: &str, master: bool);
     /// A connection of `uid` on this node closed.
-    fn disconnected(&self, uid: &str);
+    fn disconnected(&self, uid: &str, master: bool);
     /// The other nodes where at least one of `uids` has a connection, ascending.
     fn nodes_with(&self, uids: &mut dyn Iterator<Item = &str>) -> Vec<u64>;
+    /// Whether `uid` has a connection (a master device's when `master`) on another
+    /// node.
+    fn elsewhere(&self, uid: &str, master: bool) -> bool;
 }
 
 /// A delivery on its way to another node.

@@ -96,7 +96,7 @@ impl Core {
 
     /// Whether `uid` has a connection on another node, as far as this node knows.
     pub fn online_elsewhere(&self, uid: &str) -> bool {
-        self.links.presence.get().is_some_and(|p| !p.nodes_with(&mut std::iter::once(uid)).is_empty())
+        self.links.presence.get().is_some_and(|p| p.elsewhere(uid, false))
     }
 
     /// Where this node's own connections come from.

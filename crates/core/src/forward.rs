@@ -55,6 +55,12 @@ impl Core {
                     tracing::warn!(error = %e, "system accounts not reloaded after another node changed them");
                 }
             }
+            Changed::Login { uid, device_flag, device_id, level, at_ms } => {
+                self.displace_for_login(uid, *device_flag, device_id, *level, *at_ms);
+            }
+            Changed::Kick { uid, device_flag, reason, text, delay_ms } => {
+                self.kick_here(uid, *device_flag, *reason, text, Duration::from_millis(*delay_ms));
+            }
         }
     }
 

@@ -91,12 +91,15 @@ impl Core {
         Ok(uids)
     }
 
-    /// Whether `uid` counts as offline under `rule` right now.
+    /// Whether `uid` counts as offline under `rule` right now, on every node.
     pub fn is_offline(&self, uid: &str, rule: OfflineRule) -> bool {
         let connections = self.registry.connections(uid);
-        match rule {
-            OfflineRule::NoDeviceOnline => connections.is_empty(),
-            OfflineRule::NoMasterOnline => !connections.iter().any(|c| c.level == DeviceLevel::Master),
-        }
+        let master = rule == OfflineRule::NoMasterOnline;
+        let here = match rule {
+            OfflineRule::NoDeviceOnline => !connections.is_empty(),
+            OfflineRule::NoMasterOnline => connections.iter().any(|c| c.level == DeviceLevel::Master),
+        };
+        // In a cluster, a connection on any node counts.
+        !here && !self.links.presence.get().is_some_and(|p| p.elsewhere(uid, master))
     }
 }

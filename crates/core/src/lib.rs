@@ -34,6 +34,7 @@ mod fanout;
 mod forward;
 pub mod hooks;
 pub mod ids;
+mod kicks;
 pub mod owners;
 pub mod retry;
 
@@ -89,6 +90,9 @@ pub struct CoreSettings {
     /// committed, waiting for or in fan-out), counting 1 KiB more than each payload. Past
     /// it, senders wait: a connection's next packet is not read, an HTTP send waits.
     pub pipeline_bytes: usize,
+    /// How long a connection displaced by a login on another node keeps its socket
+    /// after its DISCONNECT (the gateway's `kick_close_delay_ms`).
+    pub kick_close_delay: std::time::Duration,
 }
 
 /// A message the app server sends over HTTP.
@@ -472,10 +476,11 @@ impl Core {
 
     fn report_presence(&self, conn: &Conn, online: bool) {
         if let Some(presence) = self.links.presence.get() {
+            let master = conn.level == DeviceLevel::Master;
             if online {
-                presence.connected(&conn.uid);
+                presence.connected(&conn.uid, master);
             } else {
-                presence.disconnected(&conn.uid);
+                presence.disconnected(&conn.uid, master);
             }
         }
         if let Some(observer) = self.observer() {
@@ -1006,6 +1011,7 @@ impl SessionHandler for Sessions {
     }
 
     fn on_online(&self, conn: &Arc<Conn>) {
+        self.0.announce_login(conn);
         self.0.report_presence(conn, true);
     }
 
@@ -1068,6 +1074,7 @@ pub(crate) fn test_core_over(kv: Arc<dyn hongyan_store::KvBackend>) -> Arc<Core>
         node_id: 1,
         retry: RetrySettings::default(),
         pipeline_bytes: 1 << 24,
+        kick_close_delay: std::time::Duration::from_millis(100),
     };
     Core::start(Store::new(kv), log, Arc::new(Registry::new()), settings).expect("core starts")
 }

@@ -33,8 +33,8 @@ pub use conn::{Conn, SendError, TransportKind};
 pub use outbox::{CloseReason, HeldBytes, Outbox, OutboxLimits, PushError};
 pub use registry::{Displacement, Registry};
 pub use session::{
-    AuthFuture, CLIENT_MSG_NO_RULE, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, is_valid_client_msg_no,
-    is_valid_uid,
+    AuthFuture, CLIENT_MSG_NO_RULE, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, displace_after,
+    is_valid_client_msg_no, is_valid_uid,
 };
 
 /// Why the gateway could not start.

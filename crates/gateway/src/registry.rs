@@ -107,6 +107,36 @@ impl Registry {
         displaced
     }
 
+    /// Removes and returns the connections of `uid` that a login with these properties
+    /// on another node displaces, among those opened before `before_ms` (a newer one
+    /// is not displaced by an older login whose notice arrived late).
+    pub fn displaced_by(
+        &self,
+        uid: &str,
+        device_flag: u8,
+        device_id: &str,
+        level: DeviceLevel,
+        before_ms: i64,
+    ) -> Vec<(Arc<Conn>, Displacement)> {
+        let mut shard = self.shard(uid);
+        let Some(list) = shard.get_mut(uid) else { return Vec::new() };
+        let mut displaced = Vec::new();
+        list.retain(|other| match displacement(other, device_flag, device_id, level) {
+            Some(d) if other.connected_at_ms < before_ms => {
+                displaced.push((other.clone(), d));
+                false
+            }
+            _ => true,
+        });
+        if list.is_empty() {
+            shard.remove(uid);
+            self.users.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(shard);
+        self.len.fetch_sub(displaced.len(), Ordering::Relaxed);
+        displaced
+    }
+
     /// How many of `uid`'s connections would stay online after a login with these
     /// properties (the kick rules displace the rest).
     pub fn count_after_login(&self, uid: &str, device_flag: u8, device_id: &str, level: DeviceLevel) -> usize {

@@ -291,6 +291,12 @@ async fn established<T: Transport>(
 
 /// Sends a displaced connection on its way: DISCONNECT(ConnectKick) first when kicked.
 pub(crate) fn displace(old: &Conn, how: Displacement, config: &GatewayConfig) {
+    displace_after(old, how, config.kick_close_delay());
+}
+
+/// [`displace`] with the delay before the socket closes given: for connections a
+/// login on another node displaced.
+pub fn displace_after(old: &Conn, how: Displacement, delay: std::time::Duration) {
     let (frame, reason) = match how {
         Displacement::Kick => {
             let kick = Disconnect { reason_code: ReasonCode::ConnectKick, reason: "login in other device".into() };
@@ -299,7 +305,7 @@ pub(crate) fn displace(old: &Conn, how: Displacement, config: &GatewayConfig) {
         Displacement::Replace => (None, CloseReason::Replaced),
     };
     metrics::counter!("hongyan_gateway_kicks_total", "kind" => reason.label()).increment(1);
-    old.outbox.close_after(frame, config.kick_close_delay(), reason);
+    old.outbox.close_after(frame, delay, reason);
 }
 
 /// The authenticated loop. Returns why it ended (a metrics label).

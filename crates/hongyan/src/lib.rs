@@ -198,6 +198,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
                 max_per_connection: config.delivery.retry_max_per_connection,
             },
             pipeline_bytes: config.delivery.pipeline_bytes,
+            kick_close_delay: Duration::from_millis(config.gateway.kick_close_delay_ms),
         },
     )
     .context("loading system accounts")?;

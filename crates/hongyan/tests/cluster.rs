@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{NatsServer, TestServer, cluster_member, eventually};
+use common::{NatsServer, TestServer, cluster_member, eventually, group_homed_on};
 use hongyan_proto::{ReasonCode, device_flag};
 use hongyan_testkit::Client;
 use serde_json::{Value, json};
@@ -379,7 +379,11 @@ async fn sends_from_every_node_are_stored_by_the_channels_owner_with_dense_seqs(
     assert_eq!(owners.iter().filter(|&&n| n == 1).count(), 1, "{owners:?}");
 
     // A resend of an acknowledged message through another node: the original's ids.
-    let mut ann_elsewhere = login(&nodes[2], "ann", "d2").await;
+    // (From her web device: a second app device would kick the first.)
+    nodes[0].register("ann", "t", device_flag::WEB, 1).await;
+    let (mut ann_elsewhere, connack) =
+        Client::connect(&nodes[2].tcp(), "ann", "t", device_flag::WEB, "d2", 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success);
     let again = common::send_text(&mut ann_elsewhere, ("crew", 2), 1, "ann-1", "ann says 1", Default::default()).await;
     assert_eq!(again.reason_code, ReasonCode::Success);
     assert_eq!(Some((again.message_id, u64::from(again.message_seq))), anns_first, "the original's ids");
@@ -520,16 +524,6 @@ async fn a_nats_restart_mid_traffic_loses_nothing_acknowledged() {
     one.stop().await;
 }
 
-/// A group id whose home among the live nodes `live` is `node`.
-fn group_homed_on(node: u64, live: &[u64]) -> String {
-    use hongyan_core::cluster::{NodeInfo, home_of};
-    let live: Vec<NodeInfo> = live.iter().map(|&id| NodeInfo::placed_only(id)).collect();
-    (0..256)
-        .map(|i| format!("busy-{i}"))
-        .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &live).unwrap().id == node)
-        .unwrap()
-}
-
 /// "ann", sending to a group of hers as a client does: each message resent (same
 /// client_msg_no) until it is acknowledged.
 struct GroupSender {
@@ -650,12 +644,16 @@ async fn messages_reach_recipients_on_every_node_once_and_in_order() {
     for uid in everyone {
         nodes[0].register(uid, "t", device_flag::APP, 1).await;
     }
+    nodes[0].register("ann", "t", device_flag::WEB, 1).await;
     let (status, _) =
         nodes[1].post("/channel", json!({"channel_id": "crew", "channel_type": 2, "subscribers": everyone})).await;
     assert_eq!(status, 200);
 
     let mut ann = login(&nodes[0], "ann", "d1").await;
-    let mut ann_elsewhere = login(&nodes[2], "ann", "d2").await;
+    // Her web device (another flag: a second app device would kick the first).
+    let (mut ann_elsewhere, connack) =
+        Client::connect(&nodes[2].tcp(), "ann", "t", device_flag::WEB, "d2", 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success);
     let mut bob = login(&nodes[1], "bob", "d1").await;
     let mut cid = login(&nodes[2], "cid", "d1").await;
     let mut dee = login(&nodes[0], "dee", "d1").await;
@@ -711,4 +709,57 @@ async fn messages_reach_recipients_on_every_node_once_and_in_order() {
     let seq = ack.message_seq;
     assert_eq!(receive_n(&mut bob, 1).await, [("crew".to_owned(), seq, "cid here".to_owned())]);
     common::nothing_more(&mut bob).await;
+}
+
+/// The next packet of `client` is a DISCONNECT with `reason`.
+async fn disconnected(client: &mut Client, reason: ReasonCode, what: &str) {
+    loop {
+        match client.recv_within(Duration::from_secs(5)).await {
+            Ok(hongyan_proto::Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, reason, "{what}");
+                return;
+            }
+            Ok(hongyan_proto::Packet::Recv(_)) => continue,
+            other => panic!("{what}: expected DISCONNECT, got {other:?}"),
+        }
+    }
+}
+
+/// The kick rules and the app server's kicks reach a user's connections on every
+/// node: a master login elsewhere, `/user/device_quit` and a ban asked of any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_and_kicks_on_one_node_close_connections_on_the_others() {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let nodes = [node(&schema, &nats, 1).await, node(&schema, &nats, 2).await];
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    wait_for_members(&all, &[1, 2]).await;
+    for uid in ["ann", "bob"] {
+        nodes[0].register(uid, "t", device_flag::APP, 1).await;
+        nodes[0].register(uid, "t", device_flag::WEB, 1).await;
+    }
+
+    // A master login on node 2 kicks the same user's device of that flag on node 1.
+    let mut ann_phone = login(&nodes[0], "ann", "phone").await;
+    let (mut ann_web, _) = Client::connect(&nodes[0].tcp(), "ann", "t", device_flag::WEB, "web", 5).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await; // a later login by the clock
+    let mut ann_tablet = login(&nodes[1], "ann", "tablet").await;
+    disconnected(&mut ann_phone, ReasonCode::ConnectKick, "the older master device on node 1").await;
+    ann_phone.expect_closed(Duration::from_secs(5)).await.unwrap();
+
+    // /user/device_quit asked of node 1 closes ann's app device on node 2; her web
+    // device on node 1 stays.
+    let (status, _) = nodes[0].post("/user/device_quit", json!({"uid": "ann", "device_flag": device_flag::APP})).await;
+    assert_eq!(status, 200);
+    disconnected(&mut ann_tablet, ReasonCode::ConnectKick, "device quit on another node").await;
+
+    // A ban asked of node 2 closes bob's connection on node 1.
+    let mut bob = login(&nodes[0], "bob", "d1").await;
+    let (status, _) = nodes[1].post("/channel/info", json!({"channel_id": "bob", "channel_type": 1, "ban": 1})).await;
+    assert_eq!(status, 200);
+    disconnected(&mut bob, ReasonCode::Ban, "a ban asked of another node").await;
+
+    // The web device was never displaced: it still answers a ping.
+    ann_web.send(&hongyan_proto::Packet::Ping).await.unwrap();
+    assert!(matches!(ann_web.recv_within(Duration::from_secs(5)).await, Ok(hongyan_proto::Packet::Pong)));
 }

@@ -317,6 +317,55 @@ async fn the_offline_rule_decides_who_gets_msg_offline() {
     }
 }
 
+/// In a cluster, `msg.offline` is posted once, by the node that stored the message,
+/// and counts the recipients connected to other nodes as online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_offline_in_a_cluster_counts_every_nodes_connections() {
+    let nats = common::NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let (rx, addr) = start_receiver().await;
+    let member = |id: u64| {
+        let (schema, url) = (schema.clone(), nats.url());
+        move |c: &mut hongyan::Config| common::cluster_member(c, &schema, &url, id)
+    };
+    let one = hooked_server(addr, member(1)).await;
+    let two = hooked_server(addr, member(2)).await;
+    for uid in ["ann", "bob", "cid"] {
+        one.register(uid, "t", device_flag::APP, 1).await;
+    }
+    common::eventually(Duration::from_secs(5), "both nodes live", || async {
+        let (_, nodes) = one.get("/cluster/nodes").await;
+        (nodes.as_array()?.iter().filter(|n| n["online"] == true).count() == 2).then_some(())
+    })
+    .await;
+    let homed_on_one = common::group_homed_on(1, &[1, 2]);
+    group(&two, &homed_on_one, &["ann", "bob", "cid"]).await;
+    // bob's master device is on node 2; node 1 stores the group's messages.
+    let _bob = online(&two.tcp(), "bob", device_flag::APP).await;
+    common::eventually(Duration::from_secs(5), "node 1 sees bob online", || async {
+        let (_, online) = one.post("/user/onlinestatus", json!(["bob"])).await;
+        (online == json!(["bob"])).then_some(())
+    })
+    .await;
+    let sent = http_send(&two, "ann", &homed_on_one, 2, "who is there").await;
+    rx.wait_for("msg.offline", |r| {
+        r.accepted("msg.offline").iter().any(|h| h.body["message_id"] == sent["message_id"])
+    })
+    .await;
+    rx.wait_for("msg.notify", |r| r.notified().iter().any(|m| m["message_id"] == sent["message_id"])).await;
+    let offline: Vec<Value> = rx
+        .accepted("msg.offline")
+        .into_iter()
+        .filter(|h| h.body["message_id"] == sent["message_id"])
+        .map(|h| h.body["to_uids"].clone())
+        .collect();
+    assert_eq!(offline, [json!(["cid"])], "bob is online on node 2; one event for the cluster");
+    let notified = rx.notified().into_iter().filter(|m| m["message_id"] == sent["message_id"]).count();
+    assert_eq!(notified, 1, "msg.notify once for the cluster");
+    two.stop().await;
+    one.stop().await;
+}
+
 /// The receiver fails for a while: every event is retried until it is accepted, and
 /// each channel's events are accepted once each, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::openapi::{self, Dialect, Endpoint, schema_of};
-use crate::{ApiError, AppState, kick};
+use crate::{ApiError, AppState};
 
 mod admin;
 mod lookup;
@@ -422,8 +422,8 @@ async fn user_token(State(state): State<AppState>, body: Bytes) -> Result<Json<V
     let device = Device::new(&req.token, level);
     state.on_core(move |c| c.store().put_device(&uid, flag, &device).map_err(ApiError::Storage)).await?;
     if level == DeviceLevel::Master {
-        let conns = state.registry.take(&req.uid, Some(flag));
-        kick(conns, ReasonCode::ConnectKick, "login in other device", state.settings.token_kick_close_delay);
+        let delay = state.settings.token_kick_close_delay;
+        state.core.kick(&req.uid, Some(flag), ReasonCode::ConnectKick, "login in other device", delay);
     }
     Ok(ok())
 }
@@ -455,8 +455,7 @@ async fn device_quit(State(state): State<AppState>, body: Bytes) -> Result<Json<
         .on_core(move |c| c.store().apply(c.store().device_removal_writes(&uid, &removed)).map_err(ApiError::Storage))
         .await?;
     for flag in flags {
-        let conns = state.registry.take(&req.uid, Some(flag));
-        kick(conns, ReasonCode::ConnectKick, "device quit", state.settings.kick_close_delay);
+        state.core.kick(&req.uid, Some(flag), ReasonCode::ConnectKick, "device quit", state.settings.kick_close_delay);
     }
     Ok(ok())
 }
@@ -490,8 +489,7 @@ async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json
     let key = ChannelKey::new(req.channel_id.clone(), req.channel_type);
     state.on_core(move |c| c.set_channel_info(&key, info).map_err(ApiError::Storage)).await?;
     if req.channel_type == PERSON && info.ban {
-        let conns = state.registry.take(&req.channel_id, None);
-        kick(conns, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
+        state.core.kick(&req.channel_id, None, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
     }
     Ok(ok())
 }

@@ -361,3 +361,13 @@ pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A group id whose home among the live nodes `live` is `node`.
+pub(crate) fn group_homed_on(node: u64, live: &[u64]) -> String {
+    use hongyan_core::cluster::{NodeInfo, home_of};
+    let live: Vec<NodeInfo> = live.iter().map(|&id| NodeInfo::placed_only(id)).collect();
+    (0..256)
+        .map(|i| format!("busy-{i}"))
+        .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &live).unwrap().id == node)
+        .unwrap()
+}
