@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{NatsServer, TestServer, cluster_member, eventually, group_homed_on};
+use common::{NatsServer, TestServer, cluster_member, eventually, group_homed_on, wait_for_presence};
 use hongyan_proto::{ReasonCode, device_flag};
 use hongyan_testkit::Client;
 use serde_json::{Value, json};
@@ -595,22 +595,6 @@ async fn send_patiently(client: &mut Client, group: &str, client_seq: u32, text:
             Packet::Recv(_) => continue,
             other => panic!("expected SENDACK, got {other:?}"),
         }
-    }
-}
-
-/// Waits until every node in `servers` answers `/user/onlinestatus` for `asked` with
-/// exactly `online` (presence travels between nodes over NATS).
-async fn wait_for_presence(servers: &[&TestServer], asked: &[&str], online: &[&str]) {
-    let wanted: BTreeSet<String> = online.iter().map(|u| (*u).to_owned()).collect();
-    for server in servers {
-        eventually(WITHIN_A_LEASE, &format!("node {} sees {wanted:?} online", server.config.node_id), || async {
-            let (status, answer) = server.post("/user/onlinestatus", json!(asked)).await;
-            assert_eq!(status, 200, "{answer}");
-            let seen: BTreeSet<String> =
-                answer.as_array()?.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect();
-            (seen == wanted).then_some(())
-        })
-        .await;
     }
 }
 

@@ -229,6 +229,63 @@ async fn a_second_master_login_kicks_the_first_sdk() {
     server.stop().await;
 }
 
+/// The same SDK clients on different nodes of a 3-node cluster (PostgreSQL and
+/// nats-server): person and group chat arrive on every node, and a second master
+/// login on another node kicks the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_cluster_sdk_clients_on_different_nodes_chat_and_kick() {
+    let nats = common::NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let (schema, url) = (schema.clone(), nats.url());
+        nodes.push(TestServer::start_with(move |c| common::cluster_member(c, &schema, &url, id)).await);
+    }
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    let uids = ["sdk-c1", "sdk-c2", "sdk-c3"];
+    let (s, _) =
+        nodes[0].post("/channel", json!({"channel_id": "sdk-crew", "channel_type": 2, "subscribers": uids})).await;
+    assert_eq!(s, 200);
+    let mut clients = Vec::new();
+    for (uid, node) in uids.iter().zip(&nodes) {
+        clients.push(web_user(node, uid, true).await);
+    }
+    common::wait_for_presence(&all, &uids, &uids).await;
+
+    // Person chat between node 1 and node 2, both ways.
+    let ack = clients[0].send("sdk-c2", 1, "hi from node 1").await;
+    assert_eq!((ack["reasonCode"].as_i64(), ack["seq"].as_i64()), (Some(1), Some(1)), "{ack}");
+    let got = clients[1].message().await;
+    assert_eq!((got["from"].as_str(), got["text"].as_str()), (Some("sdk-c1"), Some("hi from node 1")));
+    let ack = clients[1].send("sdk-c1", 1, "hi from node 2").await;
+    assert_eq!((ack["reasonCode"].as_i64(), ack["seq"].as_i64()), (Some(1), Some(2)), "{ack}");
+    let got = clients[0].message().await;
+    assert_eq!((got["from"].as_str(), got["text"].as_str()), (Some("sdk-c2"), Some("hi from node 2")));
+
+    // A group message from node 3 reaches nodes 1 and 2.
+    let ack = clients[2].send("sdk-crew", 2, "hello crew").await;
+    assert_eq!(ack["reasonCode"], 1, "{ack}");
+    for client in &mut clients[..2] {
+        let got = client.message().await;
+        assert_eq!(
+            (got["from"].as_str(), got["channel"].as_str(), got["text"].as_str()),
+            (Some("sdk-c3"), Some("sdk-crew"), Some("hello crew"))
+        );
+    }
+
+    // A second master login of sdk-c1 on node 3 kicks the first, on node 1.
+    let _second = {
+        let mut sdk = Sdk::start(&nodes[2], "sdk-c1", "tok-sdk-c1").await;
+        sdk.connect().await;
+        sdk
+    };
+    let status = clients[0].expect(|e| e["event"] == "status").await;
+    assert_eq!((status["status"].as_i64(), status["reasonCode"].as_i64()), (Some(4), Some(12)), "{status}");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn http_sends_arrive_and_an_offline_sdk_catches_up_through_sync() {
     let server = TestServer::start().await;

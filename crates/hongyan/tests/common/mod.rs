@@ -371,3 +371,23 @@ pub(crate) fn group_homed_on(node: u64, live: &[u64]) -> String {
         .find(|g| home_of(&hongyan_store::ChannelKey::new(g.as_str(), 2).encoded(), &live).unwrap().id == node)
         .unwrap()
 }
+
+/// Waits until every node in `servers` answers `/user/onlinestatus` for `asked` with
+/// exactly `online` (presence travels between nodes over NATS).
+pub(crate) async fn wait_for_presence(servers: &[&TestServer], asked: &[&str], online: &[&str]) {
+    let wanted: std::collections::BTreeSet<String> = online.iter().map(|u| (*u).to_owned()).collect();
+    for server in servers {
+        eventually(
+            Duration::from_secs(4),
+            &format!("node {} sees {wanted:?} online", server.config.node_id),
+            || async {
+                let (status, answer) = server.post("/user/onlinestatus", serde_json::json!(asked)).await;
+                assert_eq!(status, 200, "{answer}");
+                let seen: std::collections::BTreeSet<String> =
+                    answer.as_array()?.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect();
+                (seen == wanted).then_some(())
+            },
+        )
+        .await;
+    }
+}
