@@ -8,7 +8,8 @@
 //!   `hy.<cluster>.presence` as soon as the previous publish is done (so in batches
 //!   under load).
 //! * Every second each node also publishes a *digest*: its boot, the number of its
-//!   last delta, how many uids it has online and a hash of them.
+//!   last delta, how many uids it has online and a hash of them; and at once when a
+//!   node that just started says hello.
 //! * Another node applies the deltas. A gap in the numbers, a digest that names a
 //!   delta it never got or disagrees with what it holds, or a node (or boot) it has not
 //!   heard of makes it read that node's set again, in 256 buckets of uids
@@ -273,6 +274,8 @@ struct Inner {
     /// current to delta n is sent before delta n + 1.
     order: tokio::sync::Mutex<()>,
     wake: Notify,
+    /// Publish the digest at the next wake (a node just started and asked for it).
+    digest_soon: std::sync::atomic::AtomicBool,
     peers: RwLock<HashMap<u64, Peer>>,
 }
 
@@ -303,6 +306,7 @@ impl PresenceBook {
             local: Mutex::new(Local::default()),
             order: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
+            digest_soon: std::sync::atomic::AtomicBool::new(false),
             peers: RwLock::new(HashMap::new()),
         });
         let book = Self { inner };
@@ -313,7 +317,9 @@ impl PresenceBook {
             loop {
                 let digest = tokio::select! {
                     () = stopping.cancelled() => break,
-                    () = publisher.inner.wake.notified() => false,
+                    () = publisher.inner.wake.notified() => {
+                        publisher.inner.digest_soon.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    }
                     _ = tick.tick() => true,
                 };
                 publisher.publish(digest).await;
@@ -334,6 +340,15 @@ impl PresenceBook {
                 }
             }
         });
+        // Asks every node for its digest now, rather than within a second: a node
+        // that just started learns who is where before it owns anything.
+        let mut hello = BytesMut::with_capacity(48);
+        hello.put_u8(2);
+        hello.put_u64(node_id);
+        let _ = put_str(&mut hello, &book.inner.boot_id);
+        if let Err(e) = book.inner.bus.client().publish(book.inner.bus.subject("presence"), hello.freeze()).await {
+            tracing::debug!("presence hello not sent: {e}");
+        }
         let following = book.clone();
         tokio::spawn(async move {
             loop {
@@ -424,7 +439,16 @@ impl PresenceBook {
         }
         let (kind, node) = (input.get_u8(), input.get_u64());
         let Some(boot) = get_str(&mut input) else { return };
-        if node == self.inner.node_id || input.remaining() < 8 {
+        if node == self.inner.node_id {
+            return;
+        }
+        if kind == 2 {
+            // A node started: publish the digest at once.
+            self.inner.digest_soon.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.inner.wake.notify_one();
+            return;
+        }
+        if input.remaining() < 8 {
             return;
         }
         let seq = input.get_u64();

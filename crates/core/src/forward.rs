@@ -24,6 +24,8 @@ use crate::{AppSend, AppSent, Core, SendError};
 const FORWARD_ATTEMPTS: usize = 3;
 /// The pause between those tries.
 const FORWARD_PAUSE: Duration = Duration::from_millis(250);
+/// How often a forward waiting for its answer checks that the owner is still live.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 
 impl Core {
     /// Makes this core a cluster member: channels are owned among `topology`'s live
@@ -117,7 +119,14 @@ impl Core {
     async fn forward(&self, mut node: u64, channel: &ChannelKey, send: ForwardedSend) -> ForwardOutcome {
         let Some(forwarder) = self.forwarder.get() else { return ForwardOutcome::Refused(ReasonCode::SystemError) };
         for attempt in 1..=FORWARD_ATTEMPTS {
-            let why = match forwarder.forward(node, send.clone()).await {
+            let answer = forwarder.forward(node, send.clone());
+            let answer = tokio::select! {
+                answer = answer => answer,
+                () = self.left_the_cluster(node) => {
+                    Err(ForwardError::NoAnswer("the owner left the cluster before answering".into()))
+                }
+            };
+            let why = match answer {
                 Ok(ForwardOutcome::NotOwner) => "not the owner".to_owned(),
                 Ok(outcome) => {
                     metrics::counter!("hongyan_cluster_forwarded_sends_total", "result" => "answered").increment(1);
@@ -144,6 +153,21 @@ impl Core {
         }
         metrics::counter!("hongyan_cluster_forwarded_sends_total", "result" => "undelivered").increment(1);
         ForwardOutcome::Refused(ReasonCode::SystemError)
+    }
+
+    /// Resolves once node `node` is no longer live by this node's membership (its lease
+    /// ran out): a forward it has not answered by then may be stored or not, and the
+    /// sender's resend, stored once, settles it without waiting out the forward timeout.
+    async fn left_the_cluster(&self, node: u64) {
+        let Some(owners) = self.owners.get() else { return std::future::pending().await };
+        let mut tick = tokio::time::interval(LIVENESS_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !owners.is_live(node) {
+                return;
+            }
+        }
     }
 
     /// A client's SEND to a channel another node owns: opened here, stored there, and

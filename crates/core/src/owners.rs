@@ -141,6 +141,12 @@ impl Owners {
 
     /// Forgets this node's claim on `channel` (an append under it was refused, or the
     /// channel moved): the next placement reads the row again.
+    /// Whether node `node` is live by the membership this node last read.
+    pub fn is_live(&self, node: u64) -> bool {
+        self.topology.live().iter().any(|n| n.id == node)
+    }
+
+    /// Forgets the claim on `channel` (an append under it was refused).
     pub fn release(&self, channel: &ChannelKey) {
         let mut claims = self.claims();
         if claims.remove(channel).is_some() {
