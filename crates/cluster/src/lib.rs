@@ -14,6 +14,7 @@
 pub mod bus;
 pub mod deliver;
 pub mod forward;
+pub mod peers;
 pub mod presence;
 mod rows;
 mod wire;

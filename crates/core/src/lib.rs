@@ -28,6 +28,7 @@ pub mod channel;
 pub mod channels;
 pub mod cluster;
 pub mod commands;
+pub mod conns;
 pub mod conversation;
 pub mod directory;
 mod fanout;
@@ -231,6 +232,8 @@ pub struct Core {
     notifier: std::sync::OnceLock<Arc<dyn cluster::ChangeNotifier>>,
     /// In a cluster: deliveries to and from the other nodes.
     links: fanout::Links,
+    /// In a cluster: asks the other nodes about their connections.
+    peers: std::sync::OnceLock<Arc<dyn conns::Peers>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -338,6 +341,7 @@ impl Core {
             forwarder: std::sync::OnceLock::new(),
             notifier: std::sync::OnceLock::new(),
             links: fanout::Links::default(),
+            peers: std::sync::OnceLock::new(),
         });
         for mut rx in receivers {
             // Holds only a weak reference: the shard ends when the core is dropped.

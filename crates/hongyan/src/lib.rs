@@ -237,6 +237,15 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot start: cluster deliveries: {e}"))?;
         core.join_delivery(Arc::new(presence), Arc::new(deliveries));
+        let connections = hongyan_cluster::peers::Connections::start(
+            membership.bus().clone(),
+            config.node_id,
+            core.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start: cluster connection listing: {e}"))?;
+        core.join_peers(Arc::new(connections));
         let counted = Arc::downgrade(&core);
         membership.count_owned(Box::new(move || counted.upgrade().map_or(0, |c| c.owned_channels() as u64)));
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::{ApiQuery, check_uid, parse};
 use crate::{ApiError, AppState, OnlineStatusFormat};
+use hongyan_core::conns::{ConnOrder, MOST_PER_PAGE};
 
 /// Most uids one `/user/onlinestatus` may ask about.
 const ONLINE_STATUS_MAX: usize = 10_000;
@@ -15,8 +16,9 @@ const ONLINE_STATUS_MAX: usize = 10_000;
 /// `POST /user/onlinestatus` with a JSON array of uids. LiMaoIM's answer (the default)
 /// is the array of those online; WuKongIM v2's (`api.onlinestatus_format = "devices"`)
 /// has one `{uid, device_flag, online: 1}` per online connection, and `{"status":200}`
-/// for an empty question. In a cluster the uids list counts every node's connections
-/// (from the presence the nodes share); the devices list is this node's only.
+/// for an empty question. In a cluster both count every node's connections: the uids
+/// list from the presence the nodes share, the devices list by asking the nodes that
+/// presence names.
 pub(super) async fn online_status(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let uids: Vec<String> = parse(&body)?;
     if uids.len() > ONLINE_STATUS_MAX {
@@ -40,13 +42,10 @@ pub(super) async fn online_status(State(state): State<AppState>, body: Bytes) ->
         }
         OnlineStatusFormat::Devices if uids.is_empty() => json!({"status": 200}),
         OnlineStatusFormat::Devices => {
-            let mut seen = std::collections::HashSet::new();
-            let entries: Vec<Value> = uids
-                .iter()
-                .filter(|u| seen.insert(u.as_str()))
-                .flat_map(|u| registry.connections(u))
-                .map(|c| json!({"uid": &*c.uid, "device_flag": c.device_flag, "online": 1}))
-                .collect();
+            // Every node's connections (in a cluster, those presence finds elsewhere).
+            let (found, _) = state.core.connections_of(&uids).await;
+            let entries: Vec<Value> =
+                found.iter().map(|c| json!({"uid": c.uid, "device_flag": c.device_flag, "online": 1})).collect();
             Value::Array(entries)
         }
     }))
@@ -58,55 +57,71 @@ pub(super) struct ConnzQuery {
     offset: usize,
     #[serde(default)]
     limit: usize,
+    /// One user's connections, on every node of a cluster.
     #[serde(default)]
     uid: String,
     /// `id` (default) or `uptime` (longest first).
     #[serde(default)]
     sort: String,
+    /// In a cluster, the node whose connections to list (default: the node asked).
+    #[serde(default)]
+    node_id: Option<u64>,
 }
 
-/// `GET /connz`: this node's connections, a page at a time.
+/// `GET /connz`: a node's connections, a page at a time (this node's, or with
+/// `node_id` another's); with `uid`, that user's connections on every node.
 pub(super) async fn connz(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ConnzQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = match q.limit {
         0 => 20,
-        n if n > 1_000 => return Err(ApiError::bad("limit: at most 1000")),
+        n if n > MOST_PER_PAGE => return Err(ApiError::bad(format!("limit: at most {MOST_PER_PAGE}"))),
         n => n,
     };
-    let mut conns = if q.uid.is_empty() { state.registry.all() } else { state.registry.connections(&q.uid) };
-    match q.sort.as_str() {
-        "" | "id" => conns.sort_by_key(|c| c.id),
-        "uptime" => conns.sort_by_key(|c| (c.connected_at_ms, c.id)),
+    let order = match q.sort.as_str() {
+        "" | "id" => ConnOrder::Id,
+        "uptime" => ConnOrder::Uptime,
         other => return Err(ApiError::bad(format!("sort: `id` or `uptime`, not `{other}`"))),
-    }
+    };
+    let node = q.node_id.unwrap_or(state.settings.node_id);
+    let (total, page) = if q.uid.is_empty() {
+        let page = state.core.page_of(node, q.offset, limit, order).await.map_err(ApiError::bad)?;
+        (page.total, page.connections)
+    } else {
+        check_uid("uid", &q.uid)?;
+        let (mut found, _) = state.core.connections_of(std::slice::from_ref(&q.uid)).await;
+        match order {
+            ConnOrder::Id => found.sort_by_key(|c| (c.node, c.id)),
+            ConnOrder::Uptime => found.sort_by_key(|c| (c.connected_at_ms, c.node, c.id)),
+        }
+        let total = found.len() as u64;
+        (total, found.into_iter().skip(q.offset).take(limit).collect())
+    };
     let now_ms = hongyan_core::now_ms();
-    let total = conns.len();
-    let page: Vec<Value> = conns
+    let page: Vec<Value> = page
         .iter()
-        .skip(q.offset)
-        .take(limit)
         .map(|c| {
             json!({
                 "id": c.id,
-                "uid": &*c.uid,
-                "ip": c.remote.ip().to_string(),
-                "port": c.remote.port(),
-                "transport": c.transport.label(),
+                "node_id": c.node,
+                "uid": c.uid,
+                "ip": c.ip,
+                "port": c.port,
+                "transport": c.transport,
                 "device_flag": c.device_flag,
-                "device_level": c.level as u8,
-                "device_id": &*c.device_id,
-                "version": c.version.get(),
+                "device_level": c.device_level,
+                "device_id": c.device_id,
+                "version": c.version,
                 "connected_at": c.connected_at_ms / 1000,
                 "uptime_secs": (now_ms - c.connected_at_ms).max(0) / 1000,
-                "pending_frames": c.outbox.queued_frames(),
+                "pending_frames": c.pending_frames,
             })
         })
         .collect();
     Ok(Json(json!({
         "now": now_ms / 1000,
-        "node_id": state.settings.node_id,
+        "node_id": node,
         "total": total,
         "offset": q.offset,
         "limit": limit,

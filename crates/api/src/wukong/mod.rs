@@ -175,7 +175,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<ConversationReq>),
         endpoint("post", "/conversations/delete", "Hide a conversation until news", post(delete_conversation))
             .body(schema_of::<ConversationReq>),
-        endpoint("get", "/connz", "This node's connections", get(admin::connz)).query(schema_of::<admin::ConnzQuery>),
+        endpoint("get", "/connz", "A node's connections, or a user's on every node", get(admin::connz))
+            .query(schema_of::<admin::ConnzQuery>),
         endpoint("get", "/varz", "This node's statistics", get(admin::varz)),
     ];
     for (path, list, change) in LIST_ROUTES {
