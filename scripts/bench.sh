@@ -6,8 +6,13 @@
 # summary.md (Hongyan next to NATS, with ratios); with --write-docs, also replaces the
 # generated section of docs/benchmarks.md.
 #
-# Usage: scripts/bench.sh [--quick] [--write-docs] [--storage postgres]
+# Usage: scripts/bench.sh [--quick] [--write-docs] [--storage postgres] [--cluster N]
 #   --quick   shorter steps and smaller shapes (a smoke run, about 2 minutes)
+#   --cluster N   instead of the suite: N nodes on PostgreSQL and a nats-server of
+#             their own, S3 with each group's members spread over the nodes next to
+#             one node on PostgreSQL (same connections and rates), then S1 with
+#             19,000 connections per node (one client process per node); writes to
+#             the cluster section of docs/benchmarks.md with --write-docs
 #   --storage postgres   also run S2 and S5 with the server on PostgreSQL, beside the
 #             embedded store (a database of its own, on this machine's PostgreSQL,
 #             started if needed; root)
@@ -18,10 +23,16 @@ cd "$(dirname "$0")/.."
 quick=0
 write_docs=0
 postgres=0
+cluster=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --write-docs) write_docs=1 ;;
+        --cluster)
+            shift
+            cluster=${1:-}
+            case "$cluster" in [2-9]) postgres=1 ;; *) echo "--cluster takes 2 to 9 nodes" >&2; exit 2 ;; esac
+            ;;
         --storage)
             shift
             case "${1:-}" in
@@ -69,7 +80,9 @@ if [ "$postgres" = 1 ]; then
     . scripts/postgres-env.sh
     postgres_up
 fi
+node_pids=()
 cleanup() {
+    for pid in "${node_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
     [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null || true
     [ -n "$server_dir" ] && rm -rf "$server_dir"
@@ -121,6 +134,79 @@ stop_nats() {
     wait "$nats_pid" || true
     nats_pid=""
 }
+
+# The cluster comparison (--cluster N): the same S3 on one node and on N, then S1.
+if [ "$cluster" -gt 0 ]; then
+    storage=postgres
+    s3_rates=${GROUP_RATES:-3,6}
+    shape_args=(--groups "$s3_groups" --members "$s3_members" --rates "$s3_rates" --seconds "$secs")
+    echo "== S3 on one node (PostgreSQL)"
+    start_hongyan
+    "$bench" groups --tcp 127.0.0.1:17100 --api "http://$api" --shape S3-1node-pg "${shape_args[@]}" \
+        --server-pid "$server_pid" --json "$results" | grep -v '^{' || true
+    stop_hongyan
+    nats-server -a 127.0.0.1 -p 17423 >"$out/bus.log" 2>&1 &
+    node_pids+=($!)
+    tcp_addrs=""
+    for n in $(seq "$cluster"); do
+        dir=$(mktemp -d)
+        env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn HONGYAN_NODE_ID="$n" \
+            HONGYAN_STORAGE__BACKEND=postgres "HONGYAN_STORAGE__POSTGRES_URL=$PG_RUN_URL" \
+            HONGYAN_STORAGE__POSTGRES_SCHEMA=bench_cluster HONGYAN_CLUSTER__NATS_URL=nats://127.0.0.1:17423 \
+            target/release/hongyan serve --data-dir "$dir" --http-addr "127.0.0.1:1700$n" \
+            --manager-addr "127.0.0.1:1730$n" --tcp-addr "127.0.0.1:1710$n" --ws-addr "" \
+            >"$out/node$n.log" 2>&1 &
+        node_pids+=($!)
+        tcp_addrs="$tcp_addrs${tcp_addrs:+,}127.0.0.1:1710$n"
+    done
+    live=0
+    for _ in $(seq 300); do
+        live=$(curl -sf http://127.0.0.1:17001/cluster/nodes | python3 -c \
+            'import json,sys; print(sum(1 for n in json.load(sys.stdin) if n["online"]))' 2>/dev/null || echo 0)
+        [ "$live" = "$cluster" ] && break
+        sleep 0.2
+    done
+    [ "$live" = "$cluster" ] || { echo "the cluster did not form" >&2; exit 1; }
+    echo "== S3 on $cluster nodes (each group's members spread over them)"
+    "$bench" groups --tcp "$tcp_addrs" --api http://127.0.0.1:17001 --shape "S3-${cluster}nodes" "${shape_args[@]}" \
+        --json "$results" | grep -v '^{' || true
+    echo "== S1 on $cluster nodes: $s1_tcp connections each"
+    clients=()
+    for n in $(seq "$cluster"); do
+        "$bench" connections --tcp "127.0.0.1:1710$n" --count "$s1_tcp" --uid-prefix "c$n-" --hold-secs 8 \
+            --server-pid "${node_pids[$n]}" --json "$out/s1-node$n.jsonl" >"$out/s1-node$n.log" 2>&1 &
+        clients+=($!)
+    done
+    wait "${clients[@]}" || true
+    for n in $(seq "$cluster"); do
+        sed "s/\"scenario\":\"connections\"/\"scenario\":\"connections\",\"node\":$n,\"cluster\":$cluster/" \
+            "$out/s1-node$n.jsonl" | tee -a "$results"
+    done
+    elapsed=$(($(date +%s) - started_at))
+    {
+        echo "Command: \`scripts/bench.sh --cluster $cluster\` ($(date -u +%Y-%m-%d), ${elapsed} s, steps of ${secs} s," \
+            "100-byte payloads; PostgreSQL $pg_version on this machine, synchronous_commit on; one nats-server as the bus)."
+        echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))," \
+            "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr);" \
+            "every node, PostgreSQL, nats-server and the load generators share the cores."
+        echo
+        "$bench" report "$results"
+    } >"$out/summary.md"
+    cat "$out/summary.md"
+    echo "results: $out"
+    if [ "$write_docs" = 1 ]; then
+        python3 - "$out/summary.md" docs/benchmarks.md <<'EOF'
+import sys
+summary, doc = open(sys.argv[1]).read().strip(), open(sys.argv[2]).read()
+begin, end = "<!-- bench.sh --cluster:begin -->", "<!-- bench.sh --cluster:end -->"
+head, rest = doc.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(sys.argv[2], "w").write(f"{head}{begin}\n{summary}\n{end}{tail}")
+EOF
+        echo "docs/benchmarks.md updated"
+    fi
+    exit 0
+fi
 
 echo "== S1: idle connections"
 start_hongyan

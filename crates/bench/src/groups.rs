@@ -18,9 +18,10 @@ use crate::stats::{Samples, cpu_secs, emit, micros_since};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GroupsArgs {
-    /// TCP address of the server's binary protocol listener.
-    #[arg(long)]
-    pub(crate) tcp: std::net::SocketAddr,
+    /// TCP address of the server's binary protocol listener; several (comma-separated,
+    /// the nodes of a cluster) spread each group's members over them in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) tcp: Vec<std::net::SocketAddr>,
     /// Base URL of the server's HTTP API, where the groups are created.
     #[arg(long)]
     pub(crate) api: String,
@@ -211,7 +212,7 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
     if shape.members < 2 {
         bail!("--members must be at least 2");
     }
-    let target = Target::Tcp(args.tcp);
+    let targets: Vec<Target> = args.tcp.iter().copied().map(Target::Tcp).collect();
     let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
     let http = reqwest::Client::new();
     let uid = |g: usize, m: usize| format!("bg{run_id}-{g}-{m}");
@@ -228,7 +229,7 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
     let mut pending = JoinSet::new();
     let mut clients: Vec<Option<Client>> = (0..shape.groups * shape.members).map(|_| None).collect();
     for i in 0..clients.len() {
-        let (target, uid) = (target.clone(), uid(i / shape.members, i % shape.members));
+        let (target, uid) = (targets[i % targets.len()].clone(), uid(i / shape.members, i % shape.members));
         pending.spawn(async move {
             let login =
                 Login { uid: &uid, token: "bench", device_flag: device_flag::APP, device_id: "bench", version: 5 };
