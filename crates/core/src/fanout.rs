@@ -45,18 +45,22 @@ pub(crate) enum Arrival {
     Healed,
 }
 
-/// Who a message is for.
-enum Audience {
-    /// These uids.
-    Uids(Vec<String>),
+/// Who a message is for (borrowed from the delivery where it can be: this is read
+/// once per message on the fan-out path).
+enum Audience<'a> {
+    /// A list of uids.
+    List(&'a [String]),
+    /// The one or two members of a person chat, `(a, b)`.
+    Pair(&'a str, Option<&'a str>),
     /// The subscribers of this channel.
     Members(Arc<ChannelState>),
 }
 
-impl Audience {
+impl Audience<'_> {
     fn uids(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match self {
-            Self::Uids(uids) => Box::new(uids.iter().map(String::as_str)),
+            Self::List(uids) => Box::new(uids.iter().map(String::as_str)),
+            Self::Pair(a, b) => Box::new(std::iter::once(*a).chain(*b)),
             Self::Members(state) => Box::new(state.subscribers.iter().map(String::as_str)),
         }
     }
@@ -106,27 +110,35 @@ impl Core {
 
     /// Who `d` is for: both members of a person chat, or the subscribers of the
     /// channel (of its base channel, for a command channel), or its list.
-    async fn audience(self: &Arc<Self>, d: &Delivery) -> Option<Audience> {
+    async fn audience<'a>(self: &Arc<Self>, d: &'a Delivery) -> Option<Audience<'a>> {
         if let Some(uids) = &d.only_to {
-            return Some(Audience::Uids(uids.clone()));
+            return Some(Audience::List(uids));
         }
-        let base = base_channel(&d.channel);
-        if base.channel_type == PERSON {
-            return match person_channel_members(&base.channel_id) {
-                Some((a, b)) if a == b => Some(Audience::Uids(vec![a.to_owned()])),
-                Some((a, b)) => Some(Audience::Uids(vec![a.to_owned(), b.to_owned()])),
+        // A person chat, or its command channel: the pair is in the channel id.
+        if d.channel.channel_type & !crate::channel::COMMAND == PERSON {
+            return match person_channel_members(&d.channel.channel_id) {
+                Some((a, b)) if a == b => Some(Audience::Pair(a, None)),
+                Some((a, b)) => Some(Audience::Pair(a, Some(b))),
                 None => None,
             };
         }
+        let base = base_channel(&d.channel);
         let states = self.channel_states(vec![base]).await.ok()?;
         states.into_iter().next().map(Audience::Members)
     }
 
     /// The connections on this node `audience` has. The cost follows whichever is
     /// smaller, the member list or the users online.
-    fn local_connections(&self, audience: &Audience) -> Vec<Arc<Conn>> {
+    fn local_connections(&self, audience: &Audience<'_>) -> Vec<Arc<Conn>> {
         match audience {
-            Audience::Uids(uids) => uids.iter().flat_map(|u| self.registry.connections(u)).collect(),
+            Audience::List(uids) => uids.iter().flat_map(|u| self.registry.connections(u)).collect(),
+            Audience::Pair(a, b) => {
+                let mut conns = self.registry.connections(a);
+                if let Some(b) = b {
+                    conns.extend(self.registry.connections(b));
+                }
+                conns
+            }
             Audience::Members(state) => {
                 let subscribers = &state.subscribers;
                 if subscribers.len() > self.registry.user_count() {
@@ -222,7 +234,7 @@ impl Core {
     }
 
     /// Hands `d` once to each other node where someone in `audience` is connected.
-    async fn deliver_to_nodes(&self, d: &Delivery, audience: &Audience) {
+    async fn deliver_to_nodes(&self, d: &Delivery, audience: &Audience<'_>) {
         let (Some(presence), Some(deliverer)) = (self.links.presence.get(), self.links.deliverer.get()) else {
             return;
         };
