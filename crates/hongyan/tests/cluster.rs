@@ -569,22 +569,36 @@ impl GroupSender {
     /// Every acknowledged message is stored once, at its acknowledged seq, and the
     /// seqs are 1..=`last`.
     async fn check_stored(&self, server: &TestServer, last: u64) {
-        let body = json!({"login_uid": "ann", "channel_id": self.group, "channel_type": 2,
-            "start_message_seq": 0, "limit": 100});
-        let (status, answer) = server.post("/channel/messagesync", body).await;
-        assert_eq!(status, 200, "{answer}");
-        let stored: Vec<(String, i64, u64)> = answer["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                let cmn = m["client_msg_no"].as_str().unwrap().to_owned();
-                (cmn, m["message_id"].as_i64().unwrap(), m["message_seq"].as_u64().unwrap())
-            })
-            .collect();
-        assert_eq!(stored, self.acked, "every acknowledged message once, at its acknowledged seq");
-        assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "dense");
+        stored_as_acked(server, "ann", &self.group, &self.acked, last).await;
     }
+}
+
+/// Asserts that `group`'s messages, as `server` syncs them for `login_uid`, are
+/// exactly `acked` ((client_msg_no, message id, seq), in seq order) with seqs
+/// 1..=`last`, and returns them.
+async fn stored_as_acked(
+    server: &TestServer,
+    login_uid: &str,
+    group: &str,
+    acked: &[(String, i64, u64)],
+    last: u64,
+) -> Vec<(String, i64, u64)> {
+    let body = json!({"login_uid": login_uid, "channel_id": group, "channel_type": 2,
+        "start_message_seq": 0, "limit": 1000});
+    let (status, answer) = server.post("/channel/messagesync", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let stored: Vec<(String, i64, u64)> = answer["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let cmn = m["client_msg_no"].as_str().unwrap().to_owned();
+            (cmn, m["message_id"].as_i64().unwrap(), m["message_seq"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(stored, acked, "every acknowledged message once, at its acknowledged seq");
+    assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "dense");
+    stored
 }
 
 /// Seals a SEND to a group and waits for its SENDACK longer than a forward may take.
@@ -901,21 +915,7 @@ async fn the_owner_of_a_busy_group_killed_again_and_again_loses_nothing_acknowle
     };
     acked.sort_by_key(|m| m.2);
     let last = acked.last().unwrap().2;
-    let body =
-        json!({"login_uid": "bob", "channel_id": group, "channel_type": 2, "start_message_seq": 0, "limit": 1000});
-    let (status, answer) = one.post("/channel/messagesync", body).await;
-    assert_eq!(status, 200, "{answer}");
-    let stored: Vec<(String, i64, u64)> = answer["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let cmn = m["client_msg_no"].as_str().unwrap().to_owned();
-            (cmn, m["message_id"].as_i64().unwrap(), m["message_seq"].as_u64().unwrap())
-        })
-        .collect();
-    assert_eq!(stored, acked, "every acknowledged message once, at its acknowledged seq");
-    assert_eq!(stored.iter().map(|m| m.2).collect::<Vec<_>>(), (1..=last).collect::<Vec<_>>(), "dense");
+    let stored = stored_as_acked(&one, "bob", &group, &acked, last).await;
     // bob got each message at most once, in seq order, as it was stored.
     assert!(received.windows(2).all(|w| w[0].1 < w[1].1), "in seq order, once each: {received:?}");
     for r in &received {
