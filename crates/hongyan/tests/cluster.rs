@@ -149,8 +149,35 @@ async fn a_second_live_node_with_the_same_id_is_refused() {
     first.stop().await;
 }
 
+/// A node process a test started: killed (SIGCONT first, in case it was paused)
+/// when dropped, so a failing test leaves no server behind.
+struct NodeProcess(Child);
+
+impl std::ops::Deref for NodeProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for NodeProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-CONT", &self.0.id().to_string()]).status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The binary as node `id` of the cluster, with its API on `api`.
-fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Path) -> Child {
+fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Path) -> NodeProcess {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     Command::new(env!("CARGO_BIN_EXE_hongyan"))
         .arg("serve")
@@ -171,6 +198,7 @@ fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Pat
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(NodeProcess)
         .unwrap()
 }
 
@@ -877,7 +905,7 @@ async fn the_owner_of_a_busy_group_killed_again_and_again_loses_nothing_acknowle
             .await;
         }
     };
-    let kill = |child: &mut Child| {
+    let kill = |child: &mut NodeProcess| {
         child.kill().unwrap();
         child.wait().unwrap();
     };
