@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use hongyan_gateway::is_valid_uid;
+use hongyan_core::session::is_valid_uid;
 use hongyan_store::Thread;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use md5::Digest as _;
@@ -493,7 +493,7 @@ async fn create_thread(State(state): State<AppState>, call: Call, body: Bytes) -
     check_name(&req.name)?;
     for (field, id) in [("group_id", &req.group_id), ("owner", &req.owner)] {
         if !is_valid_uid(id) {
-            return Err(EmError::bad_body(format!("{field}: {}", hongyan_gateway::ID_RULE)));
+            return Err(EmError::bad_body(format!("{field}: {}", hongyan_core::session::ID_RULE)));
         }
     }
     let message_id: i64 = req.msg_id.parse().map_err(|_| EmError::group(StatusCode::NOT_FOUND, "msg not exist."))?;
@@ -681,7 +681,7 @@ fn check_usernames(req: &UsernamesReq) -> Result<(), EmError> {
         return Err(EmError::group(StatusCode::BAD_REQUEST, "request body reaches limit."));
     }
     if let Some(bad) = req.usernames.iter().find(|u| !is_valid_uid(u)) {
-        return Err(EmError::bad_body(format!("usernames: `{bad}`: {}", hongyan_gateway::ID_RULE)));
+        return Err(EmError::bad_body(format!("usernames: `{bad}`: {}", hongyan_core::session::ID_RULE)));
     }
     Ok(())
 }

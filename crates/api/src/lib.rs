@@ -19,7 +19,7 @@ pub mod wukong;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hongyan_gateway::Registry;
+use hongyan_core::session::Registry;
 
 pub use error::ApiError;
 

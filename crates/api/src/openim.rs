@@ -25,7 +25,7 @@ use axum::routing::{MethodRouter, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
 use hongyan_core::directory::ProfileUpdate;
-use hongyan_gateway::is_valid_uid;
+use hongyan_core::session::is_valid_uid;
 use hongyan_proto::ReasonCode;
 use hongyan_store::{ChannelInfo, ChannelKey, GroupProfile, MemberList, Role};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -141,7 +141,11 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, OpenImError> {
 }
 
 fn check_uid(field: &str, uid: &str) -> Result<(), OpenImError> {
-    if is_valid_uid(uid) { Ok(()) } else { Err(OpenImError::args(format!("{field}: {}", hongyan_gateway::ID_RULE))) }
+    if is_valid_uid(uid) {
+        Ok(())
+    } else {
+        Err(OpenImError::args(format!("{field}: {}", hongyan_core::session::ID_RULE)))
+    }
 }
 
 fn check_list(field: &str, uids: &[String], max: usize) -> Result<(), OpenImError> {

@@ -30,7 +30,7 @@ use hmac::{Hmac, Mac};
 use hongyan_core::Core;
 use hongyan_core::channel::base_channel;
 use hongyan_core::hooks::{Observer, OfflineRule};
-use hongyan_gateway::Conn;
+use hongyan_core::session::Conn;
 use hongyan_store::{ChannelKey, Journaled, KvBackend, NewMessage, StoredMessage, Table, Write};
 use serde_json::{Value, json};
 use sha2::Sha256;

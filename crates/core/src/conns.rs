@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hongyan_gateway::Conn;
+use crate::session::Conn;
 
 use crate::Core;
 

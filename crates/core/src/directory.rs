@@ -10,7 +10,7 @@
 //!
 //! All functions here block (storage): call them off the async workers.
 
-use hongyan_gateway::is_valid_uid;
+use crate::session::is_valid_uid;
 use hongyan_store::{ChannelInfo, ChannelKey, MemberList, Role, StoreError, Thread, UserProfile};
 
 use crate::Core;

@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::session::Conn;
 use bytes::Bytes;
-use hongyan_gateway::Conn;
 use hongyan_proto::{HeaderFlags, Packet, Recv, Setting};
 use hongyan_store::{ChannelKey, Order};
 use tracing::warn;
@@ -314,7 +314,7 @@ impl Core {
 mod tests {
     use super::*;
     use crate::channel::person_channel_id;
-    use hongyan_gateway::{Outbox, OutboxLimits, TransportKind};
+    use crate::session::{Outbox, OutboxLimits, TransportKind};
     use hongyan_proto::{Codec, DeviceLevel, ProtocolVersion};
     use hongyan_store::NewMessage;
 
@@ -332,7 +332,7 @@ mod tests {
             connected_at_ms,
             outbox: Outbox::with_budget(
                 OutboxLimits { max_frames: 64, max_bytes: 1 << 20 },
-                hongyan_gateway::HeldBytes::unlimited(),
+                crate::session::HeldBytes::unlimited(),
             ),
             sends_in_flight: tokio::sync::Semaphore::new(8),
         })

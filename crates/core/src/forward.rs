@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hongyan_gateway::{Conn, is_valid_uid};
+use crate::session::{Conn, is_valid_uid};
 use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Send, Sendack, Setting};
 use hongyan_store::{ChannelKey, Fence};
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use hongyan_gateway::Conn;
+use crate::session::Conn;
 use hongyan_proto::DeviceLevel;
 use hongyan_store::{ChannelInfo, ChannelKey, NewMessage, StoreError};
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hongyan_gateway::{CloseReason, Conn, displace_after};
+use crate::session::{CloseReason, Conn, displace_after};
 use hongyan_proto::{Disconnect, Packet, ReasonCode};
 
 use crate::Core;

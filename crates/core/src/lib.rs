@@ -38,11 +38,12 @@ pub mod ids;
 mod kicks;
 pub mod owners;
 pub mod retry;
+pub mod session;
 
 use std::sync::Arc;
 
+use crate::session::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_client_msg_no, is_valid_uid};
 use bytes::Bytes;
-use hongyan_gateway::{AuthFuture, Conn, PacketFuture, Registry, SessionHandler, is_valid_client_msg_no, is_valid_uid};
 use hongyan_proto::{Connect, DeviceLevel, HeaderFlags, Packet, ReasonCode, Send, Sendack, Suback};
 use hongyan_store::ChannelInfo;
 use hongyan_store::{

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use crate::session::Conn;
 use bytes::Bytes;
-use hongyan_gateway::Conn;
 use hongyan_store::ChannelKey;
 use tokio::time::Instant;
 
@@ -190,14 +190,14 @@ impl RetryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hongyan_gateway::{Outbox, OutboxLimits, TransportKind};
+    use crate::session::{Outbox, OutboxLimits, TransportKind};
     use hongyan_proto::{DeviceLevel, ProtocolVersion};
 
     fn conn(id: u64) -> Arc<Conn> {
-        conn_counting(id, hongyan_gateway::HeldBytes::unlimited())
+        conn_counting(id, crate::session::HeldBytes::unlimited())
     }
 
-    fn conn_counting(id: u64, budget: Arc<hongyan_gateway::HeldBytes>) -> Arc<Conn> {
+    fn conn_counting(id: u64, budget: Arc<crate::session::HeldBytes>) -> Arc<Conn> {
         Arc::new(Conn {
             id,
             uid: "u".into(),
@@ -270,7 +270,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn frames_awaiting_an_ack_count_against_the_node_budget_until_settled() {
-        let budget = hongyan_gateway::HeldBytes::new(1 << 20, 1 << 10);
+        let budget = crate::session::HeldBytes::new(1 << 20, 1 << 10);
         let q = RetryQueue::new(settings(1, 2));
         let (a, b) = (conn_counting(1, budget.clone()), conn_counting(2, budget.clone()));
         q.track(&a, 1, Bytes::from_static(&[0; 100]), None);

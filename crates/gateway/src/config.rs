@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::outbox::OutboxLimits;
+use hongyan_core::session::OutboxLimits;
 
 /// How the gateway listens and treats connections. Durations carry their unit in the name.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -171,8 +171,8 @@ impl GatewayConfig {
     }
 
     /// The node-wide budget these settings describe, for the registry.
-    pub fn held_budget(&self) -> std::sync::Arc<crate::HeldBytes> {
-        crate::HeldBytes::new(self.max_held_bytes, self.held_share_bytes)
+    pub fn held_budget(&self) -> std::sync::Arc<hongyan_core::session::HeldBytes> {
+        hongyan_core::session::HeldBytes::new(self.max_held_bytes, self.held_share_bytes)
     }
 
     pub(crate) fn outbox_limits(&self) -> OutboxLimits {

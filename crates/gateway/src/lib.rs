@@ -1,21 +1,20 @@
 //! The client gateway: where devices connect.
 //!
 //! TCP, WebSocket and WSS listeners; one task per connection running the CONNECT
-//! handshake, heartbeats, the idle timeout and kicks; the [`Registry`] of who is online;
-//! and each connection's bounded [`Outbox`]. What a login is allowed and what a SEND
-//! means is not decided here but by the [`SessionHandler`] the server plugs in.
+//! handshake, heartbeats, the idle timeout and kicks, and writing what the core queued
+//! in the connection's outbox. The connection, its outbox, the registry of who is
+//! online and the [`SessionHandler`] interface are the core's (`hongyan_core::session`):
+//! what a login is allowed and what a SEND means is decided there, and this crate
+//! implements the socket side of it.
 //!
 //! Only this crate touches client sockets.
 
 #![warn(missing_docs)]
 
 mod config;
-mod conn;
 mod listener;
-mod outbox;
 mod preauth;
 mod proxy;
-mod registry;
 mod session;
 mod transport;
 
@@ -23,19 +22,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use hongyan_core::session::{Registry, SessionHandler, TransportKind};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, pki_types};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ConfigError, GatewayConfig, parse_listen_addr};
-pub use conn::{Conn, SendError, TransportKind};
-pub use outbox::{CloseReason, HeldBytes, Outbox, OutboxLimits, PushError};
-pub use registry::{Displacement, Registry};
-pub use session::{
-    AuthFuture, CLIENT_MSG_NO_RULE, ID_RULE, MAX_ID_LEN, PacketFuture, SessionHandler, displace_after,
-    is_valid_client_msg_no, is_valid_uid,
-};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -15,10 +15,10 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, warn};
 
-use crate::conn::TransportKind;
 use crate::proxy::{self, ProxyHeader};
 use crate::session::{self, Shared, handshake_result};
 use crate::transport::{Capped, TcpTransport, WsTransport};
+use hongyan_core::session::TransportKind;
 
 /// Binds a listener with a backlog deep enough for reconnect storms.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -2,52 +2,24 @@
 //! loop that decodes packets, answers PINGs, writes queued frames and enforces the idle
 //! timeout, until someone closes it.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use hongyan_proto::{
-    Codec, Connect, DecodeError, DeviceLevel, Disconnect, KeyPair, Packet, PacketType, ReasonCode, ServerHandshake,
-    generate_salt,
+    Codec, Connect, DecodeError, KeyPair, Packet, PacketType, ReasonCode, ServerHandshake, generate_salt,
 };
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::config::GatewayConfig;
-use crate::conn::{Conn, TransportKind};
-use crate::outbox::{CloseReason, Outbox};
-use crate::registry::{Displacement, Registry};
 use crate::transport::Transport;
-
-/// The future [`SessionHandler::authenticate`] returns.
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<DeviceLevel, ReasonCode>> + Send + 'a>>;
-
-/// The future [`SessionHandler::on_packet`] returns: the packet's admission.
-pub type PacketFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// What the gateway asks of the rest of the server. The gateway owns sockets and
-/// sessions; the handler owns users and messages.
-pub trait SessionHandler: Send + Sync + 'static {
-    /// Whether `connect` may log in, and at which level. The uid has already been
-    /// checked for shape. An error is the CONNACK reason code (AuthFail, Ban, …).
-    fn authenticate<'a>(&'a self, connect: &'a Connect) -> AuthFuture<'a>;
-
-    /// `conn` completed its login and is in the registry.
-    fn on_online(&self, conn: &Arc<Conn>);
-
-    /// `conn` sent SEND, RECVACK or SUB. The session awaits the returned future before
-    /// reading the connection's next packet, so packets are admitted in the order they
-    /// arrived. Admit quickly (checks, enqueueing) and finish slow work (durability,
-    /// fan-out) elsewhere: answers go to `conn.outbox`.
-    fn on_packet<'a>(&'a self, conn: &'a Arc<Conn>, packet: Packet) -> PacketFuture<'a>;
-
-    /// `conn` is gone (closed, kicked, timed out) and no longer in the registry.
-    fn on_offline(&self, conn: &Arc<Conn>);
-}
+use hongyan_core::session::{
+    CloseReason, Conn, Displacement, Outbox, Registry, SessionHandler, TransportKind, displace_after,
+    is_valid_client_msg_no, is_valid_uid,
+};
 
 /// State shared by every connection of a gateway.
 pub(crate) struct Shared {
@@ -72,28 +44,6 @@ pub(crate) struct Admission {
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Longest uid or channel id, in bytes. Ids become parts of storage keys, and a person
-/// channel's stored id joins two uids.
-pub const MAX_ID_LEN: usize = 255;
-
-/// What [`is_valid_uid`] requires, for error messages.
-pub const ID_RULE: &str = "must be 1 to 255 bytes and contain none of @ # &";
-
-/// A uid or channel id the server accepts: 1 to [`MAX_ID_LEN`] bytes, and none of the
-/// characters WuKongIM uses to build channel ids.
-pub fn is_valid_uid(uid: &str) -> bool {
-    !uid.is_empty() && uid.len() <= MAX_ID_LEN && !uid.contains(['@', '#', '&'])
-}
-
-/// What [`is_valid_client_msg_no`] requires, for error messages.
-pub const CLIENT_MSG_NO_RULE: &str = "must be at most 255 bytes";
-
-/// A client_msg_no (or device id) the server accepts: empty, or up to [`MAX_ID_LEN`]
-/// bytes, like an id. It becomes part of a storage key; the SDKs' are about 40 bytes.
-pub fn is_valid_client_msg_no(client_msg_no: &str) -> bool {
-    client_msg_no.len() <= MAX_ID_LEN
 }
 
 pub(crate) fn handshake_result(result: &'static str) {
@@ -294,20 +244,6 @@ pub(crate) fn displace(old: &Conn, how: Displacement, config: &GatewayConfig) {
     displace_after(old, how, config.kick_close_delay());
 }
 
-/// [`displace`] with the delay before the socket closes given: for connections a
-/// login on another node displaced.
-pub fn displace_after(old: &Conn, how: Displacement, delay: std::time::Duration) {
-    let (frame, reason) = match how {
-        Displacement::Kick => {
-            let kick = Disconnect { reason_code: ReasonCode::ConnectKick, reason: "login in other device".into() };
-            (old.codec().encode_to_bytes(&Packet::Disconnect(kick)).ok(), CloseReason::Kicked)
-        }
-        Displacement::Replace => (None, CloseReason::Replaced),
-    };
-    metrics::counter!("hongyan_gateway_kicks_total", "kind" => reason.label()).increment(1);
-    old.outbox.close_after(frame, delay, reason);
-}
-
 /// The authenticated loop. Returns why it ended (a metrics label).
 async fn serve<T: Transport>(
     t: &mut T,
@@ -406,6 +342,8 @@ async fn write<T: Transport>(t: &mut T, frames: &[Bytes], config: &GatewayConfig
 #[cfg(test)]
 pub(crate) mod tests_support {
     use super::*;
+    use hongyan_core::session::{AuthFuture, PacketFuture};
+    use hongyan_proto::DeviceLevel;
 
     /// A handler that lets everyone in and ignores packets.
     pub(crate) struct AcceptAll;
@@ -432,7 +370,7 @@ mod tests {
     use hongyan_proto::ClientHandshake;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    use crate::outbox::OutboxLimits;
+    use hongyan_core::session::OutboxLimits;
 
     /// An in-memory transport, so time can be paused without real sockets.
     struct Duplex(DuplexStream);
@@ -545,16 +483,5 @@ mod tests {
     fn outbox_limits_come_from_config() {
         let limits: OutboxLimits = GatewayConfig::default().outbox_limits();
         assert_eq!((limits.max_frames, limits.max_bytes), (1024, 4 * 1024 * 1024));
-    }
-
-    #[test]
-    fn uid_shape() {
-        assert!(is_valid_uid("alice_01"));
-        assert!(!is_valid_uid(""));
-        for bad in ["a@b", "a#b", "a&b"] {
-            assert!(!is_valid_uid(bad), "{bad}");
-        }
-        assert!(is_valid_uid(&"x".repeat(MAX_ID_LEN)));
-        assert!(!is_valid_uid(&"x".repeat(MAX_ID_LEN + 1)));
     }
 }

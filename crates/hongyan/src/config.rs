@@ -720,8 +720,8 @@ impl Config {
                     "must name at least one admin when openim.enabled is true",
                 ));
             }
-            if let Some(bad) = self.openim.admin_user_ids.iter().find(|u| !hongyan_gateway::is_valid_uid(u)) {
-                return Err(invalid("openim.admin_user_ids", &format!("`{bad}`: {}", hongyan_gateway::ID_RULE)));
+            if let Some(bad) = self.openim.admin_user_ids.iter().find(|u| !hongyan_core::session::is_valid_uid(u)) {
+                return Err(invalid("openim.admin_user_ids", &format!("`{bad}`: {}", hongyan_core::session::ID_RULE)));
             }
             if self.openim.token_expire_days == 0 {
                 return Err(invalid("openim.token_expire_days", "must be at least 1"));
@@ -821,8 +821,8 @@ impl Config {
             return Err(invalid("api.max_body_bytes", "must be greater than 0"));
         }
         for (key, uid) in [("manager_uid", &self.manager_uid), ("system_uid", &self.system_uid)] {
-            if !hongyan_gateway::is_valid_uid(uid) {
-                return Err(invalid(key, hongyan_gateway::ID_RULE));
+            if !hongyan_core::session::is_valid_uid(uid) {
+                return Err(invalid(key, hongyan_core::session::ID_RULE));
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 
 /// Appends a string as a 2-byte big-endian length and its bytes.
 pub(crate) fn push_str16(out: &mut Vec<u8>, s: &str) {
-    // Callers validate: ids are at most 255 bytes (hongyan_gateway::MAX_ID_LEN), and the
+    // Callers validate: ids are at most 255 bytes (hongyan_core::session::MAX_ID_LEN), and the
     // message log refuses longer message strings before they reach its writer.
     let len = u16::try_from(s.len()).expect("invariant: stored strings are at most 65,535 bytes");
     out.extend_from_slice(&len.to_be_bytes());

@@ -167,7 +167,7 @@ pub(super) async fn by_client_msg_no(
 ) -> Result<Json<Value>, ApiError> {
     if q.channel_type == PERSON {
         let valid = hongyan_core::channel::person_channel_members(&q.channel_id)
-            .is_some_and(|(a, b)| hongyan_gateway::is_valid_uid(a) && hongyan_gateway::is_valid_uid(b));
+            .is_some_and(|(a, b)| hongyan_core::session::is_valid_uid(a) && hongyan_core::session::is_valid_uid(b));
         if !valid {
             return Err(ApiError::bad("channel_id: person channels are named `a@b` here"));
         }

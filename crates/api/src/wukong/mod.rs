@@ -15,7 +15,7 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
 use hongyan_core::cluster::{NodeInfo, home_of};
-use hongyan_gateway::{CLIENT_MSG_NO_RULE, ID_RULE, is_valid_client_msg_no, is_valid_uid};
+use hongyan_core::session::{CLIENT_MSG_NO_RULE, ID_RULE, is_valid_client_msg_no, is_valid_uid};
 use hongyan_proto::{DeviceLevel, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
 use serde::Deserialize;

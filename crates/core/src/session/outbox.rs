@@ -132,9 +132,11 @@ pub struct Outbox {
 
 /// What the connection task should do next, taken from the outbox.
 #[derive(Debug, Default)]
-pub(crate) struct Drained {
-    pub(crate) frames: Vec<Bytes>,
-    pub(crate) close: Option<(Instant, CloseReason)>,
+pub struct Drained {
+    /// Frames to write, in order.
+    pub frames: Vec<Bytes>,
+    /// When to close the socket and why, if a close was requested.
+    pub close: Option<(Instant, CloseReason)>,
 }
 
 impl Outbox {
@@ -223,7 +225,7 @@ impl Outbox {
     }
 
     /// Waits until something was pushed or a close was requested.
-    pub(crate) async fn changed(&self) {
+    pub async fn changed(&self) {
         self.notify.notified().await;
     }
 
@@ -234,7 +236,7 @@ impl Outbox {
     }
 
     /// Takes every waiting frame, and the close request if any.
-    pub(crate) fn drain(&self) -> Drained {
+    pub fn drain(&self) -> Drained {
         let mut s = self.lock();
         self.budget.sub(std::mem::take(&mut s.bytes));
         let frames = std::mem::take(&mut s.frames).into();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hongyan_proto::{Codec, DeviceLevel, EncodeError, Packet, ProtocolVersion, SessionCipher};
 
-use crate::outbox::{Outbox, PushError};
+use super::outbox::{Outbox, PushError};
 
 /// How a connection reached us. Also a metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

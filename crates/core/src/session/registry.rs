@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hongyan_proto::DeviceLevel;
 
-use crate::conn::Conn;
-use crate::outbox::HeldBytes;
+use super::conn::Conn;
+use super::outbox::HeldBytes;
 
 const SHARDS: usize = 64;
 
@@ -244,8 +244,8 @@ fn displacement(other: &Conn, device_flag: u8, device_id: &str, level: DeviceLev
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::TransportKind;
-    use crate::outbox::{Outbox, OutboxLimits};
+    use crate::session::TransportKind;
+    use crate::session::{Outbox, OutboxLimits};
     use hongyan_proto::ProtocolVersion;
 
     fn conn(reg: &Registry, uid: &str, flag: u8, level: DeviceLevel, device: &str) -> Arc<Conn> {
