@@ -3,7 +3,7 @@
 //! id and drop a killed node from every route within a lease; each channel's messages
 //! are stored by its one owner, whichever node they arrive at, with dense seqs; an
 //! owner that is killed or paused loses its channels within a lease and nothing
-//! acknowledged. Needs PostgreSQL (`POSTGRES_TEST_URL`) and nats-server, which
+//! acknowledged; nor does a NATS restart or a PostgreSQL outage longer than a lease. Needs PostgreSQL (`POSTGRES_TEST_URL`) and nats-server, which
 //! scripts/test.sh provides.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::pg_proxy::{Proxy, through};
 use common::{NatsServer, TestServer, cluster_member, eventually, group_homed_on, wait_for_presence};
 use hongyan_proto::{ReasonCode, device_flag};
 use hongyan_testkit::Client;
@@ -555,6 +556,74 @@ async fn a_nats_restart_mid_traffic_loses_nothing_acknowledged() {
     ann.check_stored(&two, 20).await;
     two.stop().await;
     one.stop().await;
+}
+
+/// PostgreSQL is taken from every node at once, for longer than a lease, while a
+/// client on node 1 sends to a group node 2 owns and bob on node 3 receives: sends are
+/// refused meanwhile (never acknowledged unstored); when the database is back each
+/// node renews its own row (nobody could take it), the group is owned again, delivery
+/// resumes where it stopped, and every acknowledged message is stored once at its seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_longer_than_a_lease_loses_nothing_and_every_node_comes_back() {
+    let nats = NatsServer::start();
+    let (_, upstream) = through(&common::postgres_url(), "127.0.0.1:1".parse().unwrap());
+    let proxy = std::sync::Arc::new(Proxy::start(upstream).await);
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let (schema, nats_url) = (schema.clone(), nats.url());
+        let postgres_url = through(&common::postgres_url(), proxy.addr).0;
+        nodes.push(
+            TestServer::start_with(move |c| {
+                cluster_member(c, &schema, &nats_url, id);
+                c.storage.postgres_url = postgres_url;
+                c.storage.postgres_connect_timeout_ms = 1_000;
+                c.storage.postgres_statement_timeout_ms = 2_000;
+            })
+            .await,
+        );
+    }
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    wait_for_members(&all, &[1, 2, 3]).await;
+    let mut ann = GroupSender::new(all[0], group_homed_on(2, &[1, 2, 3])).await;
+    all[0].register("bob", "t", device_flag::APP, 1).await;
+    let mut bob = login(all[2], "bob", "b1").await;
+    wait_for_presence(&all, &["ann", "bob"], &["ann", "bob"]).await;
+    for n in 1..=5 {
+        ann.send(n).await;
+    }
+    let group = ann.group.clone();
+    let expected = |range: std::ops::RangeInclusive<u32>| -> Vec<(String, u32, String)> {
+        range.map(|n| (group.clone(), n, format!("m{n}"))).collect()
+    };
+    assert_eq!(receive_n(&mut bob, 5).await, expected(1..=5));
+
+    proxy.cut();
+    let outage = WITHIN_A_LEASE;
+    let back = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            proxy.restore();
+        })
+    };
+    // Sent during the outage: refused (SENDACK 15) and resent until the database is
+    // back and the group has an owner again.
+    for n in 6..=10 {
+        ann.send(n).await;
+    }
+    back.await.unwrap();
+    assert!(ann.refused >= 1, "a send during the outage was refused");
+    wait_for_members(&all, &[1, 2, 3]).await;
+    assert_eq!(receive_n(&mut bob, 5).await, expected(6..=10), "delivery resumes in order, once");
+    for node in &all {
+        ann.check_stored(node, 10).await;
+        assert_eq!(node.get("/health").await, (200, json!({"status": "ok"})), "node {}", node.config.node_id);
+        assert!(!node.server.core.health().has_failed(), "node {}", node.config.node_id);
+    }
+    for node in nodes {
+        node.stop().await;
+    }
 }
 
 /// "ann", sending to a group of hers as a client does: each message resent (same

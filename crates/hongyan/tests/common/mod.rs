@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // shared by several test binaries; helpers panic on purpose
 
+pub(crate) mod pg_proxy;
+
 use std::time::Duration;
 
 use hongyan::{Config, Server};
