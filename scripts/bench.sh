@@ -101,7 +101,7 @@ start_hongyan() {
     fi
     env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn "${storage_env[@]}" target/release/hongyan serve \
         --data-dir "$server_dir" --http-addr "$api" --manager-addr 127.0.0.1:17300 \
-        --tcp-addr 127.0.0.1:17100 --ws-addr 127.0.0.1:17200 >"$out/server.log" 2>&1 &
+        --tcp-addr 127.0.0.1:17100 --ws-addr 127.0.0.1:17200 --demo-addr "" >"$out/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
         curl -sf "http://$api/health" >/dev/null && return 0

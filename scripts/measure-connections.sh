@@ -11,7 +11,7 @@ for transport in tcp ws; do
     dir=$(mktemp -d)
     env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn ${SERVER_ENV:-} target/release/hongyan serve \
         --data-dir "$dir" --http-addr 127.0.0.1:15001 --manager-addr 127.0.0.1:15300 \
-        --tcp-addr 127.0.0.1:15100 --ws-addr 127.0.0.1:15200 &
+        --tcp-addr 127.0.0.1:15100 --ws-addr 127.0.0.1:15200 --demo-addr "" &
     pid=$!
     trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
     for _ in $(seq 50); do

@@ -16,6 +16,9 @@ if ! command -v node >/dev/null 2>&1; then
     exit 1
 fi
 (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+# The pages the server embeds (crates/hongyan/web/) must be the build of their sources
+# in web/: fails when someone changed a source without `npm run build`.
+(cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check)
 # Debian's Chromium, for the same SDK in a headless browser.
 if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" -ne 0 ]; then

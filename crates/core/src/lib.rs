@@ -397,6 +397,11 @@ impl Core {
         &self.shards[hash % self.shards.len()]
     }
 
+    /// Whether `token` is the one registered for (uid, device_flag) (`/user/token`).
+    pub fn token_matches(&self, uid: &str, device_flag: u8, token: &str) -> Result<bool, StoreError> {
+        Ok(self.store.device(uid, device_flag)?.is_some_and(|d| d.token_matches(token)))
+    }
+
     fn check_login(&self, connect: &Connect) -> Result<DeviceLevel, ReasonCode> {
         let s = &self.settings;
         if self.health().has_failed() {

@@ -31,6 +31,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Metrics and operator endpoints.
     pub manager: ManagerConfig,
+    /// The demo chat.
+    pub demo: DemoConfig,
     /// How logins are checked.
     pub auth: AuthConfig,
     /// What `/route` tells clients.
@@ -51,6 +53,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[demo]`: the demo chat at `http://<addr>/chatdemo` (`crates/hongyan/src/demo.rs`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Listen address. Unset: `127.0.0.1:5172` on a single node with a WebSocket
+    /// listener, off otherwise (a cluster member, no `gateway.ws_addr`); empty: off.
+    /// Loopback only: the demo gives a token to whoever asks.
+    pub addr: Option<String>,
 }
 
 /// `[cluster]`: on when `nats_url` is set (storage must be PostgreSQL then).
@@ -481,6 +493,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             gateway: GatewayConfig::default(),
             manager: ManagerConfig::default(),
+            demo: DemoConfig::default(),
             auth: AuthConfig::default(),
             external: ExternalConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -549,6 +562,9 @@ pub struct Overrides {
     /// `--manager-addr`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manager_addr: Option<String>,
+    /// `--demo-addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demo_addr: Option<String>,
 }
 
 impl Overrides {
@@ -568,6 +584,7 @@ impl Overrides {
         set("gateway.ws_addr", self.ws_addr.map(Into::into));
         set("gateway.wss_addr", self.wss_addr.map(Into::into));
         set("manager.addr", self.manager_addr.map(Into::into));
+        set("demo.addr", self.demo_addr.map(Into::into));
         f
     }
 }
@@ -670,6 +687,7 @@ impl Config {
             .map_err(|e| ConfigError::Invalid { key: format!("gateway.{}", e.key), problem: e.problem })?;
         self.api_addr()?;
         self.manager_addr()?;
+        self.demo_addr()?;
         if self.storage.sync_interval_ms == 0 {
             return Err(invalid("storage.sync_interval_ms", "must be greater than 0"));
         }
@@ -847,6 +865,29 @@ impl Config {
     pub fn manager_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.defaulted_addr("manager.addr", &self.manager.addr, 5300)
     }
+
+    /// The demo chat's listen address, `None` when it is off (see [`DemoConfig::addr`]).
+    pub fn demo_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let invalid = |problem: &str| ConfigError::Invalid { key: "demo.addr".into(), problem: problem.into() };
+        let Some(value) = &self.demo.addr else {
+            let single_with_ws = self.cluster.nats_url.is_empty() && !self.gateway.ws_addr.is_empty();
+            return Ok(single_with_ws.then(|| SocketAddr::from(([127, 0, 0, 1], 5172))));
+        };
+        let Some(addr) = parse_listen_addr("demo.addr", value)
+            .map_err(|e| ConfigError::Invalid { key: "demo.addr".into(), problem: e.problem })?
+        else {
+            return Ok(None);
+        };
+        if !addr.ip().is_loopback() {
+            return Err(invalid(
+                "must be a loopback address: the demo signs anyone in as any user (leave it empty to turn it off)",
+            ));
+        }
+        if self.gateway.ws_addr.is_empty() {
+            return Err(invalid("needs gateway.ws_addr: the demo page connects over WebSocket"));
+        }
+        Ok(Some(addr))
+    }
 }
 
 #[cfg(test)]
@@ -1013,6 +1054,23 @@ mod tests {
             let e = Config::from_toml(bad).unwrap_err().to_string();
             assert!(e.contains("storage.retention_days."), "{e}");
         }
+    }
+
+    #[test]
+    fn the_demo_is_on_by_default_on_loopback_only() {
+        let c = Config::load(None, empty_env(), Overrides::default()).unwrap();
+        assert_eq!(c.demo_addr().unwrap(), Some("127.0.0.1:5172".parse().unwrap()));
+        let off = Config::from_toml("[demo]\naddr = \"\"").unwrap();
+        assert_eq!(off.demo_addr().unwrap(), None);
+        let no_ws = Config::from_toml("[gateway]\nws_addr = \"\"").unwrap();
+        assert_eq!(no_ws.demo_addr().unwrap(), None, "no WebSocket listener, no default demo");
+        let e = Config::from_toml("[demo]\naddr = \"0.0.0.0:5172\"").unwrap_err().to_string();
+        assert!(e.contains("demo.addr") && e.contains("loopback"), "{e}");
+        let e = Config::from_toml("[demo]\naddr = \"127.0.0.1:5172\"\n[gateway]\nws_addr = \"\"").unwrap_err();
+        assert!(e.to_string().contains("gateway.ws_addr"), "{e}");
+        let clustered = "[storage]\nbackend = \"postgres\"\npostgres_url = \"postgres://h@127.0.0.1/h\"\n\
+                         [cluster]\nnats_url = \"nats://127.0.0.1:4222\"\n";
+        assert_eq!(Config::from_toml(clustered).unwrap().demo_addr().unwrap(), None, "off on a cluster member");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod demo;
 mod http;
 
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ pub struct Server {
     pub openim_addr: Option<SocketAddr>,
     /// The Easemob dialect's own listener, when configured.
     pub easemob_addr: Option<SocketAddr>,
+    /// The demo chat's bound address, when it is on.
+    pub demo_addr: Option<SocketAddr>,
     /// The client gateway and its bound addresses.
     pub gateway: Gateway,
     /// Who is online.
@@ -386,6 +389,16 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
     if let Some((addr, router)) = easemob {
         listeners.push(("easemob.addr", addr, router));
     }
+    if let (Some(addr), Some(ws)) = (config.demo_addr()?, gateway.ws_addr) {
+        let host = if ws.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { ws.ip() };
+        let demo = demo::Demo {
+            api: listeners[0].2.clone(),
+            core: core.clone(),
+            ws_addr: format!("ws://{}", SocketAddr::new(host, ws.port())),
+            manager_token: config.manager_token.clone(),
+        };
+        listeners.push(("demo.addr", addr, demo::router(demo)));
+    }
     let limits = http::HttpLimits {
         header_timeout: Duration::from_millis(config.api.header_timeout_ms),
         request_timeout: Duration::from_millis(config.api.request_timeout_ms),
@@ -414,12 +427,14 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         }
     }
     let addr_of = |key: &str| listeners_bound.iter().find(|(k, _)| *k == key).map(|(_, a)| *a);
-    let (openim_addr, easemob_addr) = (addr_of("openim.addr"), addr_of("easemob.addr"));
+    let (openim_addr, easemob_addr, demo_addr) =
+        (addr_of("openim.addr"), addr_of("easemob.addr"), addr_of("demo.addr"));
     Ok(Server {
         api_addr: bound[0],
         manager_addr: bound[1],
         openim_addr,
         easemob_addr,
+        demo_addr,
         gateway,
         registry,
         log,
@@ -559,6 +574,9 @@ impl Server {
         }
         if self.membership.is_some() {
             out.push(("Cluster nodes", http(self.api_addr, "/cluster/nodes")));
+        }
+        if let Some(addr) = self.demo_addr {
+            out.push(("Demo chat", http(addr, "/chatdemo")));
         }
         out.push(("Metrics", http(self.manager_addr, "/metrics")));
         out.push(("Health", http(self.manager_addr, "/health")));

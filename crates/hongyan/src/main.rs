@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Metrics address [default: 127.0.0.1:5300, or 0.0.0.0:5300 with a manager token].
     #[arg(long, value_name = "ADDR")]
     manager_addr: Option<String>,
+    /// Demo chat (`/chatdemo`), loopback only [default: 127.0.0.1:5172 on a single node
+    /// with a WebSocket listener; "" disables].
+    #[arg(long, value_name = "ADDR")]
+    demo_addr: Option<String>,
     /// Node id, 1–1023 [default: 1001].
     #[arg(long, value_name = "ID")]
     node_id: Option<u64>,
@@ -66,6 +70,7 @@ impl ServeArgs {
             ws_addr: self.ws_addr,
             wss_addr: self.wss_addr,
             manager_addr: self.manager_addr,
+            demo_addr: self.demo_addr,
         };
         (self.config, flags)
     }
@@ -149,6 +154,7 @@ fn announce(server: &hongyan::Server, (node_id, storage, format): (u64, String, 
                 wss = at("WSS clients"),
                 openim = at("OpenIM API"),
                 easemob = at("Easemob API"),
+                demo = at("Demo chat"),
                 metrics = at("Metrics"),
                 health = at("Health"),
                 cluster = at("Cluster nodes"),

@@ -114,6 +114,7 @@ fn output_until(env: &[(&str, &str)], done: impl Fn(&[String]) -> bool) -> (Vec<
         .args(["--tcp-addr", &format!("127.0.0.1:{}", ports[1])])
         .args(["--ws-addr", &format!("127.0.0.1:{}", ports[2])])
         .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--demo-addr", &format!("127.0.0.1:{}", free_port())])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -154,6 +155,7 @@ fn a_fresh_start_prints_every_address_and_nothing_from_dependencies() {
         format!("http://127.0.0.1:{api}/openapi.json"),
         format!("127.0.0.1:{tcp}"),
         format!("ws://127.0.0.1:{ws}"),
+        "/chatdemo".to_owned(),
         "/metrics".to_owned(),
     ] {
         assert!(text.contains(&expected), "{expected} missing from the banner:\n{text}");

@@ -46,6 +46,7 @@ pub(crate) fn test_config(dir: &std::path::Path) -> Config {
     config.gateway.tcp_addr = "127.0.0.1:0".into();
     config.gateway.ws_addr = "127.0.0.1:0".into();
     config.gateway.kick_close_delay_ms = 300;
+    config.demo.addr = Some(String::new());
     config
 }
 
