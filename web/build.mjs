@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const embedded = path.join(here, "../crates/hongyan/web");
-const pages = ["demo"];
+const pages = ["demo", "console"];
 const check = process.argv.includes("--check");
 const out = check ? fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-web-")) : embedded;
 

@@ -230,7 +230,8 @@ fn decode_outcome(mut input: Bytes) -> Option<ForwardOutcome> {
 
 /// `[from node][0][type][id]` a channel, `[from node][1]` the system accounts,
 /// `[from node][2][flag][level][at ms][uid][device id]` a login,
-/// `[from node][3][flag or 255][reason][delay ms][uid][text]` a kick.
+/// `[from node][3][flag or 255][reason][delay ms][uid][text]` a kick,
+/// `[from node][4][node][conn id][kick][uid]` one connection closed.
 fn encode_change(from: u64, what: &Changed) -> Option<Bytes> {
     let mut out = BytesMut::with_capacity(32);
     out.put_u64(from);
@@ -256,6 +257,13 @@ fn encode_change(from: u64, what: &Changed) -> Option<Bytes> {
             out.put_u64(*delay_ms);
             put_str(&mut out, uid)?;
             put_str(&mut out, text)?;
+        }
+        Changed::CloseConnection { node, conn_id, uid, kick } => {
+            out.put_u8(4);
+            out.put_u64(*node);
+            out.put_u64(*conn_id);
+            out.put_u8(u8::from(*kick));
+            put_str(&mut out, uid)?;
         }
     }
     Some(out.freeze())
@@ -285,6 +293,10 @@ fn decode_change(mut input: Bytes) -> Option<(u64, Changed)> {
             let uid = get_str(&mut input)?;
             let device_flag = (flag != u8::MAX).then_some(flag);
             Some((from, Changed::Kick { uid, device_flag, reason, text: get_str(&mut input)?, delay_ms }))
+        }
+        4 if input.remaining() >= 17 => {
+            let (node, conn_id, kick) = (input.get_u64(), input.get_u64(), input.get_u8() != 0);
+            Some((from, Changed::CloseConnection { node, conn_id, uid: get_str(&mut input)?, kick }))
         }
         _ => None,
     }
@@ -338,9 +350,15 @@ mod tests {
             text: "banned".into(),
             delay_ms: 300,
         };
-        for what in
-            [Changed::Channel(ChannelKey::new("g", 2)), Changed::SystemAccounts, login, kick(Some(2)), kick(None)]
-        {
+        let close = Changed::CloseConnection { node: 2, conn_id: 41, uid: "cy".into(), kick: true };
+        for what in [
+            Changed::Channel(ChannelKey::new("g", 2)),
+            Changed::SystemAccounts,
+            login,
+            kick(Some(2)),
+            kick(None),
+            close,
+        ] {
             assert_eq!(decode_change(encode_change(3, &what).unwrap()), Some((3, what)));
         }
     }

@@ -192,6 +192,17 @@ pub enum Changed {
         /// How long the socket stays open after the DISCONNECT.
         delay_ms: u64,
     },
+    /// One connection is closed (`/conn/kick`, `/conn/remove`) by the node it is on.
+    CloseConnection {
+        /// The node the connection is on.
+        node: u64,
+        /// Its id there.
+        conn_id: u64,
+        /// Its user.
+        uid: String,
+        /// With DISCONNECT(ConnectKick) first, rather than just closed.
+        kick: bool,
+    },
 }
 
 /// Tells the other nodes of changes (best effort, after the change is stored).

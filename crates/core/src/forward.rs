@@ -63,6 +63,11 @@ impl Core {
             Changed::Kick { uid, device_flag, reason, text, delay_ms } => {
                 self.kick_here(uid, *device_flag, *reason, text, Duration::from_millis(*delay_ms));
             }
+            Changed::CloseConnection { node, conn_id, uid, kick } => {
+                if *node == self.settings.node_id {
+                    self.close_connection_here(uid, *conn_id, *kick);
+                }
+            }
         }
     }
 

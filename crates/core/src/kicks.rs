@@ -48,6 +48,32 @@ impl Core {
         count
     }
 
+    /// Closes one connection, on whichever node it is (`/conn/kick` with `kick`: a
+    /// DISCONNECT(ConnectKick) first; `/conn/remove`: just closed). On this node it
+    /// answers whether the connection was there; for another node's it asks that node
+    /// and answers `None` (the bus does not answer back).
+    pub fn close_connection(&self, node: u64, uid: &str, conn_id: u64, kick: bool) -> Option<bool> {
+        if node == self.settings.node_id {
+            return Some(self.close_connection_here(uid, conn_id, kick));
+        }
+        self.tell_others(Changed::CloseConnection { node, conn_id, uid: uid.to_owned(), kick });
+        None
+    }
+
+    /// [`Self::close_connection`] for a connection of this node.
+    pub(crate) fn close_connection_here(&self, uid: &str, conn_id: u64, kick: bool) -> bool {
+        let Some(conn) = self.registry.take_one(uid, conn_id) else { return false };
+        let frame = kick
+            .then(|| {
+                let kick = Disconnect { reason_code: ReasonCode::ConnectKick, reason: "kicked by the server".into() };
+                conn.codec().encode_to_bytes(&Packet::Disconnect(kick)).ok()
+            })
+            .flatten();
+        let delay = if kick { self.settings.kick_close_delay } else { Duration::ZERO };
+        conn.outbox.close_after(frame, delay, CloseReason::Requested);
+        true
+    }
+
     /// Tells the other nodes of a login here, so that they apply its kick rules to
     /// their own connections of the same user (this node's registry did it here).
     pub(crate) fn announce_login(&self, conn: &Arc<Conn>) {

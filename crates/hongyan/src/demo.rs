@@ -22,7 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
+
+use crate::console::{asset, in_process};
 
 const INDEX: &str = include_str!("../web/demo/index.html");
 const STYLE: &str = include_str!("../web/demo/style.css");
@@ -105,10 +106,6 @@ pub(crate) fn router(demo: Demo) -> Router {
         .with_state(shared)
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
-}
-
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({"status": status.as_u16(), "msg": msg}))).into_response()
 }
@@ -124,10 +121,7 @@ async fn call_api(demo: &Demo, path: &str, body: &Value) -> Response {
     let Ok(request) = request.body(Body::from(body.to_string())) else {
         return refuse(StatusCode::BAD_REQUEST, "path: not a valid request path");
     };
-    match demo.api.clone().oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    in_process(demo.api.clone(), request).await
 }
 
 fn new_token() -> Option<String> {

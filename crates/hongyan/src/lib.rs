@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod console;
 mod demo;
 mod http;
 
@@ -377,7 +378,8 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
                 })
             }),
         )
-        .route("/health", axum::routing::get(move || std::future::ready(hongyan_api::health_response(&health_core))));
+        .route("/health", axum::routing::get(move || std::future::ready(hongyan_api::health_response(&health_core))))
+        .merge(console::router(api.clone(), config.manager_token.clone()));
 
     let http = TaskTracker::new();
     let mut bound = Vec::new();
@@ -578,6 +580,7 @@ impl Server {
         if let Some(addr) = self.demo_addr {
             out.push(("Demo chat", http(addr, "/chatdemo")));
         }
+        out.push(("Console", http(self.manager_addr, "/web")));
         out.push(("Metrics", http(self.manager_addr, "/metrics")));
         out.push(("Health", http(self.manager_addr, "/health")));
         out

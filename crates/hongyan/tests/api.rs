@@ -258,6 +258,41 @@ async fn connz_and_varz_describe_the_node() {
     server.stop().await;
 }
 
+/// `/conn/kick` and `/conn/remove` close one connection by id: the kicked one reads a
+/// DISCONNECT(ConnectKick) first, the removed one just sees its socket close; both
+/// leave `/connz` at once, and the user's other connections stay.
+#[tokio::test]
+async fn one_connection_is_kicked_or_removed_by_id() {
+    let server = TestServer::start().await;
+    server.register("zed", "t", device_flag::APP, 1).await;
+    server.register("zed", "t", device_flag::WEB, 1).await;
+    let (mut phone, _) = Client::connect(&server.tcp(), "zed", "t", device_flag::APP, "phone", 5).await.unwrap();
+    let (mut web, _) = Client::connect(&server.tcp(), "zed", "t", device_flag::WEB, "web", 5).await.unwrap();
+    let id_of = async |device: &str| {
+        let (_, connz) = server.get("/connz?uid=zed").await;
+        connz["connections"].as_array().unwrap().iter().find(|c| c["device_id"] == device).map(|c| c["id"].clone())
+    };
+    let phone_id = id_of("phone").await.unwrap();
+    let body = json!({"uid": "zed", "conn_id": phone_id});
+    assert_eq!(server.post("/conn/kick", body.clone()).await, (200, json!({"status": 200})));
+    match phone.recv_within(Duration::from_secs(5)).await.unwrap() {
+        Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::ConnectKick),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert_eq!(id_of("phone").await, None, "out of /connz at once");
+    let (status, answer) = server.post("/conn/kick", body).await;
+    assert_eq!(status, 400, "gone already: {answer}");
+
+    let web_id = id_of("web").await.unwrap();
+    assert_eq!(server.post("/conn/remove", json!({"uid": "zed", "conn_id": web_id})).await.0, 200);
+    assert!(web.recv_within(Duration::from_secs(5)).await.is_err(), "closed without a DISCONNECT");
+    let (_, connz) = server.get("/connz?uid=zed").await;
+    assert_eq!(connz["total"], 0, "{connz}");
+    let (status, _) = server.post("/conn/kick", json!({"uid": "zed", "conn_id": 1, "node_id": 9})).await;
+    assert_eq!(status, 400, "not a live node");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_and_batches_are_refused() {
     let server = TestServer::start().await;

@@ -308,6 +308,13 @@ async fn a_single_node_lists_itself_and_routes_everyone_to_itself() {
     server.stop().await;
 }
 
+/// `server`'s answer to `GET path`, which must succeed.
+async fn answer_of(server: &TestServer, path: &str) -> Value {
+    let (status, answer) = server.get(path).await;
+    assert_eq!(status, 200, "{path}: {answer}");
+    answer
+}
+
 /// A connected, logged-in client of `server`.
 async fn login(server: &TestServer, uid: &str, device: &str) -> Client {
     let (client, connack) = Client::connect(&server.tcp(), uid, "t", device_flag::APP, device, 5).await.unwrap();
@@ -1043,7 +1050,7 @@ async fn connections_are_listed_from_any_node() {
     }
     one.register("ann", "t", device_flag::WEB, 1).await;
     let _ann_phone = login(&one, "ann", "phone").await;
-    let (_ann_web, _) = Client::connect(&two.tcp(), "ann", "t", device_flag::WEB, "web", 5).await.unwrap();
+    let (mut ann_web, _) = Client::connect(&two.tcp(), "ann", "t", device_flag::WEB, "web", 5).await.unwrap();
     let _bob = login(&two, "bob", "d1").await;
     eventually(WITHIN_A_LEASE, "node 1 lists ann's devices on both nodes", || async {
         let (_, answer) = one.post("/user/onlinestatus", json!(["ann", "bob", "nobody"])).await;
@@ -1080,6 +1087,18 @@ async fn connections_are_listed_from_any_node() {
     assert_eq!(uids, ["ann", "bob"].into_iter().collect());
     let (status, answer) = one.get("/connz?node_id=9").await;
     assert_eq!(status, 400, "no node 9: {answer}");
+
+    // A connection on node 2, kicked through node 1.
+    let web = answer_of(&two, "/connz?uid=ann").await["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["node_id"] == 2)
+        .unwrap()["id"]
+        .clone();
+    let (status, answer) = one.post("/conn/kick", json!({"uid": "ann", "conn_id": web, "node_id": 2})).await;
+    assert_eq!(status, 200, "{answer}");
+    disconnected(&mut ann_web, ReasonCode::ConnectKick, "ann's web connection, kicked through node 1").await;
     two.stop().await;
     one.stop().await;
 }

@@ -1,4 +1,5 @@
-//! Who is online, and what the node is doing: `/user/onlinestatus`, `/connz`, `/varz`.
+//! Who is online, and what the node is doing: `/user/onlinestatus`, `/connz`, `/varz`;
+//! closing one connection: `/conn/kick`, `/conn/remove`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -152,4 +153,39 @@ pub(super) async fn varz(State(state): State<AppState>) -> Json<Value> {
         "storage_failure": state.core.health().failure().map(|f| f.reason.clone()),
         "storage_unreachable": state.core.health().unreachable().map(|f| f.reason),
     }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ConnReq {
+    uid: String,
+    /// The connection's id (`/connz`'s `id`).
+    conn_id: u64,
+    /// The node it is on (default: the node asked).
+    #[serde(default)]
+    node_id: Option<u64>,
+}
+
+/// `POST /conn/kick`: DISCONNECT(ConnectKick) to one connection, then close it.
+pub(super) async fn conn_kick(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    close_connection(&state, &body, true)
+}
+
+/// `POST /conn/remove`: close one connection without a word.
+pub(super) async fn conn_remove(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    close_connection(&state, &body, false)
+}
+
+/// On this node, 400 when the connection is not here; another node's is asked to close
+/// it (in a cluster; the answer does not wait for it).
+fn close_connection(state: &AppState, body: &Bytes, kick: bool) -> Result<Json<Value>, ApiError> {
+    let req: ConnReq = parse(body)?;
+    check_uid("uid", &req.uid)?;
+    let node = req.node_id.unwrap_or(state.settings.node_id);
+    if node != state.settings.node_id && !state.topology.nodes().iter().any(|n| n.id == node && n.online) {
+        return Err(ApiError::bad(format!("node_id: {node} is not a live node of this cluster")));
+    }
+    match state.core.close_connection(node, &req.uid, req.conn_id, kick) {
+        Some(false) => Err(ApiError::bad(format!("no connection {} of `{}` on node {node}", req.conn_id, req.uid))),
+        Some(true) | None => Ok(Json(json!({"status": 200}))),
+    }
 }

@@ -178,6 +178,10 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint("get", "/connz", "A node's connections, or a user's on every node", get(admin::connz))
             .query(schema_of::<admin::ConnzQuery>),
         endpoint("get", "/varz", "This node's statistics", get(admin::varz)),
+        endpoint("post", "/conn/kick", "Kick one connection (DISCONNECT, then close)", post(admin::conn_kick))
+            .body(schema_of::<admin::ConnReq>),
+        endpoint("post", "/conn/remove", "Close one connection", post(admin::conn_remove))
+            .body(schema_of::<admin::ConnReq>),
     ];
     for (path, list, change) in LIST_ROUTES {
         let handler = post(move |s: State<AppState>, b: Bytes| members(s, b, list, change));

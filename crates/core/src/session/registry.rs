@@ -180,6 +180,21 @@ impl Registry {
         taken
     }
 
+    /// Removes and returns `uid`'s connection `id`, if it is here.
+    pub fn take_one(&self, uid: &str, id: u64) -> Option<Arc<Conn>> {
+        let mut shard = self.shard(uid);
+        let list = shard.get_mut(uid)?;
+        let at = list.iter().position(|c| c.id == id)?;
+        let conn = list.remove(at);
+        if list.is_empty() {
+            shard.remove(uid);
+            self.users.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(shard);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some(conn)
+    }
+
     /// The online connections of `uid`.
     pub fn connections(&self, uid: &str) -> Vec<Arc<Conn>> {
         self.shard(uid).get(uid).cloned().unwrap_or_default()

@@ -1,0 +1,103 @@
+//! The operators' console (`/web` on the manager listener) in headless Chromium
+//! (`tests/conformance/console.mjs`): sign-in with the manager token, the overview's
+//! figures moving under a small load, a connection found by uid and kicked (the client
+//! gets its DISCONNECT), a channel's history with JSON and binary payloads decoded, and
+//! a test message sent. The screenshots are the ones in `docs/console.md`. Needs
+//! Node.js and Chromium, which scripts/test.sh installs.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::TestServer;
+use hongyan_proto::{Packet, ReasonCode, device_flag};
+use hongyan_testkit::Client;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_history() {
+    let server = Arc::new(TestServer::start_with(|c| c.manager_token = "console-secret".into()).await);
+    server.register("watcher", "t", device_flag::APP, 1).await;
+    let body = json!({"channel_id": "ops", "channel_type": 2, "subscribers": ["watcher", "ann"]});
+    assert_eq!(server.post("/channel", body).await.0, 200);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    for payload in [br#"{"type":1,"content":"hello ops"}"#.as_slice(), &[0xff, 0x00, 0xfe]] {
+        let body = json!({"from_uid": "ann", "channel_id": "ops", "channel_type": 2, "payload": b64(payload)});
+        assert_eq!(server.post("/message/send", body).await.0, 200);
+    }
+    let (mut watcher, connack) =
+        Client::connect(&server.tcp(), "watcher", "t", device_flag::APP, "d", 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+
+    // A small load while the console watches: five messages a second to the group.
+    let running = Arc::new(AtomicBool::new(true));
+    let load = {
+        let (server, running) = (server.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while running.load(Ordering::SeqCst) {
+                n += 1;
+                let payload = b64(format!(r#"{{"type":1,"content":"load {n}"}}"#).as_bytes());
+                let body = json!({"from_uid": "ann", "channel_id": "ops", "channel_type": 2, "payload": payload});
+                assert_eq!(server.post("/message/send", body).await.0, 200);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // The watcher reads what it gets (RECVs, then the kick's DISCONNECT).
+    let kicked = tokio::spawn(async move {
+        loop {
+            match watcher.recv_within(Duration::from_secs(60)).await {
+                Ok(Packet::Recv(_)) => continue,
+                Ok(Packet::Disconnect(d)) => return Some(d.reason_code),
+                _ => return None,
+            }
+        }
+    });
+
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let scenario = json!({
+        "url": format!("http://{}", server.server.manager_addr),
+        "token": "console-secret",
+        "uid": "watcher",
+        "channel": "ops",
+        "screenshots": repo.join("docs/images"),
+    });
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(repo.join("tests/conformance/console.mjs"))
+            .arg(scenario.to_string())
+            .stderr(Stdio::inherit())
+            .output(),
+    )
+    .await
+    .expect("the console scenario finishes within 2 minutes")
+    .expect("node runs (scripts/test.sh installs Node.js and Chromium)");
+    running.store(false, Ordering::SeqCst);
+    load.await.unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
+    assert_eq!(result["ok"], true, "console scenario failed: {result}");
+    assert_eq!(kicked.await.unwrap(), Some(ReasonCode::ConnectKick), "the kicked client was told why");
+    for name in ["console-signin", "console-overview", "console-connections", "console-channels"] {
+        let size = std::fs::metadata(repo.join(format!("docs/images/{name}.png"))).map_or(0, |m| m.len());
+        assert!(size > 1000, "{name}.png was written");
+    }
+    // The console's test message went through the API: it is in the history.
+    let body = json!({"channel_id": "ops", "channel_type": 2, "start_message_seq": 0, "limit": 1000});
+    let (_, page) = server.post("/channel/messagesync", body).await;
+    let from_console = page["messages"].as_array().unwrap().iter().any(|m| {
+        base64::engine::general_purpose::STANDARD.decode(m["payload"].as_str().unwrap()).unwrap()
+            == br#"{"type":1,"content":"from the console"}"#
+    });
+    assert!(from_console, "{page}");
+    Arc::try_unwrap(server).ok().unwrap().stop().await;
+}

@@ -1,0 +1,96 @@
+// Drives the operators' console (/web) in headless Chromium: signs in with the manager
+// token (after a wrong one), watches the overview's figures move under the load the
+// caller makes, finds a connection by uid and kicks it, opens a channel's history with
+// its payloads decoded and sends a test message. Fails on any error in the page's
+// console.
+//   node console.mjs '{"url", "token", "uid", "channel", "screenshots"}'
+// Prints {"ok": true, "screenshots": [...]} and exits 0, or {error} and exits 1.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const { url, token, uid, channel, screenshots } = JSON.parse(process.argv[2]);
+fs.mkdirSync(screenshots, { recursive: true });
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-console-"));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1280, height: 800 },
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const problems = [];
+const shots = [];
+const TIMEOUT = 10_000;
+
+const page = await browser.newPage();
+try {
+  page.on("console", (m) => m.type() === "error" && problems.push(`console error: ${m.text()}`));
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  const shoot = async (name) => {
+    const file = path.join(screenshots, `${name}.png`);
+    await page.screenshot({ path: file });
+    shots.push(file);
+  };
+
+  // Sign in: a wrong token is refused, the manager token lets us in.
+  await page.goto(`${url}/web`);
+  await page.getByLabel("Manager token").fill("not-the-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByText("That token is not the manager token.").waitFor({ timeout: TIMEOUT });
+  await page.getByLabel("Manager token").fill(token);
+  await shoot("console-signin");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Overview" }).waitFor({ timeout: TIMEOUT });
+
+  // The overview follows the load: one connection, sends and deliveries per second.
+  await page.locator('#stat-connections[data-value="1"]').waitFor({ timeout: TIMEOUT });
+  await page.waitForFunction(
+    () => Number(document.getElementById("stat-sends").dataset.value) > 0 &&
+      Number(document.getElementById("stat-deliveries").dataset.value) > 0,
+    null,
+    { timeout: TIMEOUT },
+  );
+  if (!(await page.locator('header nav button[data-page="cluster"]').isHidden())) {
+    throw new Error("the cluster page is offered on a single node");
+  }
+  await page.waitForTimeout(4500); // a few more points on the charts, for the screenshot
+  await shoot("console-overview");
+
+  // Connections: find the user's connection within 2 s, kick it, see it leave.
+  await page.getByRole("button", { name: "Connections" }).click();
+  await page.getByLabel("User id").fill(uid);
+  await page.getByRole("button", { name: "Search" }).click();
+  const row = page.locator(`#conn-rows tr[data-uid="${uid}"]`);
+  await row.waitFor({ timeout: 2000 });
+  await shoot("console-connections");
+  await row.getByRole("button", { name: /^Kick / }).click();
+  await row.waitFor({ state: "detached", timeout: TIMEOUT });
+  await page.locator("#conn-count", { hasText: "0 connections" }).waitFor({ timeout: TIMEOUT });
+
+  // Channels: the history with payloads decoded, then a test message.
+  await page.getByRole("button", { name: "Channels" }).click();
+  await page.getByLabel("Channel id").fill(channel);
+  await page.getByRole("button", { name: "Open history" }).click();
+  await page.locator("#history li pre", { hasText: '"content": "hello ops"' }).waitFor({ timeout: TIMEOUT });
+  await page.locator("#history li .meta", { hasText: "binary (hex)" }).waitFor({ timeout: TIMEOUT });
+  await page.locator("#history li pre", { hasText: "ff 00 fe" }).waitFor({ timeout: TIMEOUT });
+  await page.getByLabel("Test message (sent as the system uid)").fill("from the console");
+  await page.getByRole("button", { name: "Send" }).click();
+  await page.locator("#history li pre", { hasText: '"content": "from the console"' }).waitFor({ timeout: TIMEOUT });
+  await shoot("console-channels");
+
+  if (problems.length) throw new Error(problems.join("\n"));
+  console.log(JSON.stringify({ ok: true, screenshots: shots }));
+  await browser.close();
+  process.exit(0);
+} catch (e) {
+  // What the page showed when it failed, for whoever reads the error.
+  const failure = path.join(screenshots, "console-failure.png");
+  await page.screenshot({ path: failure }).catch(() => {});
+  const tiles = await page.locator(".tiles").innerText().catch(() => "");
+  console.log(JSON.stringify({ error: String(e?.message ?? e), problems, tiles, failure, screenshots: shots }));
+  await browser.close().catch(() => {});
+  process.exit(1);
+}
