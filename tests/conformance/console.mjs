@@ -1,16 +1,19 @@
 // Drives the operators' console (/web) in headless Chromium: signs in with the manager
 // token (after a wrong one), watches the overview's figures move under the load the
-// caller makes, finds a connection by uid and kicks it, opens a channel's history with
-// its payloads decoded and sends a test message. Fails on any error in the page's
+// caller makes, finds a connection by uid and kicks it, looks the user up (devices,
+// conversations with unread counts) and bans them, opens a channel's history with its
+// payloads decoded and sends a test message. Fails on any error in the page's
 // console.
-//   node console.mjs '{"url", "token", "uid", "channel", "screenshots"}'
+//   node console.mjs '{"url", "token", "uid", "channel", "history", "screenshots"}'
+// (`channel`: a group `uid` has unread messages in; `history`: a group holding a JSON
+// message "hello notes" and a binary one, ff 00 fe)
 // Prints {"ok": true, "screenshots": [...]} and exits 0, or {error} and exits 1.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-const { url, token, uid, channel, screenshots } = JSON.parse(process.argv[2]);
+const { url, token, uid, channel, history, screenshots } = JSON.parse(process.argv[2]);
 fs.mkdirSync(screenshots, { recursive: true });
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-console-"));
 const browser = await chromium.launchPersistentContext(profile, {
@@ -69,11 +72,26 @@ try {
   await row.waitFor({ state: "detached", timeout: TIMEOUT });
   await page.locator("#conn-count", { hasText: "0 connections" }).waitFor({ timeout: TIMEOUT });
 
+  // Users: the kicked user's devices (levels, never tokens), conversations with unread
+  // counts; then a ban.
+  await page.getByRole("button", { name: "Users", exact: true }).click();
+  await page.getByLabel("User to look up").fill(uid);
+  await page.getByRole("button", { name: "Look up" }).click();
+  await page.locator("#user-state", { hasText: `${uid}: offline` }).waitFor({ timeout: TIMEOUT });
+  await page.locator("#device-rows tr", { hasText: "master" }).waitFor({ timeout: TIMEOUT });
+  const conversation = page.locator(`#conversation-rows tr[data-channel="${channel}"]`);
+  await conversation.waitFor({ timeout: TIMEOUT });
+  const unread = Number(await conversation.locator("td").nth(2).textContent());
+  if (!(unread > 0)) throw new Error(`${channel} shows ${unread} unread for ${uid}`);
+  await shoot("console-users");
+  await page.getByRole("button", { name: "Ban", exact: true }).click();
+  await page.locator('#user-state[data-banned="1"]', { hasText: "banned" }).waitFor({ timeout: TIMEOUT });
+
   // Channels: the history with payloads decoded, then a test message.
   await page.getByRole("button", { name: "Channels" }).click();
-  await page.getByLabel("Channel id").fill(channel);
+  await page.getByLabel("Channel id").fill(history);
   await page.getByRole("button", { name: "Open history" }).click();
-  await page.locator("#history li pre", { hasText: '"content": "hello ops"' }).waitFor({ timeout: TIMEOUT });
+  await page.locator("#history li pre", { hasText: '"content": "hello notes"' }).waitFor({ timeout: TIMEOUT });
   await page.locator("#history li .meta", { hasText: "binary (hex)" }).waitFor({ timeout: TIMEOUT });
   await page.locator("#history li pre", { hasText: "ff 00 fe" }).waitFor({ timeout: TIMEOUT });
   await page.getByLabel("Test message (sent as the system uid)").fill("from the console");

@@ -1,5 +1,6 @@
 // The operators' console: live figures from /metrics and /varz, connections (search,
-// kick), channel history (payloads decoded) with a test send, and the cluster's nodes.
+// kick), users (devices, conversations, ban and mute), channel attributes and history
+// (payloads decoded) with a test send, and the cluster's nodes.
 // Every action is a call to the server's HTTP API, through /web/api on this listener.
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -229,6 +230,71 @@ $("conn-search").addEventListener("submit", (event) => {
   loadConnections().catch(fail);
 });
 
+// ---- users ------------------------------------------------------------------------
+
+const cell = (text) => {
+  const td = document.createElement("td");
+  td.textContent = String(text);
+  return td;
+};
+
+/** The user's person-channel attributes: ban and mute (send_ban) live there. */
+let userInfo = null;
+
+async function loadUser() {
+  const uid = $("user-uid").value.trim();
+  const [devices, connz, conversations, info] = await Promise.all([
+    api("GET", `/user/devices?uid=${encodeURIComponent(uid)}`),
+    api("GET", `/connz?uid=${encodeURIComponent(uid)}&limit=100`),
+    api("POST", "/conversation/sync", { uid, version: 0, msg_count: 1 }),
+    api("GET", `/channel/info?channel_id=${encodeURIComponent(uid)}&channel_type=1`),
+  ]);
+  userInfo = info;
+  const online = connz.total;
+  $("user-state").textContent =
+    `${uid}: ${online ? `online (${online} connection${online === 1 ? "" : "s"})` : "offline"}` +
+    `${info.ban ? " · banned" : ""}${info.send_ban ? " · muted" : ""}`;
+  $("user-state").dataset.banned = String(info.ban);
+  $("user-ban").textContent = info.ban ? "Unban" : "Ban";
+  $("user-mute").textContent = info.send_ban ? "Unmute" : "Mute";
+  $("device-rows").replaceChildren(
+    ...devices.map((d) => {
+      const row = document.createElement("tr");
+      const here = connz.connections.filter((c) => c.device_flag === d.device_flag).length;
+      row.append(cell(DEVICE[d.device_flag] ?? d.device_flag), cell(d.device_level === 1 ? "master" : "slave"), cell(here));
+      return row;
+    }),
+  );
+  $("conversation-rows").replaceChildren(
+    ...conversations.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.channel = c.channel_id;
+      const last = c.recents?.[0] ? decodePayload(c.recents[0].payload).text.replace(/\s+/g, " ").slice(0, 80) : "";
+      row.append(cell(c.channel_id), cell(c.channel_type), cell(c.unread), cell(c.last_msg_seq), cell(last));
+      return row;
+    }),
+  );
+  $("user").hidden = false;
+}
+
+/** Flips one attribute of the user's person channel, keeping the others. */
+async function toggleUser(attribute) {
+  const uid = $("user-uid").value.trim();
+  const next = { ...userInfo, [attribute]: userInfo[attribute] ? 0 : 1 };
+  const body = { channel_id: uid, channel_type: 1 };
+  for (const key of ["ban", "disband", "send_ban", "large", "allow_stranger"]) body[key] = next[key];
+  await api("POST", "/channel/info", body);
+  setStatus(`${uid}: ${attribute === "ban" ? (next.ban ? "banned" : "unbanned") : next.send_ban ? "muted" : "unmuted"}`);
+  await loadUser();
+}
+
+$("user-search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadUser().catch(fail);
+});
+$("user-ban").addEventListener("click", () => toggleUser("ban").catch(fail));
+$("user-mute").addEventListener("click", () => toggleUser("send_ban").catch(fail));
+
 // ---- channels ---------------------------------------------------------------------
 
 function decodePayload(b64) {
@@ -250,7 +316,7 @@ async function loadHistory() {
   const id = $("channel-id").value.trim();
   const type = Number($("channel-type").value);
   const as = $("channel-as").value.trim();
-  const [page, max] = await Promise.all([
+  const [page, max, info] = await Promise.all([
     api("POST", "/channel/messagesync", {
       login_uid: as,
       channel_id: id,
@@ -261,11 +327,15 @@ async function loadHistory() {
       limit: 50,
     }),
     api("GET", `/channel/max_message_seq?channel_id=${encodeURIComponent(id)}&channel_type=${type}`).catch(() => null),
+    api("GET", `/channel/info?channel_id=${encodeURIComponent(id)}&channel_type=${type}`),
   ]);
   // Newest first.
   const messages = (page.messages || []).sort((a, b) => b.message_seq - a.message_seq);
   const last = max?.message_seq ?? (messages.length ? messages[0].message_seq : 0);
-  $("channel-info").textContent = `${id} (type ${type}): last seq ${last}, the newest ${messages.length} below`;
+  const flags = ["ban", "disband", "send_ban", "large", "allow_stranger"].filter((k) => info[k]);
+  $("channel-info").textContent =
+    `${id} (type ${type}): ${flags.length ? flags.join(", ") : "no attributes set"} · last seq ${last}, ` +
+    `the newest ${messages.length} below`;
   $("history").replaceChildren(
     ...messages.map((m) => {
       const item = document.createElement("li");

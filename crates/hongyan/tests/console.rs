@@ -1,8 +1,9 @@
 //! The operators' console (`/web` on the manager listener) in headless Chromium
 //! (`tests/conformance/console.mjs`): sign-in with the manager token, the overview's
 //! figures moving under a small load, a connection found by uid and kicked (the client
-//! gets its DISCONNECT), a channel's history with JSON and binary payloads decoded, and
-//! a test message sent. The screenshots are the ones in `docs/console.md`. Needs
+//! gets its DISCONNECT), the user looked up (devices, conversations with unread
+//! counts) and banned, a channel's history with JSON and binary payloads decoded, and a
+//! test message sent. The screenshots are the ones in `docs/console.md`. Needs
 //! Node.js and Chromium, which scripts/test.sh installs.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
@@ -28,8 +29,11 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
     let body = json!({"channel_id": "ops", "channel_type": 2, "subscribers": ["watcher", "ann"]});
     assert_eq!(server.post("/channel", body).await.0, 200);
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    for payload in [br#"{"type":1,"content":"hello ops"}"#.as_slice(), &[0xff, 0x00, 0xfe]] {
-        let body = json!({"from_uid": "ann", "channel_id": "ops", "channel_type": 2, "payload": b64(payload)});
+    // A quiet group for the history: a JSON payload and a binary one.
+    let body = json!({"channel_id": "notes", "channel_type": 2, "subscribers": ["ann"]});
+    assert_eq!(server.post("/channel", body).await.0, 200);
+    for payload in [br#"{"type":1,"content":"hello notes"}"#.as_slice(), &[0xff, 0x00, 0xfe]] {
+        let body = json!({"from_uid": "ann", "channel_id": "notes", "channel_type": 2, "payload": b64(payload)});
         assert_eq!(server.post("/message/send", body).await.0, 200);
     }
     let (mut watcher, connack) =
@@ -68,6 +72,7 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         "token": "console-secret",
         "uid": "watcher",
         "channel": "ops",
+        "history": "notes",
         "screenshots": repo.join("docs/images"),
     });
     let output = tokio::time::timeout(
@@ -87,17 +92,22 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
     let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
     assert_eq!(result["ok"], true, "console scenario failed: {result}");
     assert_eq!(kicked.await.unwrap(), Some(ReasonCode::ConnectKick), "the kicked client was told why");
-    for name in ["console-signin", "console-overview", "console-connections", "console-channels"] {
+    for name in ["console-signin", "console-overview", "console-connections", "console-users", "console-channels"] {
         let size = std::fs::metadata(repo.join(format!("docs/images/{name}.png"))).map_or(0, |m| m.len());
         assert!(size > 1000, "{name}.png was written");
     }
     // The console's test message went through the API: it is in the history.
-    let body = json!({"channel_id": "ops", "channel_type": 2, "start_message_seq": 0, "limit": 1000});
+    let body = json!({"channel_id": "notes", "channel_type": 2, "start_message_seq": 0, "limit": 1000});
     let (_, page) = server.post("/channel/messagesync", body).await;
     let from_console = page["messages"].as_array().unwrap().iter().any(|m| {
         base64::engine::general_purpose::STANDARD.decode(m["payload"].as_str().unwrap()).unwrap()
             == br#"{"type":1,"content":"from the console"}"#
     });
     assert!(from_console, "{page}");
+    // The ban the console set holds: the user's next login is refused.
+    let (_, info) = server.get("/channel/info?channel_id=watcher&channel_type=1").await;
+    assert_eq!((info["ban"].as_u64(), info["send_ban"].as_u64()), (Some(1), Some(0)), "{info}");
+    let (_, connack) = Client::connect(&server.tcp(), "watcher", "t", device_flag::APP, "d", 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Ban);
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }

@@ -119,6 +119,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint("get", "/cluster/nodes", "The cluster's nodes, live or not", get(cluster_nodes)),
         endpoint("post", "/user/token", "Register a login token for (uid, device flag)", post(user_token))
             .body(schema_of::<UserTokenReq>),
+        endpoint("get", "/user/devices", "A user's registered devices (never their tokens)", get(user_devices))
+            .query(schema_of::<UidQuery>),
         endpoint("post", "/user/device_quit", "Forget a device's token and kick it", post(device_quit))
             .body(schema_of::<DeviceQuitReq>),
         endpoint("post", "/user/onlinestatus", "Which of these uids are online", post(admin::online_status))
@@ -134,6 +136,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<UidsReq>),
         endpoint("post", "/channel", "Create or update a channel and add subscribers", post(channel_create))
             .body(schema_of::<ChannelBody>),
+        endpoint("get", "/channel/info", "A channel's attributes", get(channel_info_get)).query(schema_of::<ListQuery>),
         endpoint("post", "/channel/info", "Set a channel's attributes", post(channel_info))
             .body(schema_of::<ChannelBody>),
         endpoint("post", "/channel/delete", "Disband a channel and delete its history", post(channel_delete))
@@ -390,6 +393,29 @@ async fn cluster_nodes(State(state): State<AppState>) -> Json<Value> {
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
+struct UidQuery {
+    uid: String,
+}
+
+/// `GET /user/devices?uid=`: `[{device_flag, device_level}]` for each device flag a
+/// token is registered for. Tokens are stored as digests and never shown.
+async fn user_devices(State(state): State<AppState>, ApiQuery(q): ApiQuery<UidQuery>) -> Result<Json<Value>, ApiError> {
+    check_uid("uid", &q.uid)?;
+    let devices = state
+        .on_core(move |c| {
+            let mut found = Vec::new();
+            for flag in 0..=2u8 {
+                if let Some(device) = c.store().device(&q.uid, flag).map_err(ApiError::Storage)? {
+                    found.push(json!({"device_flag": flag, "device_level": device.level as u8}));
+                }
+            }
+            Ok::<_, ApiError>(found)
+        })
+        .await?;
+    Ok(Json(Value::Array(devices)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 struct UserTokenReq {
     uid: String,
     token: String,
@@ -497,6 +523,27 @@ async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json
         state.core.kick(&req.channel_id, None, ReasonCode::Ban, "banned", state.settings.kick_close_delay);
     }
     Ok(ok())
+}
+
+/// `GET /channel/info`: the channel's attributes as 0/1, all 0 for a channel with no
+/// record (as it behaves).
+async fn channel_info_get(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_channel(&q.channel_id, q.channel_type)?;
+    let (id, ty) = (q.channel_id.clone(), q.channel_type);
+    let info = state.on_core(move |c| c.store().channel_info(&id, ty).map_err(ApiError::Storage)).await?;
+    let info = info.unwrap_or_default();
+    Ok(Json(json!({
+        "channel_id": q.channel_id,
+        "channel_type": q.channel_type,
+        "ban": u8::from(info.ban),
+        "disband": u8::from(info.disband),
+        "send_ban": u8::from(info.send_ban),
+        "large": u8::from(info.large),
+        "allow_stranger": u8::from(info.allow_stranger),
+    })))
 }
 
 /// Parses the 0/1 attributes of a channel body.
