@@ -14,10 +14,9 @@
 // Prints {events: {name: [...]}} as JSON and exits 0, or prints {error} and exits 1.
 import http from "node:http";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const scenario = JSON.parse(process.argv[2]);
@@ -35,23 +34,7 @@ const server = http.createServer((req, res) => {
 await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 const pageUrl = `http://127.0.0.1:${server.address().port}/`;
 
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-chromium-"));
-// A fresh profile (--user-data-dir, which playwright takes as this argument).
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 640, height: 360 },
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch("chromium", { width: 640, height: 360 });
 const pages = {};
 const events = async (uid) => pages[uid].evaluate(() => window.hongyan.events);
 const waitFor = async (uid, check, what) => {
@@ -110,5 +93,4 @@ try {
 } finally {
   await browser.close();
   server.close();
-  fs.rmSync(profile, { recursive: true, force: true });
 }

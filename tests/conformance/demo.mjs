@@ -7,20 +7,12 @@
 // stdin saying it has. Prints {"ok": true, "screenshots": [...]} and exits 0, or prints
 // {error} and exits 1.
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const { url, screenshots } = JSON.parse(process.argv[2]);
 fs.mkdirSync(screenshots, { recursive: true });
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "hongyan-demo-"));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  headless: true,
-  viewport: { width: 1280, height: 800 },
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch("demo", { width: 1280, height: 800 });
 const problems = [];
 const shots = [];
 const shoot = async (page, name) => {
