@@ -2,7 +2,8 @@
 // token (after a wrong one), watches the overview's figures move under the load the
 // caller makes, finds a connection by uid and kicks it, looks the user up (devices,
 // conversations with unread counts) and bans them, opens a channel's history with its
-// payloads decoded and sends a test message. Fails on any error in the page's
+// payloads decoded and sends a test message, and retries the webhooks of a receiver
+// that is down. Fails on any error in the page's
 // console.
 //   node console.mjs '{"url", "token", "uid", "channel", "history", "screenshots"}'
 // (`channel`: a group `uid` has unread messages in; `history`: a group holding a JSON
@@ -90,6 +91,20 @@ try {
   await page.getByRole("button", { name: "Send" }).click();
   await page.locator("#history li pre", { hasText: '"content": "from the console"' }).waitFor({ timeout: TIMEOUT });
   await shoot("console-channels");
+
+  // Webhooks: the receiver is down, so events wait and fail; "Retry now" posts them
+  // again at once (the server's retry wait is far longer than this test).
+  await page.getByRole("button", { name: "Webhooks" }).click();
+  const presence = page.locator('#webhook-rows tr[data-event="user.onlinestatus"]');
+  await presence.filter({ hasText: "retrying" }).waitFor({ timeout: TIMEOUT });
+  const before = Number(await presence.getAttribute("data-retries"));
+  await shoot("console-webhooks");
+  await page.getByRole("button", { name: "Retry now" }).click();
+  await page.waitForFunction(
+    (n) => Number(document.querySelector('#webhook-rows tr[data-event="user.onlinestatus"]')?.dataset.retries) > n,
+    before,
+    { timeout: TIMEOUT },
+  );
 
   if (problems.length) throw new Error(problems.join("\n"));
   console.log(JSON.stringify({ ok: true, screenshots: shots }));

@@ -1,6 +1,7 @@
 // The operators' console: live figures from /metrics and /varz, connections (search,
 // kick), users (devices, conversations, ban and mute), channel attributes and history
-// (payloads decoded) with a test send, and the cluster's nodes.
+// (payloads decoded) with a test send, the webhook queues (retry now), and the
+// cluster's nodes.
 // Every action is a call to the server's HTTP API, through /web/api on this listener.
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -68,6 +69,7 @@ function show(page) {
   for (const section of document.querySelectorAll(".page")) section.hidden = section.id !== page;
   if (page === "connections") loadConnections().catch(fail);
   if (page === "cluster") loadCluster().catch(fail);
+  if (page === "webhooks") loadWebhooks().catch(fail);
   if (page === "overview") resizeCharts();
 }
 
@@ -379,6 +381,43 @@ $("channel-send").addEventListener("submit", async (event) => {
   }
 });
 
+// ---- webhooks ---------------------------------------------------------------------
+
+async function loadWebhooks() {
+  const status = await api("GET", "/webhook/status");
+  $("webhooks-state").textContent = status.enabled
+    ? "Events wait in a durable queue per event until the app server answers 2xx."
+    : "Webhooks are off (webhook.url is empty).";
+  $("webhooks-retry").hidden = !status.enabled;
+  $("webhook-rows").replaceChildren(
+    ...status.events.map((e) => {
+      const row = document.createElement("tr");
+      row.dataset.event = e.event;
+      row.dataset.retries = String(e.retries);
+      const at = e.last_error_at_ms ? new Date(e.last_error_at_ms).toLocaleTimeString() : "–";
+      row.append(
+        cell(e.event),
+        cell(e.pending),
+        cell(e.failing ? "retrying" : "ok"),
+        cell(e.retries),
+        cell(e.last_error ?? "–"),
+        cell(at),
+      );
+      return row;
+    }),
+  );
+}
+
+$("webhooks-retry").addEventListener("click", async () => {
+  try {
+    await api("POST", "/webhook/retry");
+    setStatus("webhook retries started");
+    await loadWebhooks();
+  } catch (e) {
+    fail(e);
+  }
+});
+
 // ---- cluster ----------------------------------------------------------------------
 
 async function loadCluster() {
@@ -409,7 +448,10 @@ async function start() {
   chart("chart-latency", ["commit p99 (ms)"], ["#8e24aa"]);
   const nodes = await api("GET", "/cluster/nodes").catch(() => []);
   document.querySelector('header nav button[data-page="cluster"]').hidden = nodes.length < 2;
-  const tick = () => sample().catch(fail);
+  const tick = () => {
+    sample().catch(fail);
+    if (!$("webhooks").hidden) loadWebhooks().catch(fail);
+  };
   await tick();
   setInterval(tick, TICK_MS);
   window.addEventListener("resize", resizeCharts);

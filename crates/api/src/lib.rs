@@ -140,6 +140,8 @@ pub struct AppState {
     pub topology: Arc<dyn hongyan_core::cluster::Topology>,
     /// Settings.
     pub settings: Arc<ApiSettings>,
+    /// The webhooks, when `webhook.url` is set (`/webhook/status`, `/webhook/retry`).
+    pub webhooks: Option<Arc<webhook::Webhooks>>,
 }
 
 /// A blocking task that panicked; each dialect reports it as its own server error.

@@ -183,13 +183,19 @@ impl Gate {
 }
 
 /// The webhooks of one node. See the module documentation.
-#[derive(Debug)]
 pub struct Webhooks {
     input: Sender<Input>,
+    queue: Arc<Queue>,
     gate: Arc<Gate>,
     pump: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     lanes: tokio_util::task::TaskTracker,
     stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks").field("status", &self.status()).finish_non_exhaustive()
+    }
 }
 
 /// The sending half of the journal, for [`hongyan_store::MessageLog::open_journaled`];
@@ -228,6 +234,8 @@ impl Default for JournalFeed {
 
 struct Queue {
     kv: Arc<dyn KvBackend>,
+    /// Per lane: what waits, how delivery goes, and the "retry now" signal.
+    lanes: Vec<LaneState>,
     next_id: AtomicU64,
     pending: AtomicI64,
     /// Bytes of the events in the queue (values as stored).
@@ -238,6 +246,44 @@ struct Queue {
     /// minute, not once per event.
     full_warned_ms: AtomicI64,
     wake: Vec<Notify>,
+}
+
+/// How one lane is doing, for [`Webhooks::status`].
+#[derive(Debug, Default)]
+struct LaneState {
+    pending: AtomicI64,
+    retries: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+    /// The last failed post: when (ms since the epoch) and why.
+    last_error: std::sync::Mutex<Option<(i64, String)>>,
+    /// Cuts a retry's wait short ([`Webhooks::retry_now`]).
+    retry_now: Notify,
+}
+
+/// One event's webhook queue, as operators see it (`GET /webhook/status`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EventStatus {
+    /// `msg.notify`, `user.onlinestatus` or `msg.offline`.
+    pub event: &'static str,
+    /// Events queued and not delivered yet.
+    pub pending: i64,
+    /// Whether the last post of this event failed (it is being retried).
+    pub failing: bool,
+    /// Failed posts since the start.
+    pub retries: u64,
+    /// Why the last failed post failed.
+    pub last_error: Option<String>,
+    /// When it failed (ms since the epoch).
+    pub last_error_at_ms: Option<i64>,
+}
+
+/// The event a lane carries.
+fn lane_event(lane: usize) -> &'static str {
+    match lane {
+        l if l == usize::from(LANE_PRESENCE) => ONLINE_STATUS,
+        l if l == usize::from(LANE_NOTIFY) => MSG_NOTIFY,
+        _ => MSG_OFFLINE,
+    }
 }
 
 impl Queue {
@@ -350,6 +396,7 @@ impl Webhooks {
         let lanes = FIRST_OFFLINE_LANE + settings.offline_lanes.max(1);
         let mut next_id = 1;
         let (mut pending, mut pending_bytes) = (0i64, 0i64);
+        let lane_states: Vec<LaneState> = (0..lanes).map(|_| LaneState::default()).collect();
         // What waits from before: counted a page at a time, never loaded whole.
         for lane in 0..lanes {
             let mut from = vec![lane];
@@ -358,6 +405,7 @@ impl Webhooks {
                 let rows = kv.scan_range(Table::HookQueue, &from, &end, 1024, hongyan_store::Order::Ascending)?;
                 let Some((last, _)) = rows.last() else { break };
                 pending += rows.len() as i64;
+                lane_states[usize::from(lane)].pending.fetch_add(rows.len() as i64, Ordering::Relaxed);
                 pending_bytes += rows.iter().map(|(_, v)| v.len() as i64).sum::<i64>();
                 if let Some(id) = last.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
                     next_id = next_id.max(id + 1);
@@ -374,6 +422,7 @@ impl Webhooks {
         }
         let queue = Arc::new(Queue {
             kv,
+            lanes: lane_states,
             next_id: AtomicU64::new(next_id),
             pending: AtomicI64::new(pending),
             pending_bytes: AtomicI64::new(pending_bytes),
@@ -402,7 +451,7 @@ impl Webhooks {
         let pump = Pump {
             settings,
             core,
-            queue,
+            queue: queue.clone(),
             notify: Batch::default(),
             presence: Batch::default(),
             journal_done: Vec::new(),
@@ -414,7 +463,55 @@ impl Webhooks {
                 move || pump.run(&receiver, &gate, backlog)
             })
             .map_err(|e| hongyan_store::StoreError::Engine(format!("cannot start the webhook pump: {e}")))?;
-        Ok(Arc::new(Self { input: sender, gate, pump: std::sync::Mutex::new(Some(handle)), lanes: tracker, stop }))
+        Ok(Arc::new(Self {
+            input: sender,
+            queue,
+            gate,
+            pump: std::sync::Mutex::new(Some(handle)),
+            lanes: tracker,
+            stop,
+        }))
+    }
+
+    /// Each event's queue: what waits, whether posts fail and why.
+    pub fn status(&self) -> Vec<EventStatus> {
+        let mut out: Vec<EventStatus> = Vec::new();
+        for (lane, state) in self.queue.lanes.iter().enumerate() {
+            let event = lane_event(lane);
+            let at = match out.iter().position(|e| e.event == event) {
+                Some(at) => at,
+                None => {
+                    out.push(EventStatus {
+                        event,
+                        pending: 0,
+                        failing: false,
+                        retries: 0,
+                        last_error: None,
+                        last_error_at_ms: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let entry = &mut out[at];
+            entry.pending += state.pending.load(Ordering::Relaxed).max(0);
+            entry.failing |= state.failing.load(Ordering::Relaxed);
+            entry.retries += state.retries.load(Ordering::Relaxed);
+            let last = state.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            if let Some((at_ms, why)) = last
+                && entry.last_error_at_ms.is_none_or(|t| at_ms > t)
+            {
+                entry.last_error = Some(why);
+                entry.last_error_at_ms = Some(at_ms);
+            }
+        }
+        out
+    }
+
+    /// Posts the events waiting to be retried now rather than after their wait.
+    pub fn retry_now(&self) {
+        for lane in &self.queue.lanes {
+            lane.retry_now.notify_waiters();
+        }
     }
 
     /// Hands an event from the async side to the pump, or drops it (counted) when the
@@ -548,10 +645,19 @@ impl Pump {
             writes
                 .extend(self.journal_done.drain(..).map(|id| Write::Delete(Table::Journal, id.to_be_bytes().to_vec())));
             if !writes.is_empty() {
-                let events = writes.iter().filter(|w| matches!(w, Write::Put(Table::HookQueue, ..))).count();
+                let queued: Vec<u8> = writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        Write::Put(Table::HookQueue, key, _) => key.first().copied(),
+                        _ => None,
+                    })
+                    .collect();
                 match self.queue.kv.write(writes, true) {
                     Ok(()) => {
-                        self.queue.pending.fetch_add(events as i64, Ordering::Relaxed);
+                        self.queue.pending.fetch_add(queued.len() as i64, Ordering::Relaxed);
+                        for lane in queued {
+                            self.queue.lanes[usize::from(lane)].pending.fetch_add(1, Ordering::Relaxed);
+                        }
                         metrics::gauge!("hongyan_webhook_pending")
                             .set(self.queue.pending.load(Ordering::Relaxed) as f64);
                         woken.sort_unstable();
@@ -749,9 +855,11 @@ impl Lane {
     async fn deliver(&self, event: &Event) -> bool {
         let mut delay = self.settings.retry_initial;
         let max_age_ms = i64::try_from(self.settings.max_age.as_millis()).unwrap_or(i64::MAX);
+        let state = &self.queue.lanes[usize::from(self.lane)];
         loop {
             let failure = match self.post(event).await {
                 Ok(()) => {
+                    state.failing.store(false, Ordering::Relaxed);
                     let waited = (hongyan_core::now_ms() - event.created_ms).max(0) as f64 / 1000.0;
                     metrics::counter!("hongyan_webhook_sent_total", "event" => event.name).increment(1);
                     metrics::histogram!("hongyan_webhook_latency_seconds", "event" => event.name).record(waited);
@@ -765,10 +873,15 @@ impl Lane {
                 return true;
             }
             metrics::counter!("hongyan_webhook_retries_total", "event" => event.name).increment(1);
+            state.retries.fetch_add(1, Ordering::Relaxed);
+            state.failing.store(true, Ordering::Relaxed);
+            *state.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some((hongyan_core::now_ms(), failure.clone()));
             warn!(id = event.id, event = event.name, failure = %failure, retry_in_ms = delay.as_millis() as u64, "webhook post failed");
             tokio::select! {
                 () = self.stop.cancelled() => return false,
                 () = tokio::time::sleep(delay) => {}
+                () = state.retry_now.notified() => {}
             }
             delay = (delay * 2).min(self.settings.retry_max);
         }
@@ -789,7 +902,18 @@ impl Lane {
         match request.send().await {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                // reqwest's own text names the URL; the cause (refused, timed out…) is
+                // further down the chain.
+                let mut why = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    why.push_str(": ");
+                    why.push_str(&c.to_string());
+                    cause = c.source();
+                }
+                Err(why)
+            }
         }
     }
 
@@ -805,6 +929,7 @@ impl Lane {
             error!(error = %e, "a delivered webhook event could not be removed; it will be posted again");
         }
         let left = self.queue.pending.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.queue.lanes[usize::from(self.lane)].pending.fetch_sub(1, Ordering::Relaxed);
         let bytes = self.queue.pending_bytes.fetch_sub(size as i64, Ordering::Relaxed) - size as i64;
         metrics::gauge!("hongyan_webhook_pending_bytes").set(bytes.max(0) as f64);
         metrics::gauge!("hongyan_webhook_pending").set(left.max(0) as f64);

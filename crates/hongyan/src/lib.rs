@@ -335,6 +335,7 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
         registry: registry.clone(),
         topology: topology.clone(),
         settings: Arc::new(settings),
+        webhooks: webhooks.clone(),
     };
     // Fail-stop: once storage fails, every listener refuses work with 503 and the reason.
     let fail_stop = axum::middleware::from_fn_with_state(core.clone(), hongyan_api::fail_stop);

@@ -2,8 +2,8 @@
 //! (`tests/conformance/console.mjs`): sign-in with the manager token, the overview's
 //! figures moving under a small load, a connection found by uid and kicked (the client
 //! gets its DISCONNECT), the user looked up (devices, conversations with unread
-//! counts) and banned, a channel's history with JSON and binary payloads decoded, and a
-//! test message sent. The screenshots are the ones in `docs/console.md`. Needs
+//! counts) and banned, a channel's history with JSON and binary payloads decoded, a
+//! test message sent, and the webhooks of a receiver that is down retried at once. The screenshots are the ones in `docs/console.md`. Needs
 //! Node.js and Chromium, which scripts/test.sh installs.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
@@ -24,7 +24,17 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_history() {
-    let server = Arc::new(TestServer::start_with(|c| c.manager_token = "console-secret".into()).await);
+    // Webhooks to a receiver that is down, retried only after a minute unless asked.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = Arc::new(
+        TestServer::start_with(move |c| {
+            c.manager_token = "console-secret".into();
+            c.webhook.url = format!("http://{nobody}/hook");
+            c.webhook.retry_initial_ms = 60_000;
+            c.webhook.retry_max_ms = 60_000;
+        })
+        .await,
+    );
     server.register("watcher", "t", device_flag::APP, 1).await;
     let body = json!({"channel_id": "ops", "channel_type": 2, "subscribers": ["watcher", "ann"]});
     assert_eq!(server.post("/channel", body).await.0, 200);
@@ -92,7 +102,14 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
     let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
     assert_eq!(result["ok"], true, "console scenario failed: {result}");
     assert_eq!(kicked.await.unwrap(), Some(ReasonCode::ConnectKick), "the kicked client was told why");
-    for name in ["console-signin", "console-overview", "console-connections", "console-users", "console-channels"] {
+    for name in [
+        "console-signin",
+        "console-overview",
+        "console-connections",
+        "console-users",
+        "console-channels",
+        "console-webhooks",
+    ] {
         let size = std::fs::metadata(repo.join(format!("docs/images/{name}.png"))).map_or(0, |m| m.len());
         assert!(size > 1000, "{name}.png was written");
     }

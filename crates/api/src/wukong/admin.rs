@@ -1,5 +1,6 @@
 //! Who is online, and what the node is doing: `/user/onlinestatus`, `/connz`, `/varz`;
-//! closing one connection: `/conn/kick`, `/conn/remove`.
+//! closing one connection: `/conn/kick`, `/conn/remove`; the webhook queues:
+//! `/webhook/status`, `/webhook/retry`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -188,4 +189,19 @@ fn close_connection(state: &AppState, body: &Bytes, kick: bool) -> Result<Json<V
         Some(false) => Err(ApiError::bad(format!("no connection {} of `{}` on node {node}", req.conn_id, req.uid))),
         Some(true) | None => Ok(Json(json!({"status": 200}))),
     }
+}
+
+/// `GET /webhook/status`: `{"enabled": true, "events": [{event, pending, failing,
+/// retries, last_error, last_error_at_ms}]}`; `{"enabled": false, "events": []}` without
+/// `webhook.url`.
+pub(super) async fn webhook_status(State(state): State<AppState>) -> Json<Value> {
+    let events = state.webhooks.as_ref().map(|w| w.status()).unwrap_or_default();
+    Json(json!({"enabled": state.webhooks.is_some(), "events": events}))
+}
+
+/// `POST /webhook/retry`: events waiting to be retried are posted now.
+pub(super) async fn webhook_retry(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let webhooks = state.webhooks.as_ref().ok_or_else(|| ApiError::bad("webhooks are off (webhook.url is empty)"))?;
+    webhooks.retry_now();
+    Ok(Json(json!({"status": 200})))
 }

@@ -181,6 +181,13 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         endpoint("get", "/connz", "A node's connections, or a user's on every node", get(admin::connz))
             .query(schema_of::<admin::ConnzQuery>),
         endpoint("get", "/varz", "This node's statistics", get(admin::varz)),
+        endpoint("get", "/webhook/status", "Each webhook event's queue and last error", get(admin::webhook_status)),
+        endpoint(
+            "post",
+            "/webhook/retry",
+            "Post the webhook events waiting for a retry now",
+            post(admin::webhook_retry),
+        ),
         endpoint("post", "/conn/kick", "Kick one connection (DISCONNECT, then close)", post(admin::conn_kick))
             .body(schema_of::<admin::ConnReq>),
         endpoint("post", "/conn/remove", "Close one connection", post(admin::conn_remove))
