@@ -199,6 +199,11 @@ pub(super) async fn webhook_status(State(state): State<AppState>) -> Json<Value>
     Json(json!({"enabled": state.webhooks.is_some(), "events": events}))
 }
 
+/// The body of calls that take none (`{}` or nothing), for the document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct NoBody {}
+
 /// `POST /webhook/retry`: events waiting to be retried are posted now.
 pub(super) async fn webhook_retry(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let webhooks = state.webhooks.as_ref().ok_or_else(|| ApiError::bad("webhooks are off (webhook.url is empty)"))?;

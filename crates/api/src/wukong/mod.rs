@@ -187,7 +187,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             "/webhook/retry",
             "Post the webhook events waiting for a retry now",
             post(admin::webhook_retry),
-        ),
+        )
+        .body(schema_of::<admin::NoBody>),
         endpoint("post", "/conn/kick", "Kick one connection (DISCONNECT, then close)", post(admin::conn_kick))
             .body(schema_of::<admin::ConnReq>),
         endpoint("post", "/conn/remove", "Close one connection", post(admin::conn_remove))
