@@ -63,10 +63,18 @@ impl Bus {
 
     /// Tells every node that membership changed (best effort).
     pub(crate) async fn announce(&self) {
-        if let Err(e) = self.client.publish(self.subject("nodes"), bytes::Bytes::new()).await {
-            tracing::debug!("membership notice not sent: {e}");
+        // Bounded: with the bus down, publishing and flushing wait for a reconnection
+        // that may never come, and a node leaving must not hang on a notice that only
+        // hastens what the heartbeat brings anyway.
+        let notice = async {
+            if let Err(e) = self.client.publish(self.subject("nodes"), bytes::Bytes::new()).await {
+                tracing::debug!("membership notice not sent: {e}");
+            }
+            let _ = self.client.flush().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(1), notice).await.is_err() {
+            tracing::debug!("membership notice not sent: the bus did not answer within 1 s");
         }
-        let _ = self.client.flush().await;
     }
 
     /// Membership notices from every node (this one included).
@@ -83,6 +91,6 @@ impl Bus {
     /// Flushes and stops the client.
     pub(crate) async fn close(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.client.flush()).await;
-        let _ = self.client.clone().drain().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.clone().drain()).await;
     }
 }

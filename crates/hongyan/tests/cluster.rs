@@ -203,6 +203,32 @@ fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Pat
         .unwrap()
 }
 
+/// With the NATS server gone, a node asked to stop (SIGTERM) still stops, and so does
+/// one stopped in process: leaving the cluster does not wait for a bus that does not
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stop_when_asked_even_with_nats_down() {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let one = node(&schema, &nats, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut two = spawn_node(&schema, &nats.url(), 2, api, dir.path());
+    wait_for_members(&[&one], &[1, 2]).await;
+    drop(nats);
+    assert!(Command::new("kill").args(["-TERM", &two.0.id().to_string()]).status().unwrap().success());
+    let asked = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = two.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(15), "node 2 still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "node 2 exited with {status}");
+    one.stop().await; // within TestServer::stop's 10 s
+}
+
 /// A SIGKILLed node leaves every route within a lease; restarted, it rejoins under a
 /// new boot id (its old row is taken over once the lease has run out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
