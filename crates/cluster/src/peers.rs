@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use hongyan_core::Core;
-use hongyan_core::conns::{ConnOrder, ConnPage, ConnSummary, MOST_PER_PAGE, Peers, PeersFuture};
+use hongyan_core::conns::{ConnFilter, ConnOrder, ConnPage, ConnSummary, MOST_PER_PAGE, Peers, PeersFuture};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
@@ -43,8 +43,8 @@ impl Connections {
                         let found = core.local_connections_of(&uids);
                         encode_page(&ConnPage { total: found.len() as u64, connections: found })
                     }
-                    Some(Question::Page { offset, limit, order }) => {
-                        encode_page(&core.local_page(offset, limit, order))
+                    Some(Question::Page { offset, limit, order, filter }) => {
+                        encode_page(&core.local_page(offset, limit, order, &filter))
                     }
                     None => continue,
                 };
@@ -80,10 +80,17 @@ impl Peers for Connections {
         })
     }
 
-    fn page(&self, node: u64, offset: usize, limit: usize, order: ConnOrder) -> PeersFuture<ConnPage> {
-        match encode_question(&Question::Page { offset, limit, order }) {
+    fn page(
+        &self,
+        node: u64,
+        offset: usize,
+        limit: usize,
+        order: ConnOrder,
+        filter: ConnFilter,
+    ) -> PeersFuture<ConnPage> {
+        match encode_question(&Question::Page { offset, limit, order, filter }) {
             Some(question) => self.ask(node, question),
-            None => Box::pin(async { Err("offset or limit out of range".into()) }),
+            None => Box::pin(async { Err("offset, limit or filter out of range".into()) }),
         }
     }
 }
@@ -91,10 +98,13 @@ impl Peers for Connections {
 #[derive(Debug, PartialEq, Eq)]
 enum Question {
     Uids(Vec<String>),
-    Page { offset: usize, limit: usize, order: ConnOrder },
+    Page { offset: usize, limit: usize, order: ConnOrder, filter: ConnFilter },
 }
 
-/// `[0][count][uids]` or `[1][offset][limit][order]`.
+/// No device flag in a filter.
+const ANY_FLAG: u8 = u8::MAX;
+
+/// `[0][count][uids]` or `[1][offset][limit][order][flag][device id][ip]`.
 fn encode_question(q: &Question) -> Option<Bytes> {
     let mut out = BytesMut::new();
     match q {
@@ -108,11 +118,14 @@ fn encode_question(q: &Question) -> Option<Bytes> {
                 put_str(&mut out, uid)?;
             }
         }
-        Question::Page { offset, limit, order } => {
+        Question::Page { offset, limit, order, filter } => {
             out.put_u8(1);
             out.put_u32(u32::try_from(*offset).ok()?);
             out.put_u32(u32::try_from(*limit).ok()?);
             out.put_u8(u8::from(*order == ConnOrder::Uptime));
+            out.put_u8(filter.device_flag.unwrap_or(ANY_FLAG));
+            put_str(&mut out, &filter.device_id)?;
+            put_str(&mut out, &filter.ip)?;
         }
     }
     Some(out.freeze())
@@ -128,11 +141,13 @@ fn decode_question(mut input: Bytes) -> Option<Question> {
             }
             Some(Question::Uids((0..n).map(|_| get_str(&mut input)).collect::<Option<_>>()?))
         }
-        1 if input.remaining() == 10 => {
+        1 if input.remaining() >= 11 => {
             input.advance(1);
             let (offset, limit) = (input.get_u32() as usize, (input.get_u32() as usize).min(MOST_PER_PAGE));
             let order = if input.get_u8() == 1 { ConnOrder::Uptime } else { ConnOrder::Id };
-            Some(Question::Page { offset, limit, order })
+            let device_flag = Some(input.get_u8()).filter(|f| *f != ANY_FLAG);
+            let filter = ConnFilter { device_flag, device_id: get_str(&mut input)?, ip: get_str(&mut input)? };
+            input.is_empty().then_some(Question::Page { offset, limit, order, filter })
         }
         _ => None,
     }
@@ -207,8 +222,13 @@ mod tests {
     fn questions_and_pages_round_trip_and_cut_ones_are_refused() {
         for q in [
             Question::Uids(vec!["ann".into(), "bob".into()]),
-            Question::Page { offset: 40, limit: 20, order: ConnOrder::Uptime },
-            Question::Page { offset: 0, limit: 1, order: ConnOrder::Id },
+            Question::Page { offset: 40, limit: 20, order: ConnOrder::Uptime, filter: ConnFilter::default() },
+            Question::Page {
+                offset: 0,
+                limit: 1,
+                order: ConnOrder::Id,
+                filter: ConnFilter { device_flag: Some(1), device_id: "web-1".into(), ip: "10.0.0.9".into() },
+            },
         ] {
             let bytes = encode_question(&q).unwrap();
             assert_eq!(decode_question(bytes.clone()), Some(q));

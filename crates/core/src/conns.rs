@@ -50,6 +50,31 @@ pub enum ConnOrder {
     Uptime,
 }
 
+/// Which connections a page lists: every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnFilter {
+    /// The device flag (0 app, 1 web, 2 pc).
+    pub device_flag: Option<u8>,
+    /// The device id, exactly.
+    pub device_id: String,
+    /// The client's IP address, exactly.
+    pub ip: String,
+}
+
+impl ConnFilter {
+    /// Whether it lets every connection through.
+    pub fn is_empty(&self) -> bool {
+        self.device_flag.is_none() && self.device_id.is_empty() && self.ip.is_empty()
+    }
+
+    /// Whether `c` passes.
+    pub fn matches(&self, c: &ConnSummary) -> bool {
+        self.device_flag.is_none_or(|f| f == c.device_flag)
+            && (self.device_id.is_empty() || self.device_id == c.device_id)
+            && (self.ip.is_empty() || self.ip == c.ip)
+    }
+}
+
 /// A page of one node's connections and how many it has in all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnPage {
@@ -67,8 +92,15 @@ pub type PeersFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Res
 pub trait Peers: Send + Sync + std::fmt::Debug {
     /// The connections of `uids` on node `node`.
     fn connections_of(&self, node: u64, uids: Vec<String>) -> PeersFuture<Vec<ConnSummary>>;
-    /// A page of node `node`'s connections.
-    fn page(&self, node: u64, offset: usize, limit: usize, order: ConnOrder) -> PeersFuture<ConnPage>;
+    /// A page of node `node`'s connections that pass `filter`.
+    fn page(
+        &self,
+        node: u64,
+        offset: usize,
+        limit: usize,
+        order: ConnOrder,
+        filter: ConnFilter,
+    ) -> PeersFuture<ConnPage>;
 }
 
 impl Core {
@@ -104,15 +136,28 @@ impl Core {
             .collect()
     }
 
-    /// A page of this node's connections (at most [`MOST_PER_PAGE`]).
-    pub fn local_page(&self, offset: usize, limit: usize, order: ConnOrder) -> ConnPage {
+    /// A page of this node's connections that pass `filter` (at most
+    /// [`MOST_PER_PAGE`]); `total` counts those that pass.
+    pub fn local_page(&self, offset: usize, limit: usize, order: ConnOrder, filter: &ConnFilter) -> ConnPage {
         let mut conns = self.registry.all();
         match order {
             ConnOrder::Id => conns.sort_by_key(|c| c.id),
             ConnOrder::Uptime => conns.sort_by_key(|c| (c.connected_at_ms, c.id)),
         }
-        let total = conns.len() as u64;
-        let connections = conns.iter().skip(offset).take(limit.min(MOST_PER_PAGE)).map(|c| self.summary(c)).collect();
+        let limit = limit.min(MOST_PER_PAGE);
+        if filter.is_empty() {
+            let total = conns.len() as u64;
+            let connections = conns.iter().skip(offset).take(limit).map(|c| self.summary(c)).collect();
+            return ConnPage { total, connections };
+        }
+        let mut total = 0u64;
+        let mut connections = Vec::new();
+        for summary in conns.iter().map(|c| self.summary(c)).filter(|s| filter.matches(s)) {
+            if total >= offset as u64 && connections.len() < limit {
+                connections.push(summary);
+            }
+            total += 1;
+        }
         ConnPage { total, connections }
     }
 
@@ -140,12 +185,19 @@ impl Core {
     }
 
     /// A page of node `node`'s connections (this node's when it is this node).
-    pub async fn page_of(&self, node: u64, offset: usize, limit: usize, order: ConnOrder) -> Result<ConnPage, String> {
+    pub async fn page_of(
+        &self,
+        node: u64,
+        offset: usize,
+        limit: usize,
+        order: ConnOrder,
+        filter: ConnFilter,
+    ) -> Result<ConnPage, String> {
         if node == self.settings.node_id {
-            return Ok(self.local_page(offset, limit, order));
+            return Ok(self.local_page(offset, limit, order, &filter));
         }
         match self.peers.get() {
-            Some(peers) => peers.page(node, offset, limit.min(MOST_PER_PAGE), order).await,
+            Some(peers) => peers.page(node, offset, limit.min(MOST_PER_PAGE), order, filter).await,
             None => Err(format!("no node {node}: this node is not in a cluster")),
         }
     }

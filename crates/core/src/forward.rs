@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::session::{Conn, is_valid_uid};
-use hongyan_proto::{HeaderFlags, Packet, ReasonCode, Send, Sendack, Setting};
+use hongyan_proto::{HeaderFlags, ReasonCode, Send, Setting};
 use hongyan_store::{ChannelKey, Fence};
 
 use crate::channel::{MAX_TYPE, PERSON, TEMP, person_channel_id};
 use crate::cluster::{ChangeNotifier, Changed, ForwardError, ForwardOutcome, ForwardedSend, Forwarder, Topology};
 use crate::owners::{Owners, Placement};
+use crate::send::Answer;
 use crate::{AppSend, AppSent, Core, SendError};
 
 /// How often a forward that reached no owner is tried again (with the membership read
@@ -177,17 +178,15 @@ impl Core {
 
     /// A client's SEND to a channel another node owns: opened here, stored there, and
     /// acknowledged with the owner's answer.
-    pub(crate) async fn forward_client_send(&self, conn: &Arc<Conn>, send: Send, message_id: i64, node: u64) {
-        let ack = |message_id: i64, seq: u64, reason_code: ReasonCode| {
-            let ack = Sendack {
-                flags: send.flags,
-                message_id,
-                client_seq: send.client_seq,
-                message_seq: seq as u32,
-                reason_code,
-            };
-            let _ = conn.send(&Packet::Sendack(ack));
-        };
+    pub(crate) async fn forward_client_send(
+        &self,
+        conn: &Arc<Conn>,
+        send: Send,
+        message_id: i64,
+        node: u64,
+        answer: &Answer,
+    ) {
+        let ack = |message_id: i64, seq: u64, reason_code: ReasonCode| answer.send(message_id, seq, reason_code);
         let Some(channel) = Self::owned_channel(&conn.uid, &send.channel_id, send.channel_type) else {
             return ack(message_id, 0, ReasonCode::ChannelIdError);
         };

@@ -57,13 +57,40 @@ pub(crate) enum Submitted {
     OnlineOnly,
 }
 
-/// Who gets the SENDACK of a message, and what it echoes.
-pub(crate) struct AckTo {
+/// Where a SEND's SENDACK goes and what it echoes; answering records how long the
+/// client waited (`hongyan_core_sendack_seconds`, from the SEND's arrival).
+#[derive(Clone)]
+pub(crate) struct Answer {
     pub(crate) conn: Arc<Conn>,
-    /// The connection's in-flight slot, given back once the SENDACK is queued.
-    pub(crate) _slot: SendSlot,
     pub(crate) flags: HeaderFlags,
     pub(crate) client_seq: u32,
+    pub(crate) arrived: std::time::Instant,
+}
+
+impl Answer {
+    pub(crate) fn new(conn: &Arc<Conn>, send: &Send) -> Self {
+        Self { conn: conn.clone(), flags: send.flags, client_seq: send.client_seq, arrived: std::time::Instant::now() }
+    }
+
+    /// Queues the SENDACK.
+    pub(crate) fn send(&self, message_id: i64, message_seq: u64, reason_code: ReasonCode) {
+        metrics::histogram!("hongyan_core_sendack_seconds").record(self.arrived.elapsed().as_secs_f64());
+        let ack = Sendack {
+            flags: self.flags,
+            message_id,
+            client_seq: self.client_seq,
+            message_seq: message_seq as u32,
+            reason_code,
+        };
+        let _ = self.conn.send(&Packet::Sendack(ack));
+    }
+}
+
+/// Who gets the SENDACK of a stored message.
+pub(crate) struct AckTo {
+    pub(crate) answer: Answer,
+    /// The connection's in-flight slot, given back once the SENDACK is queued.
+    pub(crate) _slot: SendSlot,
     /// The id given at admission (a resend is answered with the original's).
     pub(crate) message_id: i64,
 }
@@ -263,15 +290,9 @@ impl Core {
         // taken, the session reads nothing more from this client.
         let Some(slot) = SendSlot::take(conn).await else { return };
         let message_id = self.ids.next_id();
+        let answer = Answer::new(conn, &send);
         let ack = |message_id: i64, message_seq: u64, reason_code: ReasonCode| {
-            let ack = Sendack {
-                flags: send.flags,
-                message_id,
-                client_seq: send.client_seq,
-                message_seq: message_seq as u32,
-                reason_code,
-            };
-            let _ = conn.send(&Packet::Sendack(ack));
+            answer.send(message_id, message_seq, reason_code);
         };
         // In a cluster, a message is stored by its channel's owner; online-only ones are
         // delivered from where they arrive.
@@ -283,7 +304,7 @@ impl Core {
         let fence = match self.placement(owned.as_ref()).await {
             Ok(owners::Placement::Local(fence)) => fence,
             Ok(owners::Placement::Remote(node)) => {
-                self.forward_client_send(conn, send.clone(), message_id, node).await;
+                self.forward_client_send(conn, send.clone(), message_id, node, &answer).await;
                 drop(slot);
                 return;
             }
@@ -291,8 +312,7 @@ impl Core {
         };
         // The SENDACK goes out from the log's commit callback, once the append is
         // durable, without holding up the connection's next packet.
-        let ack_to =
-            AckTo { conn: conn.clone(), _slot: slot, flags: send.flags, client_seq: send.client_seq, message_id };
+        let ack_to = AckTo { answer: answer.clone(), _slot: slot, message_id };
         let open = || match &conn.cipher {
             Some(cipher) => cipher.open_send(&send).map(Bytes::from).map_err(|e| e.reason_code()),
             None => Ok(send.payload.clone()),
@@ -419,14 +439,7 @@ impl Core {
                         }
                         None => (to.message_id, 0, ReasonCode::SystemError),
                     };
-                    let ack = Sendack {
-                        flags: to.flags,
-                        message_id,
-                        client_seq: to.client_seq,
-                        message_seq: seq as u32,
-                        reason_code: reason,
-                    };
-                    let _ = to.conn.send(&Packet::Sendack(ack));
+                    to.answer.send(message_id, seq, reason);
                 }
             })
         };

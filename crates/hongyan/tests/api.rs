@@ -98,6 +98,37 @@ async fn lists_clear_and_channels_delete() {
     let uids: Vec<&str> = list.as_array().unwrap().iter().map(|e| e["uid"].as_str().unwrap()).collect();
     assert_eq!(uids, ["m1", "m2"]);
     assert!(list[0]["created_at"].as_i64().unwrap() > 1_600_000_000, "{list}");
+    // Every list reads a page at a time, after the last uid seen.
+    let at = &server;
+    let page = |path: &str| {
+        let path = format!("/channel/{path}");
+        async move {
+            let (status, list) = at.get(&path).await;
+            assert_eq!(status, 200, "{path}: {list}");
+            list.as_array().unwrap().iter().map(|e| e["uid"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("subscribers?channel_id=club&channel_type=2&limit=1").await, ["m1"]);
+    assert_eq!(page("subscribers?channel_id=club&channel_type=2&after=m1").await, ["m2"]);
+    assert_eq!(page("blacklist?channel_id=club&channel_type=2").await, ["m3"]);
+    assert_eq!(page("whitelist?channel_id=club&channel_type=2&after=m1&limit=5").await, ["m2"]);
+    assert_eq!(server.get("/channel/subscribers?channel_id=club&channel_type=2&limit=10001").await.0, 400);
+    assert_eq!(server.get("/channel/subscribers?channel_id=club&channel_type=2&after=a%40b").await.0, 400);
+    // Channels with attributes, found by id prefix.
+    server.post("/channel", json!({"channel_id": "club-2", "channel_type": 2, "large": 1})).await;
+    server.post("/channel", json!({"channel_id": "clan", "channel_type": 2})).await;
+    let (status, found) = server.get("/channel/search?channel_type=2&prefix=club").await;
+    assert_eq!(status, 200, "{found}");
+    let ids: Vec<&str> = found.as_array().unwrap().iter().map(|c| c["channel_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["club", "club-2"]);
+    assert_eq!((found[1]["large"].as_u64(), found[0]["large"].as_u64()), (Some(1), Some(0)));
+    let (_, next) = server.get("/channel/search?channel_type=2&prefix=cl&after=club&limit=5").await;
+    assert_eq!(
+        next,
+        json!([{"channel_id": "club-2", "channel_type": 2, "ban": 0, "disband": 0, "send_ban": 0, "large": 1, "allow_stranger": 0}])
+    );
+    assert_eq!(server.get("/channel/search?channel_type=2&limit=1001").await.0, 400);
+    assert_eq!(server.get("/channel/search?channel_type=0").await.0, 400);
 
     for path in ["/channel/whitelist_remove_all", "/channel/blacklist_remove_all"] {
         assert_eq!(server.post(path, g.clone()).await, (200, json!({"status": 200})));
@@ -242,6 +273,19 @@ async fn connz_and_varz_describe_the_node() {
         (conn["uid"].as_str(), conn["transport"].as_str(), conn["ip"].as_str()),
         (Some("zed"), Some("ws"), Some("127.0.0.1"))
     );
+    // Filtered by device and address, on the node and for one user.
+    let at = &server;
+    let total = |path: &str| {
+        let path = path.to_owned();
+        async move { at.get(&path).await.1["total"].as_u64() }
+    };
+    let flag = device_flag::APP;
+    assert_eq!(total(&format!("/connz?device_flag={flag}&ip=127.0.0.1&device_id=phone")).await, Some(1));
+    assert_eq!(total(&format!("/connz?uid=zed&device_flag={flag}")).await, Some(1));
+    assert_eq!(total("/connz?ip=10.9.9.9").await, Some(0));
+    assert_eq!(total("/connz?uid=zed&device_id=tablet").await, Some(0));
+    assert_eq!(total(&format!("/connz?device_flag={}", flag + 1)).await, Some(0));
+    assert_eq!(server.get("/connz?ip=not-an-ip").await.0, 400);
     let (_, all) = server.get("/connz?limit=1&sort=uptime").await;
     assert_eq!(all["connections"].as_array().unwrap().len(), 1);
     assert_eq!(server.get("/connz?sort=bogus").await.0, 400);
@@ -255,6 +299,8 @@ async fn connz_and_varz_describe_the_node() {
     assert_eq!((varz["connections"].as_u64(), varz["users_online"].as_u64()), (Some(1), Some(1)));
     assert_eq!(varz["server_id"], server.config.node_id);
     assert!(varz["mem_rss_bytes"].as_u64().unwrap() > 1_000_000, "{varz}");
+    // The process has started a server and served a login: more than a tick of CPU.
+    assert!(varz["cpu_seconds"].as_f64().unwrap() > 0.0, "{varz}");
     server.stop().await;
 }
 

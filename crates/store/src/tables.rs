@@ -290,6 +290,40 @@ impl Store {
     }
 }
 
+/// Up to `limit` entries of `table` whose key starts with `prefix`, past the key
+/// `prefix + after` (every one when `after` is empty), in key order.
+fn scan_after(
+    kv: &dyn KvBackend,
+    table: Table,
+    prefix: &[u8],
+    after: &[u8],
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    if after.is_empty() {
+        return kv.scan_prefix(table, prefix, limit);
+    }
+    let mut start = [prefix, after].concat();
+    start.push(0);
+    // The first key past every key that starts with `prefix`.
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    match end.last_mut() {
+        Some(last) => *last += 1,
+        // Every byte of the prefix is 0xff: the scan runs to the table's end.
+        None => {
+            return Ok(kv
+                .scan_prefix(table, prefix, usize::MAX)?
+                .into_iter()
+                .filter(|(k, _)| *k >= start)
+                .take(limit)
+                .collect());
+        }
+    }
+    kv.scan_range(table, &start, &end, limit, Order::Ascending)
+}
+
 impl Store {
     /// `uid`'s conversation with `channel`, if it has one.
     pub fn conversation(&self, uid: &str, channel: &crate::ChannelKey) -> Result<Option<Conversation>> {
@@ -412,6 +446,62 @@ impl Store {
                     return Err(bad());
                 }
                 Ok((uid, r.i64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` uids on `list` of a channel after `after` (from the first when
+    /// empty), in uid order, with when each was (last) added: one page of a list too
+    /// long to read at once.
+    pub fn member_page(
+        &self,
+        list: MemberList,
+        channel_id: &str,
+        channel_type: u8,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let prefix = list_prefix(channel_id, channel_type);
+        let entries = scan_after(self.kv.as_ref(), list.table(), &prefix, after.as_bytes(), limit)?;
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let bad = || corrupt(list.table(), "member");
+                let uid = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad())?.to_owned();
+                let mut r = ValueReader { rest: &value };
+                if r.u8() != Some(FORMAT_V1) {
+                    return Err(bad());
+                }
+                Ok((uid, r.i64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` channels of `channel_type` with stored attributes whose id starts
+    /// with `prefix`, after `after` (from the first when empty), in id order.
+    pub fn channels_by_prefix(
+        &self,
+        channel_type: u8,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, ChannelInfo)>> {
+        let key_prefix = channel_key(prefix, channel_type);
+        // `after` is a whole id; the scan starts past it, within the prefix.
+        let after = after.strip_prefix(prefix).map(str::as_bytes);
+        let entries = match after {
+            Some(rest) => scan_after(self.kv.as_ref(), Table::ChannelInfo, &key_prefix, rest, limit)?,
+            None => scan_after(self.kv.as_ref(), Table::ChannelInfo, &key_prefix, b"", limit)?,
+        };
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                let bad = || corrupt(Table::ChannelInfo, "channel info");
+                let id = std::str::from_utf8(&key[1..]).map_err(|_| bad())?.to_owned();
+                match value.as_slice() {
+                    [FORMAT_V1, bits] => Ok((id, ChannelInfo::from_bits(*bits))),
+                    _ => Err(bad()),
+                }
             })
             .collect()
     }

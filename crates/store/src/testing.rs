@@ -220,6 +220,35 @@ pub fn tables_contract(store: &Store) {
     store.add_members(MemberList::Subscribers, "g1", 2, &names(&["c"]), true).unwrap();
     assert_eq!(store.members(MemberList::Subscribers, "g1", 2).unwrap(), names(&["c"]));
     assert_eq!(store.members(MemberList::Subscribers, "g10", 2).unwrap(), names(&["z"]));
+    // Paged: from the first, then after the last seen; another channel's never shows.
+    store.add_members(MemberList::Subscribers, "g1", 2, &names(&["d", "e", "f"]), false).unwrap();
+    let page = |after: &str, limit| {
+        let entries = store.member_page(MemberList::Subscribers, "g1", 2, after, limit).unwrap();
+        entries.into_iter().map(|(uid, _)| uid).collect::<Vec<_>>()
+    };
+    assert_eq!(page("", 2), names(&["c", "d"]));
+    assert_eq!(page("d", 2), names(&["e", "f"]));
+    assert_eq!(page("f", 2), Vec::<String>::new());
+    assert_eq!(page("cz", 10), names(&["d", "e", "f"]));
+    store.remove_members(MemberList::Subscribers, "g1", 2, &names(&["d", "e", "f"])).unwrap();
+    // Channels with attributes, by id prefix, a page at a time.
+    for id in ["team-a", "team-b", "team-c", "teal", "other"] {
+        store.put_channel_info(id, 2, ChannelInfo { large: true, ..ChannelInfo::default() }).unwrap();
+    }
+    store.put_channel_info("team-z", 4, ChannelInfo::default()).unwrap();
+    let found = |prefix: &str, after: &str, limit| {
+        let entries = store.channels_by_prefix(2, prefix, after, limit).unwrap();
+        entries.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    assert_eq!(found("team-", "", 2), names(&["team-a", "team-b"]));
+    assert_eq!(found("team-", "team-b", 10), names(&["team-c"]));
+    assert_eq!(found("tea", "", 10), names(&["teal", "team-a", "team-b", "team-c"]));
+    assert_eq!(found("", "team-c", 10), Vec::<String>::new());
+    assert!(store.channels_by_prefix(2, "other", "", 1).unwrap()[0].1.large);
+    for id in ["team-a", "team-b", "team-c", "teal", "other"] {
+        store.kv().write(vec![store.channel_info_removal(id, 2)], true).unwrap();
+    }
+    store.kv().write(vec![store.channel_info_removal("team-z", 4)], true).unwrap();
     assert!(store.is_member(MemberList::Subscribers, "g1", 2, "c").unwrap());
     assert!(!store.is_member(MemberList::Subscribers, "g1", 2, "z").unwrap());
     assert!(store.has_members(MemberList::Blacklist, "g1", 2).unwrap());

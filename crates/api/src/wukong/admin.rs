@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::{ApiQuery, check_uid, parse};
 use crate::{ApiError, AppState, OnlineStatusFormat};
-use hongyan_core::conns::{ConnOrder, MOST_PER_PAGE};
+use hongyan_core::conns::{ConnFilter, ConnOrder, MOST_PER_PAGE};
+use hongyan_core::session::MAX_ID_LEN;
 
 /// Most uids one `/user/onlinestatus` may ask about.
 const ONLINE_STATUS_MAX: usize = 10_000;
@@ -68,6 +69,15 @@ pub(super) struct ConnzQuery {
     /// In a cluster, the node whose connections to list (default: the node asked).
     #[serde(default)]
     node_id: Option<u64>,
+    /// Only connections of this device flag (0 app, 1 web, 2 pc).
+    #[serde(default)]
+    device_flag: Option<u8>,
+    /// Only connections with this device id.
+    #[serde(default)]
+    device_id: String,
+    /// Only connections from this IP address.
+    #[serde(default)]
+    ip: String,
 }
 
 /// `GET /connz`: a node's connections, a page at a time (this node's, or with
@@ -87,12 +97,20 @@ pub(super) async fn connz(
         other => return Err(ApiError::bad(format!("sort: `id` or `uptime`, not `{other}`"))),
     };
     let node = q.node_id.unwrap_or(state.settings.node_id);
+    if q.device_id.len() > MAX_ID_LEN {
+        return Err(ApiError::bad(format!("device_id: at most {MAX_ID_LEN} bytes")));
+    }
+    if !q.ip.is_empty() && q.ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiError::bad(format!("ip: `{}` is not an IP address", q.ip)));
+    }
+    let filter = ConnFilter { device_flag: q.device_flag, device_id: q.device_id, ip: q.ip };
     let (total, page) = if q.uid.is_empty() {
-        let page = state.core.page_of(node, q.offset, limit, order).await.map_err(ApiError::bad)?;
+        let page = state.core.page_of(node, q.offset, limit, order, filter).await.map_err(ApiError::bad)?;
         (page.total, page.connections)
     } else {
         check_uid("uid", &q.uid)?;
         let (mut found, _) = state.core.connections_of(std::slice::from_ref(&q.uid)).await;
+        found.retain(|c| filter.matches(c));
         match order {
             ConnOrder::Id => found.sort_by_key(|c| (c.node, c.id)),
             ConnOrder::Uptime => found.sort_by_key(|c| (c.connected_at_ms, c.node, c.id)),
@@ -149,11 +167,26 @@ pub(super) async fn varz(State(state): State<AppState>) -> Json<Value> {
         "users_online": state.registry.user_count(),
         "retry_pending": state.core.retry_queue().len(),
         "mem_rss_bytes": rss,
+        "cpu_seconds": cpu_seconds(),
         "cpus": std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         "storage_failed": state.core.health().has_failed(),
         "storage_failure": state.core.health().failure().map(|f| f.reason.clone()),
         "storage_unreachable": state.core.health().unreachable().map(|f| f.reason),
     }))
+}
+
+/// CPU time this process has used, user and system, in seconds (0 where `/proc` is
+/// missing). `/proc/<pid>/stat` counts in USER_HZ, which Linux fixes at 100 for
+/// user space.
+fn cpu_seconds() -> f64 {
+    const USER_HZ: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed:
+    // state is the first of them, utime the 12th, stime the 13th.
+    let Some((_, after)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / USER_HZ
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

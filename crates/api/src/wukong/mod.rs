@@ -24,8 +24,10 @@ use serde_json::{Value, json};
 
 use crate::openapi::{self, Dialect, Endpoint, schema_of};
 use crate::{ApiError, AppState};
+use lists::ChannelQuery;
 
 mod admin;
+mod lists;
 mod lookup;
 
 /// Channel type of person (one-to-one) channels.
@@ -136,12 +138,20 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<UidsReq>),
         endpoint("post", "/channel", "Create or update a channel and add subscribers", post(channel_create))
             .body(schema_of::<ChannelBody>),
-        endpoint("get", "/channel/info", "A channel's attributes", get(channel_info_get)).query(schema_of::<ListQuery>),
+        endpoint("get", "/channel/info", "A channel's attributes", get(lists::channel_info))
+            .query(schema_of::<ChannelQuery>),
+        endpoint("get", "/channel/search", "Channels with attributes, by id prefix", get(lists::search))
+            .query(schema_of::<lists::SearchQuery>),
+        endpoint("get", "/channel/subscribers", "A page of a channel's subscribers", get(lists::subscribers))
+            .query(schema_of::<lists::ListQuery>),
+        endpoint("get", "/channel/blacklist", "A page of a channel's blacklist", get(lists::blacklist))
+            .query(schema_of::<lists::ListQuery>),
         endpoint("post", "/channel/info", "Set a channel's attributes", post(channel_info))
             .body(schema_of::<ChannelBody>),
         endpoint("post", "/channel/delete", "Disband a channel and delete its history", post(channel_delete))
             .body(schema_of::<ChannelRefBody>),
-        endpoint("get", "/channel/whitelist", "A channel's whitelist", get(whitelist)).query(schema_of::<ListQuery>),
+        endpoint("get", "/channel/whitelist", "A page of a channel's whitelist", get(lists::whitelist))
+            .query(schema_of::<lists::ListQuery>),
         endpoint("post", "/channel/messagesync", "A page of a channel's history", post(message_sync))
             .body(schema_of::<MessageSyncReq>),
         endpoint("get", "/channel/max_message_seq", "A channel's last seq", get(lookup::max_message_seq))
@@ -533,27 +543,6 @@ async fn channel_info(State(state): State<AppState>, body: Bytes) -> Result<Json
     Ok(ok())
 }
 
-/// `GET /channel/info`: the channel's attributes as 0/1, all 0 for a channel with no
-/// record (as it behaves).
-async fn channel_info_get(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
-    check_channel(&q.channel_id, q.channel_type)?;
-    let (id, ty) = (q.channel_id.clone(), q.channel_type);
-    let info = state.on_core(move |c| c.store().channel_info(&id, ty).map_err(ApiError::Storage)).await?;
-    let info = info.unwrap_or_default();
-    Ok(Json(json!({
-        "channel_id": q.channel_id,
-        "channel_type": q.channel_type,
-        "ban": u8::from(info.ban),
-        "disband": u8::from(info.disband),
-        "send_ban": u8::from(info.send_ban),
-        "large": u8::from(info.large),
-        "allow_stranger": u8::from(info.allow_stranger),
-    })))
-}
-
 /// Parses the 0/1 attributes of a channel body.
 fn channel_attributes(flags: &HashMap<String, Value>) -> Result<ChannelInfo, ApiError> {
     Ok(ChannelInfo {
@@ -650,29 +639,6 @@ async fn channel_delete(State(state): State<AppState>, body: Bytes) -> Result<Js
     let key = ChannelKey::new(req.channel_id, req.channel_type);
     state.on_core(move |c| c.delete_channel(&key).map_err(ApiError::Storage)).await?;
     Ok(ok())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-struct ListQuery {
-    channel_id: String,
-    channel_type: u8,
-}
-
-/// `GET /channel/whitelist`: `[{id, uid, created_at, updated_at}]` (times in seconds;
-/// `id` numbers the entries).
-async fn whitelist(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
-    check_channel(&q.channel_id, q.channel_type)?;
-    let entries = state
-        .on_core(move |c| {
-            c.store().member_entries(MemberList::Whitelist, &q.channel_id, q.channel_type).map_err(ApiError::Storage)
-        })
-        .await?;
-    let list: Vec<Value> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, (uid, at_ms))| json!({"id": i + 1, "uid": uid, "created_at": at_ms / 1000, "updated_at": at_ms / 1000}))
-        .collect();
-    Ok(Json(Value::Array(list)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
