@@ -1,7 +1,8 @@
-// The operators' console: live figures from /metrics and /varz, connections (search,
-// kick), users (devices, conversations, ban and mute), channel attributes and history
-// (payloads decoded) with a test send, the webhook queues (retry now), and the
-// cluster's nodes.
+// The operators' console: live figures from /metrics and /varz, connections (search by
+// user, device and address; kick), users (devices, conversations, ban and mute),
+// channels (search by id prefix, attributes, subscriber/black/white lists, history with
+// payloads decoded, a test send), the webhook queues (retry now), and the cluster's
+// nodes.
 // Every action is a call to the server's HTTP API, through /web/api on this listener.
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -100,19 +101,23 @@ function parseMetrics(text) {
 const sum = (metrics, name, where = () => true) =>
   metrics.filter((m) => m.name === name && where(m.labels)).reduce((a, m) => a + m.value, 0);
 
-const series = { t: [], connections: [], sends: [], deliveries: [], logins: [], commit: [] };
+const series = { t: [], connections: [], sends: [], deliveries: [], logins: [], commit: [], ack50: [], ack99: [], cpu: [], rss: [] };
 let previous = null;
 const charts = {};
 
-function chart(id, labels, colors) {
+/** A chart of `labels`; with `scales`, each series on its own y scale (an axis each). */
+function chart(id, labels, colors, scales) {
   const el = $(id);
+  const axes = scales
+    ? [{}, ...scales.map((scale, i) => ({ scale, size: 50, side: i === 0 ? 3 : 1, grid: { show: i === 0 } }))]
+    : [{}, { size: 50 }];
   const opts = {
     width: el.clientWidth || 380,
     height: 190,
     legend: { show: true },
     scales: { x: { time: true } },
-    series: [{}, ...labels.map((label, i) => ({ label, stroke: colors[i], width: 2 }))],
-    axes: [{}, { size: 50 }],
+    series: [{}, ...labels.map((label, i) => ({ label, stroke: colors[i], width: 2, ...(scales ? { scale: scales[i] } : {}) }))],
+    axes,
   };
   charts[id] = new uPlot(opts, [[], ...labels.map(() => [])], el);
 }
@@ -150,7 +155,11 @@ async function sample() {
   const last = previous;
   const rate = (k) => (last && now > last.at ? Math.max(0, (counters[k] - last.counters[k]) / (now - last.at)) : 0);
   const commit = sum(metrics, "hongyan_log_commit_seconds", (l) => l.quantile === "0.99") * 1000;
-  previous = { at: now, counters };
+  const ack = (q) => sum(metrics, "hongyan_core_sendack_seconds", (l) => l.quantile === q) * 1000;
+  const [ack50, ack99] = [ack("0.5"), ack("0.99")];
+  const varz = await api("GET", "/varz");
+  const cpu = last && now > last.at ? Math.max(0, ((varz.cpu_seconds - last.cpu) / (now - last.at)) * 100) : null;
+  previous = { at: now, counters, cpu: varz.cpu_seconds };
 
   setTile("stat-connections", connections);
   $("stat-transports").textContent = `${byTransport("tcp")} / ${byTransport("ws")} / ${byTransport("wss")}`;
@@ -158,6 +167,10 @@ async function sample() {
   setTile("stat-sends", Math.round(rate("sends")));
   setTile("stat-deliveries", Math.round(rate("deliveries")));
   $("stat-commit").textContent = commit ? `${commit.toFixed(1)} ms` : "–";
+  setTile("stat-sendack", ack99, ack99 ? `${ack50.toFixed(1)} / ${ack99.toFixed(1)} ms` : "–");
+  const rss = varz.mem_rss_bytes / 1048576;
+  $("stat-rss").textContent = `${rss.toFixed(1)} MiB`;
+  if (cpu !== null) setTile("stat-cpu", cpu, `${cpu.toFixed(1)} %`);
   $("stat-queues").textContent =
     `${sum(metrics, "hongyan_log_queue_depth")} / ${sum(metrics, "hongyan_core_fanout_queue_depth")}`;
   $("stat-webhooks").textContent = String(sum(metrics, "hongyan_webhook_pending"));
@@ -169,12 +182,15 @@ async function sample() {
   push("deliveries", rate("deliveries"));
   push("logins", rate("logins"));
   push("commit", commit || null);
+  push("ack50", ack50 || null);
+  push("ack99", ack99 || null);
+  push("cpu", cpu);
+  push("rss", rss);
   charts["chart-connections"].setData([series.t, series.connections]);
   charts["chart-rates"].setData([series.t, series.sends, series.deliveries, series.logins]);
-  charts["chart-latency"].setData([series.t, series.commit]);
+  charts["chart-latency"].setData([series.t, series.ack50, series.ack99, series.commit]);
+  charts["chart-cpu"].setData([series.t, series.cpu, series.rss]);
 
-  const varz = await api("GET", "/varz");
-  $("stat-rss").textContent = `${(varz.mem_rss_bytes / 1048576).toFixed(1)} MiB`;
   $("node").textContent = `node ${varz.server_id} · up ${Math.floor(varz.uptime_secs / 60)} min`;
   setStatus(`updated ${new Date().toLocaleTimeString()}`);
 }
@@ -184,9 +200,12 @@ async function sample() {
 const DEVICE = ["app", "web", "pc"];
 
 async function loadConnections() {
-  const uid = $("conn-uid").value.trim();
-  const query = uid ? `?uid=${encodeURIComponent(uid)}&limit=100` : "?limit=100";
-  const page = await api("GET", `/connz${query}`);
+  const query = new URLSearchParams({ limit: "100" });
+  for (const [key, input] of [["uid", "conn-uid"], ["device_flag", "conn-device"], ["device_id", "conn-device-id"], ["ip", "conn-ip"]]) {
+    const value = $(input).value.trim();
+    if (value) query.set(key, value);
+  }
+  const page = await api("GET", `/connz?${query}`);
   $("conn-count").textContent = `${page.total} connection${page.total === 1 ? "" : "s"}`;
   $("conn-rows").replaceChildren(
     ...page.connections.map((c) => {
@@ -314,11 +333,158 @@ function decodePayload(b64) {
   }
 }
 
+const CHANNEL_TYPES = [
+  [2, "group (2)"],
+  [1, "person (1)"],
+  [3, "customer service (3)"],
+  [4, "community (4)"],
+];
+for (const select of document.querySelectorAll(".channel-types")) {
+  select.replaceChildren(
+    ...CHANNEL_TYPES.map(([value, label]) => Object.assign(document.createElement("option"), { value, textContent: label })),
+  );
+}
+const ATTRIBUTES = ["ban", "disband", "send_ban", "large", "allow_stranger"];
+
+/** The channel the page shows: {id, type}. */
+let opened = null;
+const channelOf = () => ({ channel_id: opened.id, channel_type: opened.type });
+const channelQuery = () => `channel_id=${encodeURIComponent(opened.id)}&channel_type=${opened.type}`;
+
+async function search() {
+  const type = $("search-type").value;
+  const prefix = $("search-prefix").value.trim();
+  const found = await api("GET", `/channel/search?channel_type=${type}&prefix=${encodeURIComponent(prefix)}&limit=50`);
+  $("found").hidden = false;
+  $("found-rows").replaceChildren(
+    ...found.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.channel = c.channel_id;
+      const flags = ATTRIBUTES.filter((k) => c[k]).join(", ") || "–";
+      const action = document.createElement("td");
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "plain";
+      open.textContent = "Open";
+      open.setAttribute("aria-label", `Open ${c.channel_id}`);
+      open.addEventListener("click", () => {
+        $("channel-id").value = c.channel_id;
+        $("channel-type").value = String(c.channel_type);
+        openChannel().catch(fail);
+      });
+      action.append(open);
+      row.append(cell(c.channel_id), cell(flags), action);
+      return row;
+    }),
+  );
+  if (!found.length) $("found-rows").replaceChildren(Object.assign(document.createElement("tr"), { innerHTML: '<td colspan="3">no channel found</td>' }));
+}
+
+$("channel-search").addEventListener("submit", (event) => {
+  event.preventDefault();
+  search().catch(fail);
+});
+
+async function openChannel() {
+  opened = { id: $("channel-id").value.trim(), type: Number($("channel-type").value) };
+  $("channel").hidden = false;
+  await Promise.all([loadAttributes(), loadHistory(), ...LISTS.map((l) => loadList(l))]);
+}
+
+// Attributes: read, edited as checkboxes, written whole (POST /channel/info sets all).
+async function loadAttributes() {
+  const info = await api("GET", `/channel/info?${channelQuery()}`);
+  for (const key of ATTRIBUTES) $("attributes").elements[key].checked = Boolean(info[key]);
+  $("attributes").dataset.saved = ATTRIBUTES.map((k) => info[k]).join("");
+}
+
+$("attributes").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = channelOf();
+  for (const key of ATTRIBUTES) body[key] = $("attributes").elements[key].checked ? 1 : 0;
+  try {
+    await api("POST", "/channel/info", body);
+    setStatus(`${opened.id}: attributes saved`);
+    await loadAttributes();
+  } catch (e) {
+    fail(e);
+  }
+});
+
+// The subscriber, black- and whitelists: a page of 100 at a time, add and remove.
+const LIST_PAGE = 100;
+const LISTS = [
+  { name: "subscribers", title: "Subscribers", add: "/channel/subscriber_add", remove: "/channel/subscriber_remove", field: "subscribers" },
+  { name: "blacklist", title: "Blacklist", add: "/channel/blacklist_add", remove: "/channel/blacklist_remove", field: "uids" },
+  { name: "whitelist", title: "Whitelist", add: "/channel/whitelist_add", remove: "/channel/whitelist_remove", field: "uids" },
+];
+
+for (const list of LISTS) {
+  const box = document.querySelector(`.list[data-list="${list.name}"]`);
+  const inputId = `add-${list.name}`;
+  box.innerHTML = `<h3>${list.title} <span class="count"></span></h3>
+    <form class="row"><label for="${inputId}">Add to ${list.title.toLowerCase()}</label>
+    <input id="${inputId}" required placeholder="uid"><button type="submit">Add</button></form>
+    <table><thead><tr><th scope="col">User</th><th scope="col">Added</th><th scope="col"><span class="visually-hidden">Action</span></th></tr></thead>
+    <tbody></tbody></table>
+    <button type="button" class="plain more" hidden>More</button>`;
+  list.box = box;
+  box.querySelector("form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const uid = box.querySelector("input").value.trim();
+    try {
+      await api("POST", list.add, { ...channelOf(), [list.field]: [uid] });
+      box.querySelector("input").value = "";
+      setStatus(`${uid} added to ${opened.id}'s ${list.title.toLowerCase()}`);
+      await loadList(list);
+    } catch (e) {
+      fail(e);
+    }
+  });
+  box.querySelector(".more").addEventListener("click", () => loadList(list, true).catch(fail));
+}
+
+function listRow(list, entry) {
+  const row = document.createElement("tr");
+  row.dataset.uid = entry.uid;
+  const action = document.createElement("td");
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "Remove";
+  remove.setAttribute("aria-label", `Remove ${entry.uid} from ${list.title.toLowerCase()}`);
+  remove.addEventListener("click", async () => {
+    try {
+      await api("POST", list.remove, { ...channelOf(), [list.field]: [entry.uid] });
+      setStatus(`${entry.uid} removed from ${opened.id}'s ${list.title.toLowerCase()}`);
+      await loadList(list);
+    } catch (e) {
+      fail(e);
+    }
+  });
+  action.append(remove);
+  row.append(cell(entry.uid), cell(new Date(entry.created_at * 1000).toLocaleString()), action);
+  return row;
+}
+
+/** Reloads a list's first page, or with `more` appends the next. */
+async function loadList(list, more = false) {
+  // A person channel has no subscribers: its lists are the user's own.
+  list.box.hidden = list.name === "subscribers" && opened.type === 1;
+  if (list.box.hidden) return;
+  const body = list.box.querySelector("tbody");
+  const after = more ? (body.lastElementChild?.dataset.uid ?? "") : "";
+  const page = await api("GET", `/channel/${list.name}?${channelQuery()}&limit=${LIST_PAGE}&after=${encodeURIComponent(after)}`);
+  const rows = page.map((entry) => listRow(list, entry));
+  if (more) body.append(...rows);
+  else body.replaceChildren(...rows);
+  list.box.querySelector(".more").hidden = page.length < LIST_PAGE;
+  list.box.querySelector(".count").textContent = `(${body.children.length}${page.length < LIST_PAGE ? "" : "+"})`;
+}
+
 async function loadHistory() {
-  const id = $("channel-id").value.trim();
-  const type = Number($("channel-type").value);
+  const { id, type } = opened;
   const as = $("channel-as").value.trim();
-  const [page, max, info] = await Promise.all([
+  const [page, max] = await Promise.all([
     api("POST", "/channel/messagesync", {
       login_uid: as,
       channel_id: id,
@@ -328,16 +494,12 @@ async function loadHistory() {
       pull_mode: 0,
       limit: 50,
     }),
-    api("GET", `/channel/max_message_seq?channel_id=${encodeURIComponent(id)}&channel_type=${type}`).catch(() => null),
-    api("GET", `/channel/info?channel_id=${encodeURIComponent(id)}&channel_type=${type}`),
+    api("GET", `/channel/max_message_seq?${channelQuery()}`).catch(() => null),
   ]);
   // Newest first.
   const messages = (page.messages || []).sort((a, b) => b.message_seq - a.message_seq);
   const last = max?.message_seq ?? (messages.length ? messages[0].message_seq : 0);
-  const flags = ["ban", "disband", "send_ban", "large", "allow_stranger"].filter((k) => info[k]);
-  $("channel-info").textContent =
-    `${id} (type ${type}): ${flags.length ? flags.join(", ") : "no attributes set"} · last seq ${last}, ` +
-    `the newest ${messages.length} below`;
+  $("channel-info").textContent = `${id} (type ${type}): last seq ${last}, the newest ${messages.length} below`;
   $("history").replaceChildren(
     ...messages.map((m) => {
       const item = document.createElement("li");
@@ -355,12 +517,11 @@ async function loadHistory() {
       return item;
     }),
   );
-  $("channel-send").hidden = false;
 }
 
 $("channel-open").addEventListener("submit", (event) => {
   event.preventDefault();
-  loadHistory().catch(fail);
+  openChannel().catch(fail);
 });
 
 $("channel-send").addEventListener("submit", async (event) => {
@@ -368,12 +529,7 @@ $("channel-send").addEventListener("submit", async (event) => {
   const content = JSON.stringify({ type: 1, content: $("send-text").value });
   const payload = btoa(String.fromCharCode(...new TextEncoder().encode(content)));
   try {
-    await api("POST", "/message/send", {
-      from_uid: "",
-      channel_id: $("channel-id").value.trim(),
-      channel_type: Number($("channel-type").value),
-      payload,
-    });
+    await api("POST", "/message/send", { from_uid: "", ...channelOf(), payload });
     $("send-text").value = "";
     await loadHistory();
   } catch (e) {
@@ -445,7 +601,8 @@ async function start() {
   started = true;
   chart("chart-connections", ["connections"], ["#0b5cad"]);
   chart("chart-rates", ["sends/s", "deliveries/s", "logins/s"], ["#0b5cad", "#1a7f37", "#b35c00"]);
-  chart("chart-latency", ["commit p99 (ms)"], ["#8e24aa"]);
+  chart("chart-latency", ["SENDACK p50", "SENDACK p99", "commit p99"], ["#1a7f37", "#0b5cad", "#8e24aa"]);
+  chart("chart-cpu", ["CPU %", "RSS MiB"], ["#b35c00", "#0b5cad"], ["%", "MiB"]);
   const nodes = await api("GET", "/cluster/nodes").catch(() => []);
   document.querySelector('header nav button[data-page="cluster"]').hidden = nodes.length < 2;
   const tick = () => {

@@ -2,9 +2,11 @@
 //! (`tests/conformance/console.mjs`): sign-in with the manager token, the overview's
 //! figures moving under a small load, a connection found by uid and kicked (the client
 //! gets its DISCONNECT), the user looked up (devices, conversations with unread
-//! counts) and banned, a channel's history with JSON and binary payloads decoded, a
-//! test message sent, and the webhooks of a receiver that is down retried at once. The screenshots are the ones in `docs/console.md`. Needs
-//! Node.js and Chromium, which scripts/test.sh installs.
+//! counts) and banned, a channel found by id prefix with its history's JSON and binary
+//! payloads decoded, a test message sent, its lists and attributes edited, the
+//! webhooks of a receiver that is down retried at once, and every page at phone width.
+//! The screenshots are the ones in `docs/console.md`. Needs Node.js and Chromium,
+//! which scripts/test.sh installs.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -17,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::TestServer;
-use hongyan_proto::{Packet, ReasonCode, device_flag};
+use common::{TestServer, send_text};
+use hongyan_proto::{HeaderFlags, Packet, ReasonCode, device_flag};
 use hongyan_testkit::Client;
 use serde_json::{Value, json};
 
@@ -50,17 +52,21 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         Client::connect(&server.tcp(), "watcher", "t", device_flag::APP, "d", 5).await.unwrap();
     assert_eq!(connack.reason_code, ReasonCode::Success);
 
-    // A small load while the console watches: five messages a second to the group.
+    // A small load while the console watches: ann sends five messages a second to the
+    // group from her client (so SENDACK latency has samples).
+    server.register("ann", "t", device_flag::APP, 1).await;
+    let (mut ann, connack) = Client::connect(&server.tcp(), "ann", "t", device_flag::APP, "d", 5).await.unwrap();
+    assert_eq!(connack.reason_code, ReasonCode::Success);
     let running = Arc::new(AtomicBool::new(true));
     let load = {
-        let (server, running) = (server.clone(), running.clone());
+        let running = running.clone();
         tokio::spawn(async move {
             let mut n = 0;
             while running.load(Ordering::SeqCst) {
                 n += 1;
-                let payload = b64(format!(r#"{{"type":1,"content":"load {n}"}}"#).as_bytes());
-                let body = json!({"from_uid": "ann", "channel_id": "ops", "channel_type": 2, "payload": payload});
-                assert_eq!(server.post("/message/send", body).await.0, 200);
+                let text = format!(r#"{{"type":1,"content":"load {n}"}}"#);
+                let ack = send_text(&mut ann, ("ops", 2), n, &format!("load-{n}"), &text, HeaderFlags::default()).await;
+                assert_eq!(ack.reason_code, ReasonCode::Success);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -83,6 +89,7 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         "uid": "watcher",
         "channel": "ops",
         "history": "notes",
+        "members": "ops",
         "screenshots": repo.join("docs/images"),
     });
     let output = tokio::time::timeout(
@@ -109,6 +116,8 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         "console-users",
         "console-channels",
         "console-webhooks",
+        "console-phone-overview",
+        "console-phone-channels",
     ] {
         let size = std::fs::metadata(repo.join(format!("docs/images/{name}.png"))).map_or(0, |m| m.len());
         assert!(size > 1000, "{name}.png was written");
@@ -121,6 +130,14 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
             == br#"{"type":1,"content":"from the console"}"#
     });
     assert!(from_console, "{page}");
+    // The lists and attributes the console edited, as the API reads them.
+    let uids = |list: Value| -> Vec<String> {
+        list.as_array().unwrap().iter().map(|e| e["uid"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(uids(server.get("/channel/subscribers?channel_id=notes&channel_type=2").await.1), ["ann", "dave"]);
+    assert_eq!(uids(server.get("/channel/blacklist?channel_id=notes&channel_type=2").await.1), ["mallory"]);
+    let (_, info) = server.get("/channel/info?channel_id=notes&channel_type=2").await;
+    assert_eq!((info["large"].as_u64(), info["ban"].as_u64()), (Some(1), Some(0)), "{info}");
     // The ban the console set holds: the user's next login is refused.
     let (_, info) = server.get("/channel/info?channel_id=watcher&channel_type=1").await;
     assert_eq!((info["ban"].as_u64(), info["send_ban"].as_u64()), (Some(1), Some(0)), "{info}");
