@@ -173,6 +173,7 @@ async function sample() {
   if (cpu !== null) setTile("stat-cpu", cpu, `${cpu.toFixed(1)} %`);
   $("stat-queues").textContent =
     `${sum(metrics, "hongyan_log_queue_depth")} / ${sum(metrics, "hongyan_core_fanout_queue_depth")}`;
+  $("stat-held").textContent = `${(sum(metrics, "hongyan_gateway_held_bytes") / 1024).toFixed(1)} KiB`;
   $("stat-webhooks").textContent = String(sum(metrics, "hongyan_webhook_pending"));
   $("stat-retries").textContent = String(sum(metrics, "hongyan_core_retry_pending"));
 

@@ -1111,6 +1111,11 @@ async fn connections_are_listed_from_any_node() {
     let uids: BTreeSet<&str> =
         answer["connections"].as_array().unwrap().iter().map(|c| c["uid"].as_str().unwrap()).collect();
     assert_eq!(uids, ["ann", "bob"].into_iter().collect());
+    // Filtered on the node that holds them: ann's web device only.
+    let (status, answer) = one.get("/connz?node_id=2&device_id=web").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["total"].as_u64(), Some(1), "{answer}");
+    assert_eq!(answer["connections"][0]["uid"], "ann", "{answer}");
     let (status, answer) = one.get("/connz?node_id=9").await;
     assert_eq!(status, 400, "no node 9: {answer}");
 

@@ -83,6 +83,7 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
     });
 
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    eprintln!("console screenshots: {}", repo.join("docs/images").display());
     let scenario = json!({
         "url": format!("http://{}", server.server.manager_addr),
         "token": "console-secret",

@@ -31,6 +31,7 @@ async fn two_browser_pages_chat_through_the_demo_and_reconnect_after_a_restart()
 
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let screenshots = repo.join("docs/images");
+    eprintln!("demo screenshots: {}", screenshots.display());
     let scenario = json!({"url": format!("http://{}", server.demo_addr.unwrap()), "screenshots": screenshots});
     let mut runner = tokio::process::Command::new("node")
         .arg(repo.join("tests/conformance/demo.mjs"))
