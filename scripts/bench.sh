@@ -6,8 +6,16 @@
 # summary.md (Hongyan next to NATS, with ratios); with --write-docs, also replaces the
 # generated section of docs/benchmarks.md.
 #
-# Usage: scripts/bench.sh [--quick] [--write-docs] [--storage postgres] [--cluster N]
+# Every suite run ends by comparing its steps with the ones recorded in
+# docs/bench-baseline.jsonl (`hongyan-bench compare`): a step whose throughput fell, or
+# whose CPU per operation, p99 or memory per connection rose, by more than 20 % is
+# flagged "REGRESSION?" (steps are matched by shape, sizes and rate, so --quick runs
+# meet the recorded quick steps).
+#
+# Usage: scripts/bench.sh [--quick] [--write-docs] [--save-baseline] [--storage postgres] [--cluster N]
 #   --quick   shorter steps and smaller shapes (a smoke run, about 2 minutes)
+#   --save-baseline   record this run's steps in docs/bench-baseline.jsonl (replacing
+#             the recorded steps they match) instead of only comparing with them
 #   --cluster N   instead of the suite: N nodes on PostgreSQL and a nats-server of
 #             their own, S3 with each group's members spread over the nodes next to
 #             one node on PostgreSQL (same connections and rates), then S1 with
@@ -22,12 +30,14 @@ cd "$(dirname "$0")/.."
 
 quick=0
 write_docs=0
+save_baseline=0
 postgres=0
 cluster=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
         --write-docs) write_docs=1 ;;
+        --save-baseline) save_baseline=1 ;;
         --cluster)
             shift
             cluster=${1:-}
@@ -301,6 +311,11 @@ elapsed=$(($(date +%s) - started_at))
 } >"$out/summary.md"
 cat "$out/summary.md"
 echo "results: $out"
+echo "== against the recorded baseline (docs/bench-baseline.jsonl)"
+"$bench" compare docs/bench-baseline.jsonl "$results" | tee "$out/compare.txt"
+if [ "$save_baseline" = 1 ]; then
+    "$bench" compare docs/bench-baseline.jsonl "$results" --save
+fi
 
 if [ "$write_docs" = 1 ]; then
     python3 - "$out/summary.md" docs/benchmarks.md <<'EOF'

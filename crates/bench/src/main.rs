@@ -7,8 +7,9 @@
 //! | `pairs` | S2 | acked sends/s, SENDACK and delivery percentiles, loss, duplicates |
 //! | `groups` | S3, S4 | deliveries/s, end-to-end percentiles, loss, duplicates per rate step |
 //! | `nats-groups` | S3, S4 | the same on nats-server: the reference |
-//! | `http` | S5 | `/message/send` and `/channel/messagesync` rates and percentiles |
+//! | `http` | S5 | `/message/send`, `/channel/messagesync` and `/conversation/sync`, open loop |
 //! | `report` | | a run's JSON records as tables, Hongyan next to NATS with ratios |
+//! | `compare` | | a run's records against the recorded baseline: what got worse |
 //!
 //! Every scenario prints a summary and a JSON record per step (appended to `--json`).
 //! `scripts/bench.sh` runs the standard suite; `docs/benchmarks.md` has the results.
@@ -21,6 +22,7 @@
 //! The server must run with `auth.token_auth = false` (or have a token `--token`
 //! registered for every uid): registering thousands of users is not what this measures.
 
+mod compare;
 mod connections;
 mod groups;
 mod http;
@@ -52,12 +54,16 @@ enum Scenario {
     Http(http::HttpArgs),
     /// A run's JSON records as Markdown tables with Hongyan/NATS ratios.
     Report(report::ReportArgs),
+    /// A run's records against the recorded baseline (or saved into it).
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Scenario::Report(args) = cli.scenario {
-        return report::run(args);
+    match cli.scenario {
+        Scenario::Report(args) => return report::run(args),
+        Scenario::Compare(args) => return compare::run(args),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -67,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Groups(args) => groups::run(args).await,
             Scenario::NatsGroups(args) => nats::run(args).await,
             Scenario::Http(args) => http::run(args).await,
-            Scenario::Report(_) => unreachable!("handled above"),
+            Scenario::Report(_) | Scenario::Compare(_) => unreachable!("handled above"),
         }
     })
 }

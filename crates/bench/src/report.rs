@@ -43,18 +43,29 @@ fn storage(r: &Value) -> &str {
     r["storage"].as_str().unwrap_or("fjall")
 }
 
+/// What a step did per second: acked sends, deliveries or answered requests.
+pub(crate) fn ops_per_sec(r: &Value) -> Option<f64> {
+    ["acked_per_sec", "deliveries_per_sec", "ok_per_sec"].iter().find_map(|k| num(r, &[k]))
+}
+
+/// The server's CPU time per operation of a step, in microseconds.
+pub(crate) fn cpu_per_op(r: &Value) -> Option<f64> {
+    let (cores, ops) = (num(r, &["server_cores"])?, ops_per_sec(r)?);
+    (ops > 0.0).then(|| cores * 1e6 / ops)
+}
+
 pub(crate) fn render(records: &[Value]) -> String {
     let mut out = String::new();
     let of = |scenario: &'static str| records.iter().filter(move |r| r["scenario"] == scenario);
     let pairs: Vec<&Value> = of("pairs").collect();
     if !pairs.is_empty() {
         out.push_str(
-            "| S2 pairs | storage | target/s | acked/s | SENDACK p50 | p99 | p999 | delivery p99 | lost | dup | server cores |\n",
+            "| S2 pairs | storage | target/s | acked/s | SENDACK p50 | p99 | p999 | delivery p99 | lost | dup | server cores | CPU µs per send |\n",
         );
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in pairs {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} ms | {} ms | {} ms | {} ms | {} | {} | {} | {} |\n",
                 r["pairs"],
                 storage(r),
                 r["target_rate"],
@@ -66,6 +77,7 @@ pub(crate) fn render(records: &[Value]) -> String {
                 r["lost"],
                 r["duplicates"],
                 cell(num(r, &["server_cores"]), 2),
+                cell(cpu_per_op(r), 1),
             ));
         }
         out.push('\n');
@@ -81,15 +93,15 @@ pub(crate) fn render(records: &[Value]) -> String {
         if r["system"] == "nats" { slot.1 = Some(r) } else { slot.0 = Some(r) }
     }
     if !steps.is_empty() {
-        out.push_str("| shape | msgs/s per group | Hongyan deliveries/s | NATS deliveries/s | ratio | Hongyan p50 / p99 | NATS p50 / p99 | Hongyan lost / dup | Hongyan cores | NATS cores |\n");
-        out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| shape | msgs/s per group | Hongyan deliveries/s | NATS deliveries/s | ratio | Hongyan p50 / p99 | NATS p50 / p99 | Hongyan lost / dup | Hongyan cores | NATS cores | CPU µs per delivery, Hongyan / NATS |\n");
+        out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for ((shape, rate), (h, n)) in &steps {
             let get = |r: &Option<&Value>, path: &[&str]| r.and_then(|r| num(r, path));
             let lat = |r: &Option<&Value>| {
                 format!("{} / {} ms", cell(get(r, &["e2e", "p50_ms"]), 1), cell(get(r, &["e2e", "p99_ms"]), 1))
             };
             out.push_str(&format!(
-                "| {shape} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {shape} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
                 *rate as f64 / 1000.0,
                 cell(get(h, &["deliveries_per_sec"]), 0),
                 cell(get(n, &["deliveries_per_sec"]), 0),
@@ -99,6 +111,8 @@ pub(crate) fn render(records: &[Value]) -> String {
                 h.map_or_else(|| "–".into(), |h| format!("{} / {}", h["lost"], h["duplicates"])),
                 cell(get(h, &["server_cores"]), 2),
                 cell(get(n, &["server_cores"]), 2),
+                cell(h.and_then(cpu_per_op), 1),
+                cell(n.and_then(cpu_per_op), 1),
             ));
         }
         // Latency-bounded throughput: the most deliveries/s of a step with p99 ≤ 50 ms.
@@ -119,11 +133,16 @@ pub(crate) fn render(records: &[Value]) -> String {
     let http: Vec<&Value> = of("http").collect();
     if !http.is_empty() {
         out.push_str(
-            "| S5 HTTP | storage | ok/s | p50 | p99 | p999 | failed | server cores |\n|---|---|---|---|---|---|---|---|\n",
+            "| S5 HTTP | storage | load | ok/s | p50 | p99 | p999 | failed | server cores | CPU µs per request |\n|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for r in http {
+            let load = match (num(r, &["target_rate"]), num(r, &["workers"])) {
+                (Some(rate), _) => format!("{rate}/s open loop"),
+                (None, Some(workers)) => format!("{workers} workers, closed loop"),
+                _ => "–".into(),
+            };
             out.push_str(&format!(
-                "| {} | {} | {} | {} ms | {} ms | {} ms | {} | {} |\n",
+                "| {} | {} | {load} | {} | {} ms | {} ms | {} ms | {} | {} | {} |\n",
                 r["part"].as_str().unwrap_or("?"),
                 storage(r),
                 cell(num(r, &["ok_per_sec"]), 0),
@@ -132,6 +151,7 @@ pub(crate) fn render(records: &[Value]) -> String {
                 cell(num(r, &["latency", "p999_ms"]), 2),
                 r["failed"],
                 cell(num(r, &["server_cores"]), 2),
+                cell(cpu_per_op(r), 1),
             ));
         }
         out.push('\n');
@@ -162,7 +182,8 @@ mod tests {
     fn group_steps_are_paired_with_their_reference_and_ratioed() {
         let step = |system: &str, rate: f64, per_sec: f64, p99: f64| {
             json!({"scenario": "groups", "shape": "S3", "system": system, "rate_per_group": rate,
-                "deliveries_per_sec": per_sec, "e2e": {"p50_ms": 1.0, "p99_ms": p99}, "lost": 0, "duplicates": 0})
+                "deliveries_per_sec": per_sec, "e2e": {"p50_ms": 1.0, "p99_ms": p99}, "lost": 0, "duplicates": 0,
+                "server_cores": if system == "hongyan" { Some(0.5) } else { None }})
         };
         let text = render(&[
             step("hongyan", 3.0, 30_000.0, 10.0),
@@ -170,6 +191,7 @@ mod tests {
             step("hongyan", 10.0, 90_000.0, 80.0),
         ]);
         assert!(text.contains("| S3 | 3 | 30000 | 20000 | 1.50× |"), "{text}");
+        assert!(text.contains("| 0.50 | – | 16.7 / – |"), "CPU per delivery: {text}");
         assert!(text.contains("| S3 | 10 | 90000 | – | – |"), "{text}");
         assert!(text.contains("hongyan: 30000 deliveries/s"), "{text}");
         assert!(text.contains("nats: 20000 deliveries/s"), "{text}");
