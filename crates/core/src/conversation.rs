@@ -48,6 +48,35 @@ pub struct ConversationView {
     pub last_client_msg_no: String,
 }
 
+/// Which of a user's conversations [`Core::conversations`] lists.
+#[derive(Clone, Debug)]
+pub struct ConversationQuery {
+    /// What the client holds: channel → the last seq it has. A conversation with
+    /// nothing newer is left out.
+    pub known: std::collections::HashMap<ChannelKey, u64>,
+    /// Newest messages to include with each.
+    pub recents: usize,
+    /// Only conversations whose newest message is newer than this (ms since the
+    /// epoch; 0 or less: all).
+    pub newer_than_ms: i64,
+    /// Only conversations with unread messages.
+    pub only_unread: bool,
+    /// Leave out channels of these types.
+    pub exclude_types: Vec<u8>,
+    /// Conversations to skip, newest first, before the page.
+    pub offset: usize,
+    /// The page's length.
+    pub limit: usize,
+}
+
+/// A conversation with news, before its unread count is read.
+struct Shown {
+    channel: ChannelKey,
+    state: Conversation,
+    last_seq: u64,
+    newest: StoredMessage,
+}
+
 /// What went wrong with a conversation call.
 #[derive(Debug)]
 pub enum ConversationError {
@@ -94,60 +123,91 @@ impl Core {
         Ok(Self::count_unread(uid, &newest_first, UNREAD_SCAN_LIMIT, now).unwrap_or(last_seq + 1 - from))
     }
 
-    /// `uid`'s conversations with news: those not deleted since their last message,
-    /// newer than what the client says it has (`known`: channel → last seq it holds),
-    /// with `recents` newest messages each; newest conversation first.
+    /// A page of `uid`'s conversations with news (those not deleted since their last
+    /// message and newer than what the client holds), newest conversation first.
     ///
-    /// A fixed number of reads whatever the number of conversations: the list, every
-    /// channel's last seq and newest message, and one page (`UNREAD_PAGE`) of unread
-    /// messages of every channel whose newest message is someone else's. Only a channel
-    /// with more unread than a page, or a request for more recents than one, is read on
-    /// its own.
-    pub fn conversations(
-        &self,
-        uid: &str,
-        known: &std::collections::HashMap<ChannelKey, u64>,
-        recents: usize,
-    ) -> hongyan_store::Result<Vec<ConversationView>> {
+    /// Every conversation's newest message is read to order them (in one read for all:
+    /// the list, every channel's last seq and newest message). The rest is only done
+    /// for the page: one page (`UNREAD_PAGE`) of unread messages of each of its channels
+    /// whose newest message is someone else's (in one read), and recents beyond the
+    /// newest. Only a channel with more unread than a page, or a request for more
+    /// recents than one, is read on its own. With `only_unread`, candidates are counted
+    /// a page at a time in order until the page is full.
+    pub fn conversations(&self, uid: &str, q: &ConversationQuery) -> hongyan_store::Result<Vec<ConversationView>> {
         let now = crate::now_ms();
-        let all: Vec<(ChannelKey, Conversation)> =
-            self.store().conversations(uid)?.into_iter().filter(|(channel, _)| !is_command(channel)).collect();
+        let all: Vec<(ChannelKey, Conversation)> = self
+            .store()
+            .conversations(uid)?
+            .into_iter()
+            .filter(|(channel, _)| !is_command(channel) && !q.exclude_types.contains(&channel.channel_type))
+            .collect();
         let channels: Vec<&ChannelKey> = all.iter().map(|(channel, _)| channel).collect();
         let newest = self.log().newest(&channels)?;
-        // The conversations with news, each with its newest stored message.
+        // The conversations with news, each with its newest stored message, newest first.
         let mut shown = Vec::new();
         for ((channel, state), (last_seq, newest)) in all.into_iter().zip(newest) {
-            if last_seq == 0 || last_seq <= state.deleted_at || known.get(&channel).is_some_and(|k| *k >= last_seq) {
+            if last_seq == 0 || last_seq <= state.deleted_at || q.known.get(&channel).is_some_and(|k| *k >= last_seq) {
                 continue;
             }
-            if let Some(newest) = newest {
-                shown.push((channel, state, last_seq, newest));
+            if let Some(newest) = newest.filter(|m| q.newer_than_ms <= 0 || m.message.timestamp_ms > q.newer_than_ms) {
+                shown.push(Shown { channel, state, last_seq, newest });
             }
         }
+        shown.sort_by(|a, b| {
+            b.newest.message.timestamp_ms.cmp(&a.newest.message.timestamp_ms).then_with(|| a.channel.cmp(&b.channel))
+        });
+        if !q.only_unread {
+            let page: Vec<Shown> = shown.into_iter().skip(q.offset).take(q.limit).collect();
+            return self.views(uid, page, q.recents, now);
+        }
+        // Only those with unread: count in order, a page's worth at a time.
+        let (mut skipped, mut views) = (0, Vec::new());
+        let mut rest = shown.into_iter().peekable();
+        while views.len() < q.limit && rest.peek().is_some() {
+            let chunk: Vec<Shown> = rest.by_ref().take(q.limit.max(UNREAD_PAGE)).collect();
+            for view in self.views(uid, chunk, q.recents, now)?.into_iter().filter(|v| v.unread > 0) {
+                if skipped < q.offset {
+                    skipped += 1;
+                } else if views.len() < q.limit {
+                    views.push(view);
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// The views of `shown`, in its order: unread counts and recents read.
+    fn views(
+        &self,
+        uid: &str,
+        shown: Vec<Shown>,
+        recents: usize,
+        now: i64,
+    ) -> hongyan_store::Result<Vec<ConversationView>> {
         // Which of them may have unread messages: someone else's message after the
         // cursor. One page of each, in one read.
         let unread_from = |state: &Conversation| state.read_to.max(state.deleted_at) + 1;
         let pending: Vec<(&ChannelKey, u64, u64)> = shown
             .iter()
-            .filter(|(_, state, _, newest)| newest.seq >= unread_from(state) && newest.message.from_uid != uid)
-            .map(|(channel, state, last_seq, _)| (channel, unread_from(state), last_seq + 1))
+            .filter(|s| s.newest.seq >= unread_from(&s.state) && s.newest.message.from_uid != uid)
+            .map(|s| (&s.channel, unread_from(&s.state), s.last_seq + 1))
             .collect();
         let pages = self.log().read_many(&pending, UNREAD_PAGE, Order::Descending)?;
         let mut page_of: std::collections::HashMap<&ChannelKey, Vec<hongyan_store::StoredMessage>> =
             pending.iter().map(|(channel, _, _)| *channel).zip(pages).collect();
         let mut views = Vec::with_capacity(shown.len());
-        for (channel, state, last_seq, newest) in &shown {
-            let unread = match page_of.remove(channel) {
+        for s in &shown {
+            let unread = match page_of.remove(&s.channel) {
                 None => 0,
                 Some(page) => match Self::count_unread(uid, &page, UNREAD_PAGE, now) {
                     Some(unread) => unread,
-                    None => self.unread(uid, channel, unread_from(state), *last_seq)?,
+                    None => self.unread(uid, &s.channel, unread_from(&s.state), s.last_seq)?,
                 },
             };
             let newest_first = if recents <= 1 {
-                vec![newest.clone()]
+                vec![s.newest.clone()]
             } else {
-                self.log().read(channel, 1, 0, recents, Order::Descending)?
+                self.log().read(&s.channel, 1, 0, recents, Order::Descending)?
             };
             let Some(last) = newest_first.first() else { continue };
             let (last_timestamp_ms, last_client_msg_no) =
@@ -158,16 +218,15 @@ impl Core {
                 newest_first.into_iter().filter(|m| !is_expired(&m.message, now)).collect()
             };
             views.push(ConversationView {
-                channel: channel.clone(),
-                state: *state,
-                last_seq: *last_seq,
+                channel: s.channel.clone(),
+                state: s.state,
+                last_seq: s.last_seq,
                 unread,
                 recents,
                 last_timestamp_ms,
                 last_client_msg_no,
             });
         }
-        views.sort_by(|a, b| b.last_timestamp_ms.cmp(&a.last_timestamp_ms).then_with(|| a.channel.cmp(&b.channel)));
         Ok(views)
     }
 

@@ -170,3 +170,34 @@ async fn long_unread_runs_are_counted_exactly() {
     assert_eq!(counts, vec![("alice".to_owned(), 100), ("carol".to_owned(), 70), ("dave".to_owned(), 64)]);
     server.stop().await;
 }
+
+/// Pages are cut before unread counts are read: with 150 person chats, a third of them
+/// answered by the reader, `only_unread` pages through exactly the unanswered ones,
+/// newest first, across the server's internal chunks.
+#[tokio::test]
+async fn unread_only_pages_run_in_order_over_many_conversations() {
+    let server = TestServer::start().await;
+    let b64 = |t: &str| common::b64(t);
+    for i in 0..150 {
+        let peer = format!("peer{i:03}");
+        let body = json!({"from_uid": peer, "channel_id": "pia", "channel_type": 1, "payload": b64("hi")});
+        assert_eq!(server.post("/message/send", body).await.0, 200);
+        if i % 3 == 0 {
+            let body = json!({"from_uid": "pia", "channel_id": peer, "channel_type": 1, "payload": b64("yo")});
+            assert_eq!(server.post("/message/send", body).await.0, 200);
+        }
+    }
+    let ids = |page: Vec<Value>| page.iter().map(|c| c["channel_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let all = ids(conversations(&server, "pia", json!({"page_size": 500})).await);
+    assert_eq!(all.len(), 150);
+    let unanswered: Vec<String> = all.iter().filter(|p| p[4..].parse::<u32>().unwrap() % 3 != 0).cloned().collect();
+    assert_eq!(unanswered.len(), 100);
+    let mut paged = Vec::new();
+    for page in 1..=6 {
+        let got = ids(conversations(&server, "pia", json!({"only_unread": 1, "page": page, "page_size": 20})).await);
+        assert_eq!(got.len(), if page <= 5 { 20 } else { 0 }, "page {page}");
+        paged.extend(got);
+    }
+    assert_eq!(paged, unanswered, "unread-only pages are the unanswered chats in the full list's order");
+    server.stop().await;
+}
