@@ -15,6 +15,7 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use hongyan_core::channels::ListChange;
 use hongyan_core::cluster::{NodeInfo, home_of};
+use hongyan_core::conversation::ConversationQuery;
 use hongyan_core::session::{CLIENT_MSG_NO_RULE, ID_RULE, is_valid_client_msg_no, is_valid_uid};
 use hongyan_proto::{DeviceLevel, ReasonCode};
 use hongyan_store::{ChannelInfo, ChannelKey, Device, MemberList, Order, StoredMessage};
@@ -25,10 +26,12 @@ use serde_json::{Value, json};
 use crate::openapi::{self, Dialect, Endpoint, schema_of};
 use crate::{ApiError, AppState};
 use lists::ChannelQuery;
+use render::{ConversationOut, MessageOut, SyncPage};
 
 mod admin;
 mod lists;
 mod lookup;
+mod render;
 
 /// Channel type of person (one-to-one) channels.
 const PERSON: u8 = 1;
@@ -854,44 +857,15 @@ const SYNC_LIMIT_MAX: usize = 10_000;
 /// Messages returned when no limit is given.
 const SYNC_LIMIT_DEFAULT: usize = 100;
 
-/// A message as WuKongIM's sync APIs return it.
+/// A stored message as the API shows it (`render::MessageOut`), as a JSON value.
 pub(crate) fn message_json(m: &StoredMessage, channel: &ChannelKey, system_uid: &str) -> Value {
-    message_json_for(m, channel, system_uid, &m.message.from_uid)
+    MessageOut::new(m, channel, system_uid, &m.message.from_uid).to_value()
 }
 
 /// Like [`message_json`], with a person channel named as `viewer` sees it: by the
 /// member that is not `viewer`.
 pub(crate) fn message_json_for(m: &StoredMessage, channel: &ChannelKey, system_uid: &str, viewer: &str) -> Value {
-    use base64::Engine as _;
-    let header = hongyan_proto::HeaderFlags::from_bits(m.message.header);
-    let from = &m.message.from_uid;
-    // Person channels name the member that is not the viewer.
-    let channel_id = if channel.channel_type == PERSON {
-        hongyan_core::channel::person_channel_members(&channel.channel_id)
-            .map(|(a, b)| if a == viewer { b } else { a })
-            .unwrap_or_default()
-            .to_owned()
-    } else {
-        channel.channel_id.clone()
-    };
-    let mut v = json!({
-        "header": {"no_persist": u8::from(header.no_persist), "red_dot": u8::from(header.red_dot), "sync_once": u8::from(header.sync_once)},
-        "setting": m.message.setting,
-        "message_id": m.message.message_id,
-        "message_idstr": m.message.message_id.to_string(),
-        "client_msg_no": m.message.client_msg_no,
-        "message_seq": m.seq,
-        "from_uid": if from == system_uid { "" } else { from.as_str() },
-        "channel_id": channel_id,
-        "channel_type": channel.channel_type,
-        "expire": m.message.expire,
-        "timestamp": m.message.timestamp_ms / 1000,
-        "payload": base64::engine::general_purpose::STANDARD.encode(&m.message.payload),
-    });
-    if let Some(topic) = &m.message.topic {
-        v["topic"] = json!(topic);
-    }
-    v
+    MessageOut::new(m, channel, system_uid, viewer).to_value()
 }
 
 /// `POST /channel/messagesync`: a page of a channel's history, oldest first.
@@ -902,7 +876,7 @@ pub(crate) fn message_json_for(m: &StoredMessage, channel: &ChannelKey, system_u
 /// `min_message_seq`, `max_message_seq`, `reverse` (true: the oldest `limit` in
 /// [min, max); false: the newest; max 0 = no bound). The answer echoes the request's
 /// dialect.
-async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: MessageSyncReq = parse(&body)?;
     check_channel(&req.channel_id, req.channel_type)?;
     let limit = match req.limit {
@@ -949,13 +923,13 @@ async fn message_sync(State(state): State<AppState>, body: Bytes) -> Result<Json
         messages.reverse();
     }
     let system = &state.settings.system_uid;
-    let messages: Vec<Value> = messages.iter().map(|m| message_json(m, &channel, system)).collect();
-    let (lo_key, hi_key, lo, hi) = if limao {
-        ("min_message_seq", "max_message_seq", req.min_message_seq.unwrap_or(0), req.max_message_seq.unwrap_or(0))
+    let messages = messages.iter().map(|m| MessageOut::new(m, &channel, system, &m.message.from_uid)).collect();
+    let bounds = if limao {
+        [("min_message_seq", req.min_message_seq.unwrap_or(0)), ("max_message_seq", req.max_message_seq.unwrap_or(0))]
     } else {
-        ("start_message_seq", "end_message_seq", req.start_message_seq, req.end_message_seq)
+        [("start_message_seq", req.start_message_seq), ("end_message_seq", req.end_message_seq)]
     };
-    Ok(Json(json!({lo_key: lo, hi_key: hi, "more": u8::from(more), "messages": messages})))
+    Ok(render::json_response(&SyncPage { bounds, more, messages }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1051,7 +1025,7 @@ const PAGE_SIZE_MAX: usize = 500;
 /// leaves out conversations the client is already up to date with; `version` (the
 /// `version` of a previous answer) leaves out those with nothing newer. Unlike WuKongIM,
 /// `msg_count: 0` still lists the conversations, without recent messages.
-async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: ConversationSyncReq = parse(&body)?;
     check_uid("uid", &req.uid)?;
     if req.msg_count > RECENTS_MAX {
@@ -1073,41 +1047,44 @@ async fn conversation_sync(State(state): State<AppState>, body: Bytes) -> Result
         };
         known.insert(state.core.channel_for(&req.uid, id, ty), seq);
     }
-    let (uid, msg_count) = (req.uid.clone(), req.msg_count);
-    let views =
-        state.on_core(move |core| core.conversations(&uid, &known, msg_count).map_err(ApiError::Storage)).await?;
-    let system = state.settings.system_uid.clone();
-    let items: Vec<Value> = views
-        .into_iter()
-        .filter(|v| req.version <= 0 || v.last_timestamp_ms > req.version)
-        .filter(|v| req.only_unread == 0 || v.unread > 0)
-        .filter(|v| !req.exclude_channel_types.contains(&v.channel.channel_type))
-        .skip((page - 1).saturating_mul(page_size))
-        .take(page_size)
-        .map(|v| {
-            let channel_id = if v.channel.channel_type == PERSON {
+    // At most 256 distinct types, however long the list sent.
+    let mut exclude_types = req.exclude_channel_types.clone();
+    exclude_types.sort_unstable();
+    exclude_types.dedup();
+    let query = ConversationQuery {
+        known,
+        recents: req.msg_count,
+        newer_than_ms: req.version,
+        only_unread: req.only_unread != 0,
+        exclude_types,
+        offset: (page - 1).saturating_mul(page_size),
+        limit: page_size,
+    };
+    let uid = req.uid.clone();
+    let views = state.on_core(move |core| core.conversations(&uid, &query).map_err(ApiError::Storage)).await?;
+    let system = &state.settings.system_uid;
+    let items: Vec<ConversationOut<'_>> = views
+        .iter()
+        .map(|v| ConversationOut {
+            channel_id: if v.channel.channel_type == PERSON {
                 hongyan_core::channel::person_channel_members(&v.channel.channel_id)
                     .map(|(a, b)| if a == req.uid { b } else { a })
                     .unwrap_or_default()
-                    .to_owned()
             } else {
-                v.channel.channel_id.clone()
-            };
-            json!({
-                "channel_id": channel_id,
-                "channel_type": v.channel.channel_type,
-                "unread": v.unread,
-                "timestamp": v.last_timestamp_ms / 1000,
-                "last_msg_seq": v.last_seq,
-                "last_client_msg_no": v.last_client_msg_no,
-                "offset_msg_seq": 0,
-                "readed_to_msg_seq": v.state.read_to,
-                "version": v.last_timestamp_ms,
-                "recents": v.recents.iter().map(|m| message_json(m, &v.channel, &system)).collect::<Vec<_>>(),
-            })
+                &v.channel.channel_id
+            },
+            channel_type: v.channel.channel_type,
+            unread: v.unread,
+            timestamp: v.last_timestamp_ms / 1000,
+            last_msg_seq: v.last_seq,
+            last_client_msg_no: &v.last_client_msg_no,
+            offset_msg_seq: 0,
+            readed_to_msg_seq: v.state.read_to,
+            version: v.last_timestamp_ms,
+            recents: v.recents.iter().map(|m| MessageOut::new(m, &v.channel, system, &m.message.from_uid)).collect(),
         })
         .collect();
-    Ok(Json(Value::Array(items)))
+    Ok(render::json_response(&items))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
