@@ -157,8 +157,25 @@ impl SessionCipher {
 
     /// `base64(AES-CBC(plain))` as ASCII bytes.
     pub fn encrypt_base64(&self, plain: &[u8]) -> Vec<u8> {
-        let cipher_text = CbcEncryptor::new(&self.key.into(), &self.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain);
-        STANDARD.encode(cipher_text).into_bytes()
+        with_scratch(|scratch| {
+            let cipher_text = self.encrypt_into(plain, &mut scratch.cipher_text);
+            let mut out = vec![0; base64_len(cipher_text.len())];
+            let written = STANDARD.encode_slice(cipher_text, &mut out).expect("invariant: sized for the text");
+            out.truncate(written);
+            out
+        })
+    }
+
+    /// AES-CBC(plain) written into `buf` (grown as needed), returned.
+    fn encrypt_into<'b>(&self, plain: &[u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
+        // PKCS#7 always adds 1 to 16 bytes.
+        let padded = (plain.len() / 16 + 1) * 16;
+        if buf.len() < padded {
+            buf.resize(padded, 0);
+        }
+        CbcEncryptor::new(&self.key.into(), &self.iv.into())
+            .encrypt_padded_b2b_mut::<Pkcs7>(plain, &mut buf[..padded])
+            .expect("invariant: the buffer holds the padded text")
     }
 
     /// Reverses [`Self::encrypt_base64`].
@@ -171,8 +188,22 @@ impl SessionCipher {
 
     /// `hex(md5(encrypt_base64(verify)))`: 32 lowercase hex characters.
     pub fn msg_key(&self, verify: &[u8]) -> String {
-        let digest = Md5::digest(self.encrypt_base64(verify));
-        String::from_utf8(hex32(&digest.into()).to_vec()).expect("invariant: hex digits are ASCII")
+        with_scratch(|scratch| self.msg_key_with(verify, &mut scratch.cipher_text))
+    }
+
+    /// [`Self::msg_key`] with `buf` for the cipher text: the base64 text is hashed as
+    /// it is produced, a stack chunk at a time, never held whole.
+    fn msg_key_with(&self, verify: &[u8], buf: &mut Vec<u8>) -> String {
+        let cipher_text = self.encrypt_into(verify, buf);
+        let mut md5 = Md5::new();
+        // Whole groups of 3 bytes per chunk, so the chunks' base64 concatenates to the
+        // whole's (padding only at the very end).
+        let mut chunk = [0u8; 1024];
+        for part in cipher_text.chunks(768) {
+            let n = STANDARD.encode_slice(part, &mut chunk).expect("invariant: 768 bytes fit 1,024 base64");
+            md5.update(&chunk[..n]);
+        }
+        String::from_utf8(hex32(&md5.finalize().into()).to_vec()).expect("invariant: hex digits are ASCII")
     }
 
     /// The msgKey of a SEND: over `client_seq ‖ client_msg_no ‖ channel_id ‖ channel_type ‖
@@ -192,18 +223,19 @@ impl SessionCipher {
     /// from_uid ‖ channel_id ‖ channel_type ‖ payload`, with the values as written in
     /// the packet (the per-recipient channel id, the base64 payload).
     pub fn recv_msg_key(&self, recv: &Recv) -> String {
-        let mut verify = Vec::with_capacity(
-            64 + recv.client_msg_no.len() + recv.from_uid.len() + recv.channel_id.len() + recv.payload.len(),
-        );
-        push_decimal(&mut verify, recv.message_id);
-        push_decimal(&mut verify, recv.message_seq);
-        verify.extend_from_slice(recv.client_msg_no.as_bytes());
-        push_decimal(&mut verify, recv.timestamp);
-        verify.extend_from_slice(recv.from_uid.as_bytes());
-        verify.extend_from_slice(recv.channel_id.as_bytes());
-        push_decimal(&mut verify, recv.channel_type);
-        verify.extend_from_slice(&recv.payload);
-        self.msg_key(&verify)
+        with_scratch(|scratch| {
+            let verify = &mut scratch.verify;
+            verify.clear();
+            push_decimal(verify, recv.message_id);
+            push_decimal(verify, recv.message_seq);
+            verify.extend_from_slice(recv.client_msg_no.as_bytes());
+            push_decimal(verify, recv.timestamp);
+            verify.extend_from_slice(recv.from_uid.as_bytes());
+            verify.extend_from_slice(recv.channel_id.as_bytes());
+            push_decimal(verify, recv.channel_type);
+            verify.extend_from_slice(&recv.payload);
+            self.msg_key_with(&scratch.verify, &mut scratch.cipher_text)
+        })
     }
 
     /// Client side: encrypts `plain` into the SEND's payload and sets its msgKey.
@@ -237,6 +269,44 @@ impl SessionCipher {
     }
 }
 
+/// Per-thread buffers for the texts a RECV's encryption passes through (a RECV is
+/// sealed once per recipient connection, so these would otherwise be allocated and
+/// freed for every delivery).
+#[derive(Default)]
+struct Scratch {
+    cipher_text: Vec<u8>,
+    verify: Vec<u8>,
+}
+
+/// A buffer grown past this by a large payload is given back after use.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let out = f(&mut scratch);
+            let Scratch { cipher_text, verify } = &mut *scratch;
+            for buf in [cipher_text, verify] {
+                if buf.capacity() > SCRATCH_KEEP {
+                    *buf = Vec::new();
+                }
+            }
+            out
+        }
+        // Not reentered by this module; fresh buffers if it ever were.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// The length of padded base64 for `n` bytes.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
 fn push_decimal(out: &mut Vec<u8>, value: impl fmt::Display) {
     use std::io::Write as _;
     write!(out, "{value}").expect("invariant: writing to a Vec cannot fail");
@@ -260,6 +330,23 @@ fn eq_constant_time(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msg_keys_of_long_texts_hash_the_whole_base64_and_big_buffers_are_given_back() {
+        let cipher = SessionCipher::from_shared_secret(&[7; 32], "abcdefghijklmnop").unwrap();
+        // Across the 768-byte hashing chunks and past what the thread keeps.
+        for len in [0, 1, 15, 16, 767, 768, 769, 2_000, 100_000] {
+            let verify: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let whole = Md5::digest(cipher.encrypt_base64(&verify));
+            assert_eq!(cipher.msg_key(&verify).as_bytes(), hex32(&whole.into()), "{len} bytes");
+            let back = cipher.decrypt_base64(&cipher.encrypt_base64(&verify)).unwrap();
+            assert_eq!(back, verify, "{len} bytes round trip");
+        }
+        SCRATCH.with(|s| {
+            let s = s.borrow();
+            assert!(s.cipher_text.capacity() <= SCRATCH_KEEP && s.verify.capacity() <= SCRATCH_KEEP);
+        });
+    }
 
     #[test]
     fn salt_is_sixteen_alphanumerics_and_varies() {
