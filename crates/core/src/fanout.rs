@@ -179,11 +179,10 @@ impl Core {
         setting = setting.with(Setting::TOPIC, d.message.topic.is_some());
         let origin = (d.origin.node == self.settings.node_id).then_some(d.origin.conn);
         let mut delivered = 0u64;
-        for conn in connections {
-            if Some(conn.id) == origin || *conn.uid == self.settings.system_uid {
-                continue;
-            }
-            let own = *conn.uid == *from;
+        // One RECV for the recipients and one for the sender's other devices, built
+        // once; each connection only changes the payload and msgKey (its own keys).
+        let from_uid = if from == self.settings.system_uid { String::new() } else { from.to_owned() };
+        let template = |own: bool| {
             let channel_id = match (base.channel_type, own) {
                 (PERSON, false) => from.to_owned(),
                 (PERSON, true) => person_channel_members(&base.channel_id)
@@ -192,11 +191,11 @@ impl Core {
                     .to_owned(),
                 _ => base.channel_id.clone(),
             };
-            let mut recv = Recv {
+            Recv {
                 flags: HeaderFlags { red_dot: header.red_dot && !own, dup: false, ..header },
                 setting,
                 msg_key: String::new(),
-                from_uid: if from == self.settings.system_uid { String::new() } else { from.to_owned() },
+                from_uid: from_uid.clone(),
                 channel_id,
                 channel_type: base.channel_type,
                 expire: d.message.expire,
@@ -207,12 +206,26 @@ impl Core {
                 timestamp: (d.message.timestamp_ms / 1000) as i32,
                 topic: d.message.topic.clone(),
                 payload: Bytes::new(),
-            };
+            }
+        };
+        let (mut to_others, mut to_own) = (None, None);
+        for conn in connections {
+            if Some(conn.id) == origin || *conn.uid == self.settings.system_uid {
+                continue;
+            }
+            let own = *conn.uid == *from;
+            let slot = if own { &mut to_own } else { &mut to_others };
+            let mut recv = slot.take().unwrap_or_else(|| template(own));
             match &conn.cipher {
                 Some(cipher) => cipher.seal_recv(&mut recv, &d.message.payload),
                 None => recv.payload = d.message.payload.clone(),
             }
-            let frame = match conn.codec().encode_to_bytes(&Packet::Recv(recv)) {
+            let packet = Packet::Recv(recv);
+            let encoded = conn.codec().encode_to_bytes(&packet);
+            if let Packet::Recv(recv) = packet {
+                *slot = Some(recv);
+            }
+            let frame = match encoded {
                 Ok(frame) => frame,
                 Err(e) => {
                     warn!(conn = conn.id, error = %e, "RECV does not encode");
