@@ -7,6 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use hongyan::config::{Config, LogFormat, Overrides, StorageBackend};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Hongyan: an instant-messaging server that speaks the WuKongIM protocol.
 #[derive(Debug, Parser)]
 #[command(version, about)]
