@@ -77,28 +77,36 @@ pub struct ScanOutcome {
     pub given_up: usize,
 }
 
+/// Shards of the queue, by connection id: a RECV's track and its RECVACK lock one
+/// shard, and a scan holds one shard at a time, so fan-out on several cores and a scan
+/// of a large backlog do not all wait on one lock.
+const SHARDS: usize = 64;
+
+type Shard = Mutex<HashMap<u64, ConnRetries>>;
+
 /// The retry queue of this node.
 #[derive(Debug)]
 pub struct RetryQueue {
     settings: RetrySettings,
-    conns: Mutex<HashMap<u64, ConnRetries>>,
+    shards: Box<[Shard]>,
 }
 
 impl RetryQueue {
     /// An empty queue.
     pub fn new(settings: RetrySettings) -> Self {
-        Self { settings, conns: Mutex::new(HashMap::new()) }
+        Self { settings, shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnRetries>> {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The shard holding `conn_id`'s entries, locked.
+    fn lock(&self, conn_id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, ConnRetries>> {
+        lock(&self.shards[(conn_id % SHARDS as u64) as usize])
     }
 
     /// Remembers that `frame` (a RECV of `message_id`) was written to `conn`. Its bytes
     /// count against the node's held budget (`Outbox::hold`) until it is acknowledged,
     /// given up or the connection is gone.
     pub fn track(&self, conn: &Arc<Conn>, message_id: i64, frame: Bytes, command: Option<CommandPosition>) {
-        let mut conns = self.lock();
+        let mut conns = self.lock(conn.id);
         let entry = conns
             .entry(conn.id)
             .or_insert_with(|| ConnRetries { conn: Arc::downgrade(conn), pending: BTreeMap::new() });
@@ -117,7 +125,7 @@ impl RetryQueue {
 
     /// `conn` acknowledged `message_id`.
     pub fn ack(&self, conn_id: u64, message_id: i64) -> Acked {
-        let mut conns = self.lock();
+        let mut conns = self.lock(conn_id);
         let Some(entry) = conns.get_mut(&conn_id) else { return Acked::Unknown };
         let removed = entry.pending.remove(&message_id);
         if let (Some(p), Some(conn)) = (&removed, entry.conn.upgrade()) {
@@ -131,7 +139,7 @@ impl RetryQueue {
 
     /// `conn` is gone: forget its entries.
     pub fn forget(&self, conn_id: u64) {
-        let Some(entry) = self.lock().remove(&conn_id) else { return };
+        let Some(entry) = self.lock(conn_id).remove(&conn_id) else { return };
         if let Some(conn) = entry.conn.upgrade() {
             conn.outbox.release(entry.pending.values().map(|p| p.frame.len()).sum());
         }
@@ -139,7 +147,7 @@ impl RetryQueue {
 
     /// RECVs waiting for an ack, over all connections.
     pub fn len(&self) -> usize {
-        self.lock().values().map(|c| c.pending.len()).sum()
+        self.shards.iter().map(|shard| lock(shard).values().map(|c| c.pending.len()).sum::<usize>()).sum()
     }
 
     /// Whether nothing waits for an ack.
@@ -149,15 +157,15 @@ impl RetryQueue {
 
     /// RECVs waiting for an ack from one connection.
     pub fn pending_for(&self, conn_id: u64) -> usize {
-        self.lock().get(&conn_id).map_or(0, |c| c.pending.len())
+        self.lock(conn_id).get(&conn_id).map_or(0, |c| c.pending.len())
     }
 
     /// Re-sends every RECV that is due, and gives up on those out of retries.
     pub fn scan(&self, now: Instant) -> ScanOutcome {
         let mut outcome = ScanOutcome::default();
         let mut resend: Vec<(Arc<Conn>, Bytes)> = Vec::new();
-        {
-            let mut conns = self.lock();
+        for shard in &self.shards {
+            let mut conns = lock(shard);
             conns.retain(|_, entry| {
                 let Some(conn) = entry.conn.upgrade() else { return false };
                 entry.pending.retain(|_, p| {
@@ -185,6 +193,10 @@ impl RetryQueue {
         }
         outcome
     }
+}
+
+fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<u64, ConnRetries>> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -216,6 +228,23 @@ mod tests {
 
     fn settings(max_retries: u32, max_per_connection: usize) -> RetrySettings {
         RetrySettings { interval: Duration::from_secs(60), max_retries, max_per_connection }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_in_every_shard_are_counted_scanned_and_acked() {
+        let q = RetryQueue::new(settings(2, 16));
+        let conns: Vec<Arc<Conn>> = (0..3 * SHARDS as u64).map(conn).collect();
+        for c in &conns {
+            q.track(c, 1, Bytes::from_static(b"recv-1"), None);
+        }
+        assert_eq!(q.len(), conns.len());
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(q.scan(later), ScanOutcome { resent: conns.len(), given_up: 0 });
+        for c in &conns {
+            assert_eq!(q.pending_for(c.id), 1);
+            assert_eq!(q.ack(c.id, 1), Acked::Recv(None));
+        }
+        assert!(q.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
