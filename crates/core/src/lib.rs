@@ -59,8 +59,11 @@ use crate::ids::Snowflake;
 use crate::retry::{RetryQueue, RetrySettings};
 
 /// Fan-out shards: each delivers its channels' messages in order; together they spread
-/// the per-recipient encryption over the runtime's workers.
-const FANOUT_SHARDS: usize = 4;
+/// the per-recipient encryption over the runtime's workers, one shard per core (at
+/// least 4, so a busy channel does not hold up every other on a small machine).
+fn fanout_shards() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
 
 /// Where the message id reservation is kept (`Store::meta_u64`).
 const IDS_RESERVED: &str = "ids_reserved_until_ms";
@@ -191,7 +194,7 @@ impl Core {
         // more than the budget's message count; the channel's own bound says so too.
         let pipeline_bytes = pipeline_capacity(&settings);
         let most_messages = (pipeline_bytes / MESSAGE_OVERHEAD).max(1);
-        for _ in 0..FANOUT_SHARDS {
+        for _ in 0..fanout_shards() {
             let (tx, rx) = mpsc::channel(most_messages);
             shards.push(tx);
             receivers.push(rx);
