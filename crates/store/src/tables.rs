@@ -434,20 +434,7 @@ impl Store {
     /// Every uid on `list` of a channel with when it was (last) added, milliseconds
     /// since the epoch, in uid order.
     pub fn member_entries(&self, list: MemberList, channel_id: &str, channel_type: u8) -> Result<Vec<(String, i64)>> {
-        let prefix = list_prefix(channel_id, channel_type);
-        self.kv
-            .scan_prefix(list.table(), &prefix, usize::MAX)?
-            .into_iter()
-            .map(|(key, value)| {
-                let bad = || corrupt(list.table(), "member");
-                let uid = std::str::from_utf8(&key[prefix.len()..]).map_err(|_| bad())?.to_owned();
-                let mut r = ValueReader { rest: &value };
-                if r.u8() != Some(FORMAT_V1) {
-                    return Err(bad());
-                }
-                Ok((uid, r.i64().unwrap_or(0)))
-            })
-            .collect()
+        self.member_page(list, channel_id, channel_type, "", usize::MAX)
     }
 
     /// Up to `limit` uids on `list` of a channel after `after` (from the first when
