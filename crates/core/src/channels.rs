@@ -27,6 +27,12 @@ use crate::hooks::{Datasource, RemoteChannel};
 /// held in memory: about 100 MB with typical uids.
 const MEMBER_BUDGET: usize = 2_000_000;
 
+/// What a cached channel costs beyond its members, counted in member entries (about
+/// 50 bytes each): its map entry, key and state are about 200 bytes, so a channel with
+/// no members is not nearly free (a million users' person channels would otherwise
+/// pass for 50 MB while holding 250).
+const ENTRY_WEIGHT: usize = 4;
+
 /// What admission and fan-out need to know about one channel.
 #[derive(Debug, Default)]
 pub struct ChannelState {
@@ -59,6 +65,18 @@ impl ChannelState {
         Ok((info.is_some() || !empty).then_some(state))
     }
 
+    /// The stored state, else the datasource's, else the defaults.
+    fn fetch(store: &Store, datasource: Option<&Arc<dyn Datasource>>, key: &ChannelKey) -> Result<Self, StoreError> {
+        match (Self::load(store, key)?, datasource) {
+            (Some(state), _) => Ok(state),
+            (None, Some(source)) => {
+                metrics::counter!("hongyan_core_datasource_loads_total").increment(1);
+                Ok(Self::from_remote(source.channel(key)?, source.ttl()))
+            }
+            (None, None) => Ok(Self::default()),
+        }
+    }
+
     fn from_remote(remote: RemoteChannel, ttl: Duration) -> Self {
         Self {
             info: remote.info,
@@ -74,7 +92,7 @@ impl ChannelState {
     }
 
     fn weight(&self) -> usize {
-        1 + self.subscribers.len() + self.blacklist.len() + self.whitelist.len()
+        ENTRY_WEIGHT + self.subscribers.len() + self.blacklist.len() + self.whitelist.len()
     }
 }
 
@@ -115,14 +133,22 @@ impl ChannelCache {
         datasource: Option<&Arc<dyn Datasource>>,
         key: &ChannelKey,
     ) -> Result<Arc<ChannelState>, StoreError> {
-        self.get_with(key, || match (ChannelState::load(store, key)?, datasource) {
-            (Some(state), _) => Ok(state),
-            (None, Some(source)) => {
-                metrics::counter!("hongyan_core_datasource_loads_total").increment(1);
-                Ok(ChannelState::from_remote(source.channel(key)?, source.ttl()))
-            }
-            (None, None) => Ok(ChannelState::default()),
-        })
+        self.get_with(key, || ChannelState::fetch(store, datasource, key))
+    }
+
+    /// Like [`Self::get`], but a state not cached is read and not kept: for a look
+    /// that says nothing about what will be needed next (a login's ban check would
+    /// otherwise keep a state per connected user, idle or not).
+    pub(crate) fn peek(
+        &self,
+        store: &Store,
+        datasource: Option<&Arc<dyn Datasource>>,
+        key: &ChannelKey,
+    ) -> Result<Arc<ChannelState>, StoreError> {
+        match self.cached(key) {
+            Some(state) => Ok(state),
+            None => ChannelState::fetch(store, datasource, key).map(Arc::new),
+        }
     }
 
     fn get_with(
@@ -271,7 +297,8 @@ impl Core {
 
     /// Whether `uid` is banned from logging in (the ban of its person channel). Blocking.
     pub fn is_user_banned(&self, uid: &str) -> Result<bool, StoreError> {
-        Ok(self.channel_state(&ChannelKey::new(uid, PERSON))?.info.ban)
+        let key = ChannelKey::new(uid, PERSON);
+        Ok(self.channels.peek(self.store(), self.datasource.get(), &key)?.info.ban)
     }
 }
 
@@ -282,6 +309,17 @@ mod tests {
 
     fn store() -> Store {
         Store::new(Arc::new(MemoryBackend::new()))
+    }
+
+    #[test]
+    fn a_peek_reads_through_without_keeping_the_state() {
+        let (store, cache) = (store(), ChannelCache::default());
+        let u = ChannelKey::new("u", PERSON);
+        store.put_channel_info("u", PERSON, ChannelInfo { ban: true, ..ChannelInfo::default() }).unwrap();
+        assert!(cache.peek(&store, None, &u).unwrap().info.ban);
+        assert!(cache.cached(&u).is_none(), "a peek keeps nothing");
+        let kept = cache.get(&store, None, &u).unwrap();
+        assert!(Arc::ptr_eq(&cache.peek(&store, None, &u).unwrap(), &kept), "a cached state is used");
     }
 
     #[test]
