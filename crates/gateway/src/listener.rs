@@ -190,11 +190,13 @@ async fn set_up_wss(
 
 /// Small buffers: tungstenite's defaults (128 KiB read buffer) cost ~134 KiB per idle
 /// connection. Its read chunk is allocated for the connection's life, so it is kept at
-/// 2 KiB: larger messages just take more reads.
+/// 1 KiB, above a typical packet (a SEND or RECV of a short message is 200–400 bytes):
+/// larger messages just take more reads. 2 KiB cost 1 KiB more per idle connection
+/// (6.4 against 5.4 KiB at 10,000 connections).
 fn ws_config(shared: &Shared) -> WebSocketConfig {
     let max = shared.config.ws_max_message_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(shared.config.outbound_queue_bytes.max(64 * 1024))
         .max_message_size(Some(max))
