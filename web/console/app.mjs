@@ -582,7 +582,9 @@ async function loadCluster() {
   $("node-rows").replaceChildren(
     ...nodes.map((n) => {
       const row = document.createElement("tr");
-      const heartbeat = n.last_heartbeat ? new Date(n.last_heartbeat).toLocaleTimeString() : "–";
+      const heartbeat = n.heartbeat_at
+        ? `${new Date(n.heartbeat_at).toLocaleTimeString()} (${(n.heartbeat_age_ms / 1000).toFixed(1)} s ago)`
+        : "–";
       for (const text of [n.id, n.online ? "yes" : "no", n.api_addr ?? "", n.connections ?? 0, n.owned_channels ?? 0, heartbeat]) {
         const td = document.createElement("td");
         td.textContent = String(text);

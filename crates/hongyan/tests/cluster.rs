@@ -1133,3 +1133,49 @@ async fn connections_are_listed_from_any_node() {
     two.stop().await;
     one.stop().await;
 }
+
+/// The console's Cluster page (hidden on a single node) lists both nodes of a running
+/// cluster as online, in headless Chromium (`tests/conformance/console-cluster.mjs`);
+/// its screenshot is the one in `docs/console.md`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_the_cluster_nodes() {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let member = |id: u64| {
+        let (schema, url) = (schema.clone(), nats.url());
+        move |c: &mut hongyan::Config| {
+            cluster_member(c, &schema, &url, id);
+            c.manager_token = "cluster-console".into();
+        }
+    };
+    let one = TestServer::start_with(member(1)).await;
+    let two = TestServer::start_with(member(2)).await;
+    wait_for_members(&[&one, &two], &[1, 2]).await;
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let screenshots = repo.join("docs/images");
+    eprintln!("console screenshots: {}", screenshots.display());
+    let scenario = json!({
+        "url": format!("http://{}", one.server.manager_addr),
+        "token": "cluster-console",
+        "nodes": [1, 2],
+        "screenshots": screenshots,
+    });
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg(repo.join("tests/conformance/console-cluster.mjs"))
+            .arg(scenario.to_string())
+            .stderr(Stdio::inherit())
+            .output(),
+    )
+    .await
+    .expect("the cluster console scenario finishes within 90 s")
+    .expect("node runs (scripts/test.sh installs Node.js and Chromium)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
+    assert_eq!(result["ok"], true, "cluster console scenario failed: {result}");
+    let size = std::fs::metadata(screenshots.join("console-cluster.png")).map_or(0, |m| m.len());
+    assert!(size > 1000, "console-cluster.png was written");
+    two.stop().await;
+    one.stop().await;
+}
