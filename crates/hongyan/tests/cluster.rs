@@ -1151,8 +1151,7 @@ async fn the_console_lists_the_cluster_nodes() {
     let one = TestServer::start_with(member(1)).await;
     let two = TestServer::start_with(member(2)).await;
     wait_for_members(&[&one, &two], &[1, 2]).await;
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let screenshots = repo.join("docs/images");
+    let screenshots = common::repo_root().join("docs/images");
     eprintln!("console screenshots: {}", screenshots.display());
     let scenario = json!({
         "url": format!("http://{}", one.server.manager_addr),
@@ -1160,19 +1159,7 @@ async fn the_console_lists_the_cluster_nodes() {
         "nodes": [1, 2],
         "screenshots": screenshots,
     });
-    let output = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new("node")
-            .arg(repo.join("tests/conformance/console-cluster.mjs"))
-            .arg(scenario.to_string())
-            .stderr(Stdio::inherit())
-            .output(),
-    )
-    .await
-    .expect("the cluster console scenario finishes within 90 s")
-    .expect("node runs (scripts/test.sh installs Node.js and Chromium)");
-    let said = String::from_utf8_lossy(&output.stdout);
-    let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
+    let result = common::browser_scenario("console-cluster.mjs", &scenario, Duration::from_secs(90)).await;
     assert_eq!(result["ok"], true, "cluster console scenario failed: {result}");
     let size = std::fs::metadata(screenshots.join("console-cluster.png")).map_or(0, |m| m.len());
     assert!(size > 1000, "console-cluster.png was written");

@@ -12,8 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -82,7 +80,7 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         }
     });
 
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let repo = common::repo_root();
     eprintln!("console screenshots: {}", repo.join("docs/images").display());
     let scenario = json!({
         "url": format!("http://{}", server.server.manager_addr),
@@ -90,24 +88,11 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         "uid": "watcher",
         "channel": "ops",
         "history": "notes",
-        "members": "ops",
         "screenshots": repo.join("docs/images"),
     });
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .arg(repo.join("tests/conformance/console.mjs"))
-            .arg(scenario.to_string())
-            .stderr(Stdio::inherit())
-            .output(),
-    )
-    .await
-    .expect("the console scenario finishes within 2 minutes")
-    .expect("node runs (scripts/test.sh installs Node.js and Chromium)");
+    let result = common::browser_scenario("console.mjs", &scenario, Duration::from_secs(120)).await;
     running.store(false, Ordering::SeqCst);
     load.await.unwrap();
-    let said = String::from_utf8_lossy(&output.stdout);
-    let result: Value = serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("runner said: {said}"));
     assert_eq!(result["ok"], true, "console scenario failed: {result}");
     assert_eq!(kicked.await.unwrap(), Some(ReasonCode::ConnectKick), "the kicked client was told why");
     for name in [

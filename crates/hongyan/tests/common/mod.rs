@@ -394,3 +394,28 @@ pub(crate) async fn wait_for_presence(servers: &[&TestServer], asked: &[&str], o
         .await;
     }
 }
+
+/// The repository's root (for `tests/conformance/` and `docs/images/`).
+pub(crate) fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a browser runner of `tests/conformance/` (`script`) with `scenario` as its one
+/// argument, within `limit`, and returns the JSON it printed (`{"ok": true, …}` or
+/// `{"error", …}`); its stderr goes to the test's. Needs Node.js and Chromium, which
+/// scripts/test.sh installs.
+pub(crate) async fn browser_scenario(script: &str, scenario: &Value, limit: Duration) -> Value {
+    let output = tokio::time::timeout(
+        limit,
+        tokio::process::Command::new("node")
+            .arg(repo_root().join("tests/conformance").join(script))
+            .arg(scenario.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} finishes within {limit:?}"))
+    .expect("node runs (scripts/test.sh installs Node.js and Chromium)");
+    let said = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(said.trim()).unwrap_or_else(|_| panic!("{script} said: {said}"))
+}
