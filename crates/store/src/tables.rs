@@ -474,12 +474,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, ChannelInfo)>> {
         let key_prefix = channel_key(prefix, channel_type);
-        // `after` is a whole id; the scan starts past it, within the prefix.
-        let after = after.strip_prefix(prefix).map(str::as_bytes);
-        let entries = match after {
-            Some(rest) => scan_after(self.kv.as_ref(), Table::ChannelInfo, &key_prefix, rest, limit)?,
-            None => scan_after(self.kv.as_ref(), Table::ChannelInfo, &key_prefix, b"", limit)?,
+        // `after` is a whole id; the scan starts past it, within the prefix. An `after`
+        // outside the prefix is before all of it or past all of it.
+        let rest = match after.strip_prefix(prefix) {
+            Some(rest) => rest,
+            None if after.is_empty() || after < prefix => "",
+            None => return Ok(Vec::new()),
         };
+        let entries = scan_after(self.kv.as_ref(), Table::ChannelInfo, &key_prefix, rest.as_bytes(), limit)?;
         entries
             .into_iter()
             .map(|(key, value)| {

@@ -244,6 +244,8 @@ pub fn tables_contract(store: &Store) {
     assert_eq!(found("team-", "team-b", 10), names(&["team-c"]));
     assert_eq!(found("tea", "", 10), names(&["teal", "team-a", "team-b", "team-c"]));
     assert_eq!(found("", "team-c", 10), Vec::<String>::new());
+    assert_eq!(found("team-", "tea", 10), names(&["team-a", "team-b", "team-c"]), "a cursor before the prefix");
+    assert_eq!(found("team-", "zed", 10), Vec::<String>::new(), "a cursor past the prefix");
     assert!(store.channels_by_prefix(2, "other", "", 1).unwrap()[0].1.large);
     for id in ["team-a", "team-b", "team-c", "teal", "other"] {
         store.kv().write(vec![store.channel_info_removal(id, 2)], true).unwrap();

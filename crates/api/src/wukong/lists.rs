@@ -75,7 +75,9 @@ pub(super) async fn search(
             check_channel(value, q.channel_type).map_err(|_| ApiError::bad(format!("{field}: not part of an id")))?;
         }
     }
-    check_channel("x", q.channel_type)?;
+    if q.channel_type == 0 || q.channel_type > super::MAX_CHANNEL_TYPE {
+        return Err(ApiError::bad(format!("channel_type: unknown channel type {}", q.channel_type)));
+    }
     let limit = page_size(q.limit, FOUND_BY_DEFAULT, MOST_FOUND)?;
     let ty = q.channel_type;
     let found = state
