@@ -101,10 +101,21 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let banner = (config.node_id, storage_of(&config), config.log.format);
-    let server = hongyan::start(config).await?;
+    // The handlers go in before anything starts: a cluster node is visible to its peers
+    // (and to whoever supervises it) while it is still starting, and a SIGTERM then
+    // must stop it cleanly instead of killing it by the signal's default action.
+    let mut stop = Box::pin(wait_for_signal()?);
+    let server = tokio::select! {
+        server = hongyan::start(config) => server?,
+        signal = &mut stop => {
+            signal?;
+            tracing::info!("asked to stop while starting");
+            return Ok(());
+        }
+    };
     announce(&server, banner);
     let failure = tokio::select! {
-        signal = wait_for_signal() => { signal?; None }
+        signal = &mut stop => { signal?; None }
         failure = server.fail_stopped() => Some(failure),
     };
     tracing::info!("shutting down: closing listeners and connections");
@@ -169,11 +180,17 @@ fn announce(server: &hongyan::Server, (node_id, storage, format): (u64, String, 
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that ends at the
+/// first of them.
+fn wait_for_signal() -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        Ok(())
+    })
 }

@@ -179,8 +179,14 @@ impl Drop for NodeProcess {
 
 /// The binary as node `id` of the cluster, with its API on `api`.
 fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Path) -> NodeProcess {
+    node_command(schema, nats, id, api, data).spawn().map(NodeProcess).unwrap()
+}
+
+/// The command [`spawn_node`] runs (errors only in its log, which goes nowhere).
+fn node_command(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Path) -> Command {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    Command::new(env!("CARGO_BIN_EXE_hongyan"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hongyan"));
+    command
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
@@ -197,10 +203,24 @@ fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Pat
         .env("HONGYAN_STORAGE__FAIL_STOP_GRACE_SECS", "0")
         .env("HONGYAN_LOG__FILTER", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(NodeProcess)
-        .unwrap()
+        .stderr(Stdio::null());
+    command
+}
+
+/// Waits for `node` to end, at most `within`, and returns how it ended.
+async fn exit_of(node: &mut NodeProcess, within: Duration, what: &str) -> std::process::ExitStatus {
+    let asked = std::time::Instant::now();
+    loop {
+        if let Some(status) = node.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(asked.elapsed() < within, "{what} still running {within:?} after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(node: &NodeProcess) {
+    assert!(Command::new("kill").args(["-TERM", &node.0.id().to_string()]).status().unwrap().success());
 }
 
 /// With the NATS server gone, a node asked to stop (SIGTERM) still stops, and so does
@@ -216,17 +236,51 @@ async fn nodes_stop_when_asked_even_with_nats_down() {
     let mut two = spawn_node(&schema, &nats.url(), 2, api, dir.path());
     wait_for_members(&[&one], &[1, 2]).await;
     drop(nats);
-    assert!(Command::new("kill").args(["-TERM", &two.0.id().to_string()]).status().unwrap().success());
-    let asked = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = two.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(asked.elapsed() < Duration::from_secs(15), "node 2 still running 15 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    sigterm(&two);
+    let status = exit_of(&mut two, Duration::from_secs(15), "node 2").await;
     assert!(status.success(), "node 2 exited with {status}");
     one.stop().await; // within TestServer::stop's 10 s
+}
+
+/// A node asked to stop while it is still starting (here: waiting out the lease of its
+/// killed predecessor, already visible to its peers) stops cleanly at once, rather
+/// than die by the signal or serve first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_asked_to_stop_while_starting_stops_cleanly() {
+    use std::io::BufRead;
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let one = node(&schema, &nats, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut killed = spawn_node(&schema, &nats.url(), 2, api, dir.path());
+    wait_for_members(&[&one], &[1, 2]).await;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+
+    // Its successor finds the row held and waits up to a lease and a half (3 s).
+    let mut command = node_command(&schema, &nats.url(), 2, api, dir.path());
+    command.env("HONGYAN_LOG__FILTER", "info").stdout(Stdio::piped()); // the log goes to stdout
+    let mut starting = command.spawn().map(NodeProcess).unwrap();
+    let (waiting, told) = std::sync::mpsc::channel();
+    let log = std::io::BufReader::new(starting.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in log.lines().map_while(Result::ok) {
+            if line.contains("waiting for the lease to run out") {
+                let _ = waiting.send(());
+            }
+        }
+    });
+    tokio::task::spawn_blocking(move || told.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the new node 2 waits for its predecessor's lease");
+    sigterm(&starting);
+    let status = exit_of(&mut starting, Duration::from_secs(2), "the starting node 2").await;
+    assert!(status.success(), "the starting node 2 exited with {status}");
+    // It never served: node 1 still sees only itself.
+    wait_for_members(&[&one], &[1]).await;
+    one.stop().await;
 }
 
 /// A SIGKILLed node leaves every route within a lease; restarted, it rejoins under a
