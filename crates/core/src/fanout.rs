@@ -130,24 +130,20 @@ impl Core {
     /// The connections on this node `audience` has. The cost follows whichever is
     /// smaller, the member list or the users online.
     fn local_connections(&self, audience: &Audience<'_>) -> Vec<Arc<Conn>> {
+        let mut conns = Vec::new();
         match audience {
-            Audience::List(uids) => uids.iter().flat_map(|u| self.registry.connections(u)).collect(),
-            Audience::Pair(a, b) => {
-                let mut conns = self.registry.connections(a);
-                if let Some(b) = b {
-                    conns.extend(self.registry.connections(b));
-                }
-                conns
-            }
+            Audience::List(uids) => self.registry.extend_with_connections(uids.iter().map(String::as_str), &mut conns),
+            Audience::Pair(a, b) => self.registry.extend_with_connections([*a].into_iter().chain(*b), &mut conns),
             Audience::Members(state) => {
                 let subscribers = &state.subscribers;
                 if subscribers.len() > self.registry.user_count() {
-                    self.registry.connections_where(|uid| subscribers.contains(uid))
-                } else {
-                    subscribers.iter().flat_map(|u| self.registry.connections(u)).collect()
+                    return self.registry.connections_where(|uid| subscribers.contains(uid));
                 }
+                conns.reserve(subscribers.len().min(self.registry.len()));
+                self.registry.extend_with_connections(subscribers.iter().map(|u| &**u), &mut conns);
             }
         }
+        conns
     }
 
     /// Sends one message to every online connection of its recipients: here, and when

@@ -33,7 +33,7 @@ mod reason;
 mod setting;
 mod version;
 
-pub use codec::{Codec, DEFAULT_MAX_FRAME_LEN, MAX_STRING_LEN};
+pub use codec::{Codec, DEFAULT_MAX_FRAME_LEN, MAX_STRING_LEN, encoded_len_bound};
 pub use crypto::{KeyPair, SALT_LEN, SessionCipher, generate_salt};
 pub use error::{CryptoError, DecodeError, EncodeError};
 pub use handshake::{ClientHandshake, HandshakeError, ServerHandshake};

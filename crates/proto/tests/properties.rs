@@ -178,6 +178,10 @@ proptest! {
         let codec = Codec::new(v);
         let packet = &packets[0];
         let wire = codec.encode_to_bytes(packet).unwrap();
+        if matches!(packet, Packet::Send(_) | Packet::Recv(_) | Packet::Event(_)) {
+            // The buffer it was encoded into was big enough from the start.
+            prop_assert!(wire.len() <= hongyan_proto::encoded_len_bound(packet), "{} bytes", wire.len());
+        }
         for cut in 0..wire.len() {
             let mut prefix = BytesMut::from(&wire[..cut]);
             prop_assert_eq!(codec.decode(&mut prefix), Ok(None), "prefix of {} bytes", cut);
