@@ -77,9 +77,15 @@ struct ConnRetries {
 const _: () = assert!(std::mem::size_of::<Pending>() <= 72);
 
 impl ConnRetries {
-    /// Where `message_id` is or would go.
+    /// Where `message_id` is or would go: the back or the front without a search, as
+    /// a RECV newer than all and an ack of the oldest are the common cases.
     fn position(&self, message_id: i64) -> Result<usize, usize> {
-        self.pending.binary_search_by_key(&message_id, |p| p.message_id)
+        match (self.pending.front(), self.pending.back()) {
+            (_, None) => Err(0),
+            (_, Some(last)) if last.message_id < message_id => Err(self.pending.len()),
+            (Some(first), _) if first.message_id == message_id => Ok(0),
+            _ => self.pending.binary_search_by_key(&message_id, |p| p.message_id),
+        }
     }
 }
 
