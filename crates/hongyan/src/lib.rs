@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hongyan_api::{ApiSettings, AppState};
+use hongyan_api::{ApiSettings, AppParts, AppState};
 use hongyan_cluster::{ClusterSettings, Membership};
 use hongyan_core::cluster::{NodeAddrs, SingleNode, Topology};
 use hongyan_core::session::Registry;
@@ -330,13 +330,13 @@ pub async fn start_on(config: Config, backend: Arc<dyn KvBackend>) -> anyhow::Re
             Arc::new(SingleNode::new(config.node_id, addrs.clone(), Box::new(move || counted.len() as u64)))
         }
     };
-    let state = AppState {
+    let state = AppState::new(AppParts {
         core: core.clone(),
         registry: registry.clone(),
         topology: topology.clone(),
         settings: Arc::new(settings),
         webhooks: webhooks.clone(),
-    };
+    });
     // Fail-stop: once storage fails, every listener refuses work with 503 and the reason.
     let fail_stop = axum::middleware::from_fn_with_state(core.clone(), hongyan_api::fail_stop);
     let mut api = hongyan_api::wukong::router(state.clone());

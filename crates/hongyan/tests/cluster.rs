@@ -182,6 +182,28 @@ fn spawn_node(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Pat
     node_command(schema, nats, id, api, data).spawn().map(NodeProcess).unwrap()
 }
 
+/// Node 1 in process and node 2 as a spawned binary (its API on `api`, its data in
+/// `dir`) on a fresh schema, each listed by node 1 as a member.
+struct NodeOneAndTwo {
+    nats: NatsServer,
+    schema: String,
+    one: TestServer,
+    dir: tempfile::TempDir,
+    api: u16,
+    two: NodeProcess,
+}
+
+async fn node_one_and_spawned_two() -> NodeOneAndTwo {
+    let nats = NatsServer::start();
+    let schema = hongyan_store_postgres::testing::fresh_schema();
+    let one = node(&schema, &nats, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let two = spawn_node(&schema, &nats.url(), 2, api, dir.path());
+    wait_for_members(&[&one], &[1, 2]).await;
+    NodeOneAndTwo { nats, schema, one, dir, api, two }
+}
+
 /// The command [`spawn_node`] runs (errors only in its log, which goes nowhere).
 fn node_command(schema: &str, nats: &str, id: u64, api: u16, data: &std::path::Path) -> Command {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -228,13 +250,7 @@ fn sigterm(node: &NodeProcess) {
 /// answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_stop_when_asked_even_with_nats_down() {
-    let nats = NatsServer::start();
-    let schema = hongyan_store_postgres::testing::fresh_schema();
-    let one = node(&schema, &nats, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut two = spawn_node(&schema, &nats.url(), 2, api, dir.path());
-    wait_for_members(&[&one], &[1, 2]).await;
+    let NodeOneAndTwo { nats, one, mut two, dir: _dir, .. } = node_one_and_spawned_two().await;
     drop(nats);
     sigterm(&two);
     let status = exit_of(&mut two, Duration::from_secs(15), "node 2").await;
@@ -248,13 +264,7 @@ async fn nodes_stop_when_asked_even_with_nats_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_asked_to_stop_while_starting_stops_cleanly() {
     use std::io::BufRead;
-    let nats = NatsServer::start();
-    let schema = hongyan_store_postgres::testing::fresh_schema();
-    let one = node(&schema, &nats, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut killed = spawn_node(&schema, &nats.url(), 2, api, dir.path());
-    wait_for_members(&[&one], &[1, 2]).await;
+    let NodeOneAndTwo { nats, schema, one, dir, api, two: mut killed } = node_one_and_spawned_two().await;
     killed.kill().unwrap();
     killed.wait().unwrap();
 
@@ -287,13 +297,7 @@ async fn a_node_asked_to_stop_while_starting_stops_cleanly() {
 /// new boot id (its old row is taken over once the lease has run out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_the_routes_within_a_lease_and_rejoins_with_a_new_boot() {
-    let nats = NatsServer::start();
-    let schema = hongyan_store_postgres::testing::fresh_schema();
-    let one = node(&schema, &nats, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut killed = spawn_node(&schema, &nats.url(), 2, api, dir.path());
-    wait_for_members(&[&one], &[1, 2]).await;
+    let NodeOneAndTwo { nats, schema, one, dir, api, two: mut killed } = node_one_and_spawned_two().await;
     let boot_of_two =
         |listed: &Value| listed.as_array().unwrap().iter().find(|n| n["id"] == 2).unwrap()["boot_id"].clone();
     let first_boot = boot_of_two(&one.get("/cluster/nodes").await.1);
@@ -569,13 +573,7 @@ async fn a_killed_owner_loses_nothing_acknowledged_and_its_channels_move() {
 /// Node 2 owns a group that a client on node 1 sends to; node 2 is killed (`kill`) or
 /// paused and resumed while the client keeps sending, resending what is refused.
 async fn owner_fails(kill: bool) {
-    let nats = NatsServer::start();
-    let schema = hongyan_store_postgres::testing::fresh_schema();
-    let one = node(&schema, &nats, 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut paused = spawn_node(&schema, &nats.url(), 2, api, dir.path());
-    wait_for_members(&[&one], &[1, 2]).await;
+    let NodeOneAndTwo { one, two: mut paused, nats: _nats, dir: _dir, .. } = node_one_and_spawned_two().await;
     let mut ann = GroupSender::new(&one, group_homed_on(2, &[1, 2])).await;
     for n in 1..=5 {
         ann.send(n).await;
