@@ -62,13 +62,19 @@ pub(crate) struct GroupShape {
 #[derive(Default)]
 pub(crate) struct Received {
     pub(crate) latencies: Samples,
+    /// Every message received at least once, late ones included.
     pub(crate) unique: u64,
     pub(crate) duplicates: u64,
+    /// Of `unique`, those received by two seconds after the senders finished: what the
+    /// step's rate counts.
+    pub(crate) in_time: u64,
 }
 
 /// How a run's driver collects each step's counts from its many receiver tasks.
 pub(crate) struct Steps {
     collect: Arc<AtomicU64>,
+    /// Unique deliveries of the current step so far, over all receivers.
+    delivered: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     sender: tokio::sync::mpsc::UnboundedSender<Received>,
     receiver: tokio::sync::mpsc::UnboundedReceiver<Received>,
@@ -77,13 +83,14 @@ pub(crate) struct Steps {
 impl Steps {
     pub(crate) fn new() -> Self {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        Self { collect: Arc::default(), stop: Arc::default(), sender, receiver }
+        Self { collect: Arc::default(), delivered: Arc::default(), stop: Arc::default(), sender, receiver }
     }
 
     /// The handle one receiver task records into.
     pub(crate) fn tally(&self) -> Tally {
         Tally {
             collect: self.collect.clone(),
+            delivered: self.delivered.clone(),
             stop: self.stop.clone(),
             sender: self.sender.clone(),
             step: 0,
@@ -92,9 +99,29 @@ impl Steps {
         }
     }
 
-    /// Ends step `step` and sums what the `receivers` tasks saw in it. A receiver that
-    /// died never reports; its deliveries count as lost.
-    pub(crate) async fn collect(&mut self, step: usize, receivers: usize) -> Received {
+    /// Once a step's senders are done: gives deliveries in flight two seconds and
+    /// counts them (the step's rate), then waits while deliveries still arrive, until
+    /// all `expected` are in, none came for three seconds, or a minute has passed. So a
+    /// system that falls behind shows late deliveries as latency, not as loss, and they
+    /// do not spill into the next step's counts.
+    pub(crate) async fn settle(&self, expected: u64) -> u64 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let in_time = self.delivered.load(Ordering::Relaxed);
+        let (deadline, mut last, mut last_change) = (Instant::now() + Duration::from_secs(60), in_time, Instant::now());
+        while last < expected && last_change.elapsed() < Duration::from_secs(3) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.delivered.load(Ordering::Relaxed);
+            if now != last {
+                (last, last_change) = (now, Instant::now());
+            }
+        }
+        in_time
+    }
+
+    /// Ends step `step` and sums what the `receivers` tasks saw in it (`in_time` from
+    /// [`Steps::settle`]). A receiver that died never reports; its deliveries count as
+    /// lost.
+    pub(crate) async fn collect(&mut self, step: usize, receivers: usize, in_time: u64) -> Received {
         self.collect.store(step as u64 + 1, Ordering::Release);
         let mut total = Received::default();
         for _ in 0..receivers {
@@ -103,6 +130,8 @@ impl Steps {
             total.unique += got.unique;
             total.duplicates += got.duplicates;
         }
+        total.in_time = in_time.min(total.unique);
+        self.delivered.store(0, Ordering::Relaxed);
         total
     }
 
@@ -115,6 +144,7 @@ impl Steps {
 /// One receiver task's counts for the current step.
 pub(crate) struct Tally {
     collect: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     sender: tokio::sync::mpsc::UnboundedSender<Received>,
     step: u64,
@@ -140,6 +170,7 @@ impl Tally {
         self.got.latencies.record(latency_us);
         if self.seen.insert(key) {
             self.got.unique += 1;
+            self.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.got.duplicates += 1;
         }
@@ -170,16 +201,17 @@ pub(crate) fn report(
 ) -> anyhow::Result<()> {
     let secs = elapsed.as_secs_f64().max(shape.seconds as f64);
     let lost = expected.saturating_sub(received.unique);
+    let late = received.unique - received.in_time;
     let e2e = received.latencies.summary();
     let (acked_count, ack_summary) = match &acked {
         Some((n, samples)) => (Some(*n), Some(samples.summary())),
         None => (None, None),
     };
     println!(
-        "{system} {} rate {rate}/s per group: sent {sent}, deliveries {} ({:.0}/s), end-to-end {e2e}, lost {lost}, duplicates {}{}",
+        "{system} {} rate {rate}/s per group: sent {sent}, deliveries {} ({:.0}/s; {late} more later), end-to-end {e2e}, lost {lost}, duplicates {}{}",
         shape.shape,
-        received.unique,
-        received.unique as f64 / secs,
+        received.in_time,
+        received.in_time as f64 / secs,
         received.duplicates,
         cpu.map(|c| format!(", server CPU {:.2} cores", c / secs)).unwrap_or_default()
     );
@@ -196,8 +228,9 @@ pub(crate) fn report(
         "sent": sent,
         "acked": acked_count,
         "sendack": ack_summary.map(|s| s.json()),
-        "deliveries": received.unique,
-        "deliveries_per_sec": received.unique as f64 / secs,
+        "deliveries": received.in_time,
+        "deliveries_per_sec": received.in_time as f64 / secs,
+        "deliveries_late": late,
         "expected": expected,
         "lost": lost,
         "duplicates": received.duplicates,
@@ -311,10 +344,9 @@ pub(crate) async fn run(args: GroupsArgs) -> anyhow::Result<()> {
         }
         let elapsed = step_started.elapsed();
         let cpu = cpu_before.and_then(|b| shape.server_pid.and_then(cpu_secs).map(|a| a - b));
-        // Deliveries still in flight get two seconds.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let received = steps.collect(step, receiver_count).await;
         let expected = acked * (shape.members as u64 - 1);
+        let in_time = steps.settle(expected).await;
+        let received = steps.collect(step, receiver_count, in_time).await;
         report("hongyan", shape, rate, sent, Some((acked, ack_latency)), received, expected, cpu, elapsed)?;
     }
     steps.stop();

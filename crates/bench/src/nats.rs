@@ -88,9 +88,9 @@ pub(crate) async fn run(args: NatsArgs) -> anyhow::Result<()> {
         }
         let elapsed = step_started.elapsed();
         let cpu = cpu_before.and_then(|b| shape.server_pid.and_then(cpu_secs).map(|a| a - b));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let received = steps.collect(step, subscribers).await;
         let expected = sent * (shape.members as u64 - 1);
+        let in_time = steps.settle(expected).await;
+        let received = steps.collect(step, subscribers, in_time).await;
         report("nats", shape, rate, sent, None, received, expected, cpu, elapsed)?;
     }
     steps.stop();
