@@ -100,49 +100,69 @@ async fn sigterm_closes_connections_and_exits_zero() {
 }
 
 /// Starts the binary on fresh loopback ports with `env`, reads its output until `done`
-/// says enough, then stops it. Returns every line it printed.
+/// says enough, then stops it. Returns every line it printed. A port taken between
+/// choosing it and binding it (other tests run beside this one) means another try.
 fn output_until(env: &[(&str, &str)], done: impl Fn(&[String]) -> bool) -> (Vec<String>, [u16; 3]) {
-    use std::io::BufRead as _;
-    let dir = tempfile::tempdir().unwrap();
-    let ports = [free_port(), free_port(), free_port()];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hongyan"));
-    command
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--http-addr", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--tcp-addr", &format!("127.0.0.1:{}", ports[1])])
-        .args(["--ws-addr", &format!("127.0.0.1:{}", ports[2])])
-        .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--demo-addr", &format!("127.0.0.1:{}", free_port())])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
+    use std::io::{BufRead as _, Read as _};
+    for attempt in 1.. {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = [free_port(), free_port(), free_port()];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hongyan"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--http-addr", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--tcp-addr", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--ws-addr", &format!("127.0.0.1:{}", ports[2])])
+            .args(["--manager-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--demo-addr", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ended = false;
+        while !done(&lines) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the server did not say enough within 20 s: {lines:#?}")
+                }
             }
         }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&lines) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(_) => panic!("the server did not say enough within 20 s: {lines:#?}"),
+        if ended {
+            let status = child.wait().unwrap();
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            if stderr.contains("in use") && attempt < 3 {
+                continue;
+            }
+            panic!("the server exited ({status}) before saying enough: {lines:#?}\n{stderr}");
         }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        child.wait().unwrap();
+        return (lines, ports);
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    child.wait().unwrap();
-    (lines, ports)
+    unreachable!("attempts are counted up to 3")
 }
 
 #[test]
