@@ -69,6 +69,6 @@ fi
 cargo nextest run --workspace --all-targets --no-fail-fast
 # The integration tests that touch storage once more, every server on PostgreSQL.
 TEST_STORAGE=postgres cargo nextest run -p hongyan --no-fail-fast -E \
-    'binary(messaging) | binary(model) | binary(conversations) | binary(commands) | binary(webhooks) | binary(api) | binary(openim) | binary(easemob) | binary(seeds) | binary(sdk)'
+    'binary(messaging) | binary(model) | binary(conversations) | binary(commands) | binary(webhooks) | binary(api) | binary(openim) | binary(easemob) | binary(seeds) | binary(sdk) | binary(extras)'
 # Examples in the documentation (nextest does not run doctests).
 cargo test --workspace --doc --quiet

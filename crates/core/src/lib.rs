@@ -31,6 +31,7 @@ pub mod commands;
 pub mod conns;
 pub mod conversation;
 pub mod directory;
+pub mod extras;
 mod fanout;
 mod forward;
 pub mod hooks;

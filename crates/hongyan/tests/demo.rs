@@ -57,7 +57,7 @@ async fn two_browser_pages_chat_through_the_demo_and_reconnect_after_a_restart()
             running.shutdown();
             running.wait().await;
             drop(running);
-            server = Some(start_again(&config).await);
+            server = Some(common::start_again(&config).await);
             restarts += 1;
             stdin.write_all(b"restarted\n").await.unwrap();
         }
@@ -74,19 +74,4 @@ async fn two_browser_pages_chat_through_the_demo_and_reconnect_after_a_restart()
     let running = server.take().unwrap();
     running.shutdown();
     running.wait().await;
-}
-
-/// Starts a server on the data of one that was just stopped, once the tasks that held
-/// its store have let go of it.
-async fn start_again(config: &hongyan::Config) -> hongyan::Server {
-    let started = std::time::Instant::now();
-    loop {
-        match hongyan::start(config.clone()).await {
-            Ok(server) => return server,
-            Err(e) if started.elapsed() < Duration::from_secs(10) && format!("{e:#}").contains("Locked") => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("cannot start again: {e:#}"),
-        }
-    }
 }

@@ -12,6 +12,7 @@ use crate::ConnectError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "tables", include_str!("../migrations/0001_tables.sql")),
     (2, "cluster", include_str!("../migrations/0002_cluster.sql")),
+    (3, "extras", include_str!("../migrations/0003_extras.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -62,6 +62,13 @@ fn the_typed_tables_behave_as_on_every_backend() {
     testing::tables_contract(&Store::new(open(&config)));
 }
 
+#[test]
+fn message_extras_take_each_version_once_across_connections() {
+    let config = config();
+    let _schema = Schema(config.schema.clone());
+    testing::extras_contract(&Store::new(open(&config)), &Store::new(open(&config)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_message_log_keeps_its_promises_and_resumes_after_a_restart() {
     let config = config();

@@ -107,11 +107,15 @@ pub enum Table {
     /// channel → its owner's claim (node, epoch, boot): in a cluster, which node alone
     /// may append to the channel's log (`docs/cluster.md`).
     ChanOwner,
+    /// (channel, seq) → the message's extra: revoked, edited, with its extra version.
+    ChanSeqExtra,
+    /// (channel, extra version) → seq: which message each version changed.
+    ChanVersionSeq,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 20] = [
+    pub const ALL: [Table; 22] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -132,6 +136,8 @@ impl Table {
         Table::Meta,
         Table::ChanSeqFloor,
         Table::ChanOwner,
+        Table::ChanSeqExtra,
+        Table::ChanVersionSeq,
     ];
 
     /// The table's name on disk.
@@ -157,6 +163,8 @@ impl Table {
             Self::Meta => "name_meta",
             Self::ChanSeqFloor => "chan_seqfloor",
             Self::ChanOwner => "chan_owner",
+            Self::ChanSeqExtra => "chanseq_extra",
+            Self::ChanVersionSeq => "chanversion_seq",
         }
     }
 }
@@ -499,6 +507,8 @@ mod tests {
     fn memory_keeps_the_contract() {
         crate::testing::kv_contract(&MemoryBackend::new());
         crate::testing::expectations_are_atomic(Arc::new(MemoryBackend::new()));
+        let store = crate::Store::new(Arc::new(MemoryBackend::new()));
+        crate::testing::extras_contract(&store, &store.clone());
     }
 
     #[test]
@@ -516,5 +526,8 @@ mod tests {
         crate::testing::kv_contract(&FjallBackend::open(dir.path()).unwrap());
         let other = tempfile::tempdir().unwrap();
         crate::testing::expectations_are_atomic(Arc::new(FjallBackend::open(other.path()).unwrap()));
+        let third = tempfile::tempdir().unwrap();
+        let store = crate::Store::new(Arc::new(FjallBackend::open(third.path()).unwrap()));
+        crate::testing::extras_contract(&store, &store.clone());
     }
 }

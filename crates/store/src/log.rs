@@ -703,6 +703,9 @@ impl MessageLog {
             }
             let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
             if count > 0 {
+                // What happened to them (revoked, edited) goes with them.
+                let from = seq_from_key(&page[0].0)?;
+                writes.extend(crate::extras::removal_writes(&*self.kv, channel, from, next - 1)?);
                 self.kv.write(writes, true)?;
                 removed_here += count;
             }

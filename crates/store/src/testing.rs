@@ -410,3 +410,89 @@ pub async fn fenced_owners(a: Arc<dyn KvBackend>, b: Arc<dyn KvBackend>) {
     assert_eq!(node1.read(&other, 1, 0, 9, Order::Ascending).unwrap().len(), 2);
     assert!(!node1.has_failed() && !node2.has_failed());
 }
+
+/// Message extras: each change takes the channel's next version, a message's older
+/// version is forgotten, a sync after a version returns each changed message once in
+/// its latest state, and writers racing on one channel (on two connections where the
+/// backend has them) never give a version twice.
+pub fn extras_contract(a: &Store, b: &Store) {
+    let chan = ChannelKey::new("g-extras", 2);
+    let other = ChannelKey::new("g-other", 2);
+    assert_eq!(a.extra_version(&chan).unwrap(), 0);
+    let revoke = |by: &'static str| {
+        move |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+            if e.revoked {
+                return Ok(false);
+            }
+            e.revoked = true;
+            e.revoker = by.into();
+            Ok(true)
+        }
+    };
+    let first = a.change_extra(&chan, 1, 101, revoke("ann")).unwrap();
+    assert_eq!((first.version, first.message_id, first.seq, first.revoked), (1, 101, 1, true));
+    // Nothing to change: nothing written, the stored state returned.
+    assert_eq!(b.change_extra(&chan, 1, 101, revoke("bob")).unwrap(), first);
+    let edit = |text: &'static str| {
+        move |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+            e.edited_payload = Some(text.as_bytes().to_vec());
+            e.edited_at_ms = 7;
+            Ok(true)
+        }
+    };
+    assert_eq!(b.change_extra(&chan, 2, 102, edit("v1")).unwrap().version, 2);
+    assert_eq!(a.change_extra(&other, 5, 105, edit("x")).unwrap().version, 1, "versions are per channel");
+    let again = a.change_extra(&chan, 1, 101, edit("after")).unwrap();
+    assert_eq!((again.version, again.revoked, again.revoker.as_str()), (3, true, "ann"));
+    // A refusal writes nothing.
+    let refused = b.change_extra(&chan, 2, 102, |_| Err::<bool, _>(StoreError::Busy("refused")));
+    assert!(matches!(refused, Err(StoreError::Busy("refused"))));
+    assert_eq!(b.extra_version(&chan).unwrap(), 3);
+    let since = |s: &Store, v| s.extras_since(&chan, v, 100).unwrap();
+    let all = since(b, 0);
+    assert_eq!(all.iter().map(|e| (e.seq, e.version)).collect::<Vec<_>>(), [(2, 2), (1, 3)]);
+    assert_eq!(all[1].edited_payload.as_deref(), Some(&b"after"[..]));
+    assert_eq!(since(a, 2).len(), 1);
+    assert!(since(a, 3).is_empty());
+    assert!(a.extras_since(&chan, u64::MAX, 10).unwrap().is_empty());
+    assert_eq!(a.extras_since(&chan, 0, 1).unwrap().len(), 1, "the limit holds");
+    assert_eq!(
+        a.message_extras(&chan, &[2, 9, 1]).unwrap().iter().map(|e| e.as_ref().map(|e| e.version)).collect::<Vec<_>>(),
+        [Some(2), None, Some(3)]
+    );
+
+    // Racing writers: 4 threads, 2 stores, 10 messages, 80 changes.
+    let race = ChannelKey::new("g-race", 2);
+    let enforced = a.backend().enforces_inserts();
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let store = if t % 2 == 0 { a } else { b };
+            let race = &race;
+            scope.spawn(move || {
+                for i in 0..20u64 {
+                    let seq = 1 + (t * 7 + i) % 10;
+                    let bump = |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+                        e.edited_at_ms += 1;
+                        Ok(true)
+                    };
+                    if enforced {
+                        store.change_extra_unserialised(race, seq, seq as i64, bump).unwrap();
+                    } else {
+                        store.change_extra(race, seq, seq as i64, bump).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(a.extra_version(&race).unwrap(), 80, "every change took one version");
+    let latest = a.extras_since(&race, 0, 100).unwrap();
+    assert_eq!(latest.len(), 10, "each message once");
+    assert_eq!(latest.iter().map(|e| e.edited_at_ms).sum::<i64>(), 80, "no change lost");
+    assert!(latest.windows(2).all(|w| w[0].version < w[1].version));
+
+    // Forgetting with the messages.
+    let writes = a.extras_removal_writes(&chan, 1).unwrap();
+    a.apply(writes).unwrap();
+    assert_eq!(since(a, 0).iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(a.message_extra(&chan, 1).unwrap(), None);
+}

@@ -13,7 +13,7 @@ use crate::{ApiError, AppState};
 
 /// The stored channel a request names: for person chats `channel_id` is the peer and
 /// `login_uid` the caller.
-fn stored_channel(login_uid: &str, channel_id: &str, channel_type: u8) -> Result<ChannelKey, ApiError> {
+pub(super) fn stored_channel(login_uid: &str, channel_id: &str, channel_type: u8) -> Result<ChannelKey, ApiError> {
     check_channel(channel_id, channel_type)?;
     if channel_type == PERSON {
         check_uid("login_uid", login_uid)?;

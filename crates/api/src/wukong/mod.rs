@@ -29,6 +29,7 @@ use lists::ChannelQuery;
 use render::{ConversationOut, MessageOut, SyncPage};
 
 mod admin;
+mod extras;
 mod lists;
 mod lookup;
 mod render;
@@ -174,6 +175,17 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<lookup::MessageReq>),
         endpoint("get", "/message/byclientmsgno", "One message by client_msg_no", get(lookup::by_client_msg_no))
             .query(schema_of::<lookup::ByClientMsgNoQuery>),
+        endpoint("post", "/message/revoke", "Revoke a message (sender, group owner or admin)", post(extras::revoke))
+            .body(schema_of::<extras::ChangeReq>),
+        endpoint("post", "/message/edit", "Replace a message's content (its sender)", post(extras::edit))
+            .body(schema_of::<extras::ChangeReq>),
+        endpoint(
+            "post",
+            "/message/extra/sync",
+            "What changed in a channel's messages after a version",
+            post(extras::sync),
+        )
+        .body(schema_of::<extras::ExtraSyncReq>),
         endpoint("post", "/conversation/sync", "A user's conversations with unread counts", post(conversation_sync))
             .body(schema_of::<ConversationSyncReq>),
         endpoint(

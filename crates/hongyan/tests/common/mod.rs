@@ -135,6 +135,33 @@ impl TestServer {
         self.server.shutdown();
         tokio::time::timeout(Duration::from_secs(10), self.server.wait()).await.expect("shutdown took over 10 s");
     }
+
+    /// Stops the server and starts it again on the same data and configuration.
+    #[allow(dead_code)] // not every test binary restarts
+    pub(crate) async fn restart(self) -> Self {
+        let Self { server, config, dir, http } = self;
+        server.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), server.wait()).await.expect("shutdown took over 10 s");
+        drop(server);
+        let server = start_again(&config).await;
+        Self { server, config, dir, http }
+    }
+}
+
+/// Starts a server on the data of one that was just stopped, once the tasks that held
+/// its store have let go of it.
+#[allow(dead_code)] // not every test binary restarts
+pub(crate) async fn start_again(config: &hongyan::Config) -> hongyan::Server {
+    let started = std::time::Instant::now();
+    loop {
+        match hongyan::start(config.clone()).await {
+            Ok(server) => return server,
+            Err(e) if started.elapsed() < Duration::from_secs(10) && format!("{e:#}").contains("Locked") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot start again: {e:#}"),
+        }
+    }
 }
 
 /// A CONNECT with a fresh client key, for tests that speak raw bytes.

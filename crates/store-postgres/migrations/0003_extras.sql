@@ -1,0 +1,7 @@
+-- Hongyan schema 3: message extras (revoked, edited), key-value tables of
+-- hongyan-store (Table::ChanSeqExtra, Table::ChanVersionSeq). The primary key on
+-- (channel, extra version) is what keeps two nodes from giving one version twice.
+-- `{schema}` is replaced by storage.postgres_schema.
+
+CREATE TABLE {schema}.chanseq_extra (k bytea PRIMARY KEY, v bytea NOT NULL);
+CREATE TABLE {schema}.chanversion_seq (k bytea PRIMARY KEY, v bytea NOT NULL);

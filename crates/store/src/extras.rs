@@ -1,0 +1,280 @@
+//! Message extras: what happened to a stored message after it was stored (revoked,
+//! edited), kept beside the log, which is never rewritten.
+//!
+//! Each change gives the message's extra the channel's next *extra version*, so a
+//! client that has seen versions up to `v` asks for what changed after `v` and gets
+//! every message whose extra changed since, once, in its latest state. Versions
+//! commit in order: a change inserts its version row (`Write::Insert`) after reading
+//! the highest one, so two writers that read the same highest version cannot both
+//! commit (the database refuses the second; in one process a lock serialises them).
+
+use crate::backend::{KvBackend, Order, Table, Write};
+use crate::codec::{ValueReader, push_str16};
+use crate::log::ChannelKey;
+use crate::tables::Store;
+use crate::{Result, StoreError};
+
+const FORMAT_V1: u8 = 1;
+/// How often a change is tried again after another writer took its version (each
+/// lost race means another change committed).
+const ATTEMPTS: u32 = 32;
+
+/// What happened to one stored message after it was stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageExtra {
+    /// The message.
+    pub message_id: i64,
+    /// Its seq in its channel.
+    pub seq: u64,
+    /// The channel's extra version of the latest change (1 for the channel's first).
+    pub version: u64,
+    /// Revoked: clients show a notice instead of the content.
+    pub revoked: bool,
+    /// Who revoked it (empty: the app server).
+    pub revoker: String,
+    /// When it was last edited (ms since the epoch), 0 if never.
+    pub edited_at_ms: i64,
+    /// The content that replaces the stored payload, if edited.
+    pub edited_payload: Option<Vec<u8>>,
+}
+
+/// Serialises this process's changes of one channel's extras (by a stripe of its key):
+/// the embedded engine does not refuse a second insert of a version, and a database
+/// that does is spared the conflicts.
+fn serial(channel: &ChannelKey) -> std::sync::MutexGuard<'static, ()> {
+    static STRIPES: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
+    use std::hash::BuildHasher as _;
+    let hash = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(channel);
+    let stripe = &STRIPES[usize::try_from(hash % 64).unwrap_or_default()];
+    stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Corrupt { table: Table::ChanSeqExtra.name(), what: "message extra" }
+}
+
+fn encode(e: &MessageExtra) -> Vec<u8> {
+    let edited = e.edited_payload.as_deref();
+    let mut v = Vec::with_capacity(40 + e.revoker.len() + edited.map_or(0, <[u8]>::len));
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&e.message_id.to_be_bytes());
+    v.extend_from_slice(&e.version.to_be_bytes());
+    v.push(u8::from(e.revoked));
+    push_str16(&mut v, &e.revoker);
+    v.extend_from_slice(&e.edited_at_ms.to_be_bytes());
+    if let Some(payload) = edited {
+        v.push(1);
+        v.extend_from_slice(payload);
+    } else {
+        v.push(0);
+    }
+    v
+}
+
+fn decode(seq: u64, value: &[u8]) -> Result<MessageExtra> {
+    let mut r = ValueReader { rest: value };
+    if r.u8() != Some(FORMAT_V1) {
+        return Err(corrupt());
+    }
+    let message_id = r.i64().ok_or_else(corrupt)?;
+    let version = r.u64().ok_or_else(corrupt)?;
+    let revoked = match r.u8() {
+        Some(0) => false,
+        Some(1) => true,
+        _ => return Err(corrupt()),
+    };
+    let revoker = r.str16().ok_or_else(corrupt)?.to_owned();
+    let edited_at_ms = r.i64().ok_or_else(corrupt)?;
+    let edited_payload = match r.u8() {
+        Some(0) => None,
+        Some(1) => Some(std::mem::take(&mut r.rest).to_vec()),
+        _ => return Err(corrupt()),
+    };
+    Ok(MessageExtra { message_id, seq, version, revoked, revoker, edited_at_ms, edited_payload })
+}
+
+fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
+    let mut key = channel.encoded();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn version_key(channel: &ChannelKey, version: u64) -> Vec<u8> {
+    seq_key(channel, version)
+}
+
+fn tail_u64(key: &[u8]) -> Result<u64> {
+    let tail = key.len().checked_sub(8).and_then(|at| key.get(at..)).ok_or_else(corrupt)?;
+    Ok(u64::from_be_bytes(tail.try_into().map_err(|_| corrupt())?))
+}
+
+impl Store {
+    /// The extra of the message at `seq`, if anything happened to it.
+    pub fn message_extra(&self, channel: &ChannelKey, seq: u64) -> Result<Option<MessageExtra>> {
+        self.kv().get(Table::ChanSeqExtra, &seq_key(channel, seq))?.map(|v| decode(seq, &v)).transpose()
+    }
+
+    /// The extras of the messages at `seqs`, in their order (`None` where nothing happened).
+    pub fn message_extras(&self, channel: &ChannelKey, seqs: &[u64]) -> Result<Vec<Option<MessageExtra>>> {
+        let keys: Vec<Vec<u8>> = seqs.iter().map(|s| seq_key(channel, *s)).collect();
+        let values = self.kv().get_many(Table::ChanSeqExtra, &keys)?;
+        seqs.iter().zip(values).map(|(seq, v)| v.map(|v| decode(*seq, &v)).transpose()).collect()
+    }
+
+    /// The channel's newest extra version, 0 if none.
+    pub fn extra_version(&self, channel: &ChannelKey) -> Result<u64> {
+        let range = (version_key(channel, 0), version_key(channel, u64::MAX));
+        match self.kv().last_in_ranges(Table::ChanVersionSeq, &[range])?.pop().flatten() {
+            Some((key, _)) => tail_u64(&key),
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` extras that changed after `version`, oldest change first: each
+    /// message once, in its latest state.
+    pub fn extras_since(&self, channel: &ChannelKey, version: u64, limit: usize) -> Result<Vec<MessageExtra>> {
+        let Some(from) = version.checked_add(1) else { return Ok(Vec::new()) };
+        let rows = self.kv().scan_range(
+            Table::ChanVersionSeq,
+            &version_key(channel, from),
+            &version_key(channel, u64::MAX),
+            limit,
+            Order::Ascending,
+        )?;
+        let seqs = rows
+            .iter()
+            .map(|(_, v)| Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| corrupt())?)))
+            .collect::<Result<Vec<u64>>>()?;
+        let extras = self.message_extras(channel, &seqs)?;
+        // A row of the version index always has its extra, written in the same batch.
+        extras.into_iter().map(|e| e.ok_or_else(corrupt)).collect()
+    }
+
+    /// Changes the extra of message `message_id` at `seq` under the channel's next
+    /// version, durably. `change` gets the current extra (a default one, with the ids
+    /// filled in, for the message's first change) and returns `Ok(false)` to leave it
+    /// as it is (nothing is written, the current extra is returned) or an error of its
+    /// own to refuse. It is called again if another writer changed the channel's
+    /// extras meanwhile, so it sees the state it changes.
+    pub fn change_extra<E: From<StoreError>>(
+        &self,
+        channel: &ChannelKey,
+        seq: u64,
+        message_id: i64,
+        change: impl FnMut(&mut MessageExtra) -> Result<bool, E>,
+    ) -> Result<MessageExtra, E> {
+        let _serial = serial(channel);
+        self.change_extra_unserialised(channel, seq, message_id, change)
+    }
+
+    /// [`Self::change_extra`] without this process's lock: correct only on a backend
+    /// that [enforces inserts](crate::KvBackend::enforces_inserts). For the contract
+    /// checks, which race writers against the database itself.
+    #[doc(hidden)]
+    pub fn change_extra_unserialised<E: From<StoreError>>(
+        &self,
+        channel: &ChannelKey,
+        seq: u64,
+        message_id: i64,
+        mut change: impl FnMut(&mut MessageExtra) -> Result<bool, E>,
+    ) -> Result<MessageExtra, E> {
+        let key = seq_key(channel, seq);
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Another node (or connection) won: back off a little, unevenly.
+                let jitter =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+                std::thread::sleep(std::time::Duration::from_micros(u64::from(jitter % (200 * attempt))));
+            }
+            let stored = self.kv().get(Table::ChanSeqExtra, &key)?;
+            let mut extra = match &stored {
+                Some(v) => decode(seq, v)?,
+                None => MessageExtra { message_id, seq, ..MessageExtra::default() },
+            };
+            if !change(&mut extra)? {
+                return Ok(extra);
+            }
+            let newest = self.extra_version(channel)?;
+            extra.version = newest + 1;
+            let value = encode(&extra);
+            let mut writes = Vec::with_capacity(4);
+            match stored {
+                Some(old) => {
+                    let previous = decode(seq, &old)?.version;
+                    writes.push(Write::Expect(Table::ChanSeqExtra, key.clone(), old));
+                    writes.push(Write::Delete(Table::ChanVersionSeq, version_key(channel, previous)));
+                    writes.push(Write::Put(Table::ChanSeqExtra, key.clone(), value));
+                }
+                // The first change: no other writer may create the row meanwhile.
+                None => writes.push(Write::Insert(Table::ChanSeqExtra, key.clone(), value)),
+            }
+            writes.push(Write::Insert(
+                Table::ChanVersionSeq,
+                version_key(channel, extra.version),
+                seq.to_be_bytes().to_vec(),
+            ));
+            match self.kv().write(writes, true) {
+                Ok(()) => return Ok(extra),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Busy("message extras: too many concurrent changes to this channel").into())
+    }
+
+    /// The writes that forget the extras of a channel's messages up to `seq` (with the
+    /// messages themselves, by retention or clearing).
+    pub fn extras_removal_writes(&self, channel: &ChannelKey, through_seq: u64) -> Result<Vec<Write>> {
+        removal_writes(self.kv(), channel, 0, through_seq)
+    }
+}
+
+/// The writes that forget the extras of `channel`'s messages from `from_seq` through
+/// `through_seq`.
+pub(crate) fn removal_writes(
+    kv: &dyn KvBackend,
+    channel: &ChannelKey,
+    from_seq: u64,
+    through_seq: u64,
+) -> Result<Vec<Write>> {
+    let rows = kv.scan_range(
+        Table::ChanSeqExtra,
+        &seq_key(channel, from_seq),
+        &seq_key(channel, through_seq.saturating_add(1)),
+        usize::MAX,
+        Order::Ascending,
+    )?;
+    let mut writes = Vec::with_capacity(rows.len() * 2);
+    for (key, value) in rows {
+        let extra = decode(tail_u64(&key)?, &value)?;
+        writes.push(Write::Delete(Table::ChanVersionSeq, version_key(channel, extra.version)));
+        writes.push(Write::Delete(Table::ChanSeqExtra, key));
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extras_round_trip_and_refuse_damage() {
+        let e = MessageExtra {
+            message_id: -7,
+            seq: 3,
+            version: 9,
+            revoked: true,
+            revoker: "ann".into(),
+            edited_at_ms: 1_700_000_000_000,
+            edited_payload: Some(b"new".to_vec()),
+        };
+        let bytes = encode(&e);
+        assert_eq!(decode(3, &bytes).unwrap(), e);
+        let plain = MessageExtra { message_id: 1, seq: 1, version: 1, ..MessageExtra::default() };
+        assert_eq!(decode(1, &encode(&plain)).unwrap(), plain);
+        for cut in 0..bytes.len() - 4 {
+            // Every cut before the payload is refused (a cut payload is still a payload).
+            assert!(decode(3, &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
