@@ -215,21 +215,11 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_core;
-    use hongyan_store::{ChannelInfo, NewMessage};
+    use crate::{test_core, test_message};
+    use hongyan_store::ChannelInfo;
 
-    fn message(id: i64, from: &str, age_ms: i64) -> NewMessage {
-        NewMessage {
-            message_id: id,
-            timestamp_ms: now_ms() - age_ms,
-            from_uid: from.into(),
-            client_msg_no: format!("c{id}"),
-            header: 0,
-            setting: 0,
-            expire: 0,
-            topic: None,
-            payload: Bytes::from_static(b"m"),
-        }
+    fn message(id: i64, from: &str, age_ms: u64) -> hongyan_store::NewMessage {
+        test_message(id, from, std::time::Duration::from_millis(age_ms))
     }
 
     #[tokio::test]
@@ -271,7 +261,7 @@ mod tests {
         for id in [1, 2] {
             core.change_message(&g, id, &Operator::App, &Change::Revoke).unwrap();
         }
-        core.sweep_retention(&[(GROUP, std::time::Duration::from_millis(u64::try_from(day).unwrap()))]).unwrap();
+        core.sweep_retention(&[(GROUP, std::time::Duration::from_millis(day))]).unwrap();
         let left = core.message_extras_since(&g, 0, 10).unwrap();
         assert_eq!(left.iter().map(|e| e.message_id).collect::<Vec<_>>(), [2]);
         assert_eq!(core.store().message_extra(&g, 1).unwrap(), None);

@@ -455,6 +455,22 @@ pub fn eq_constant_time(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A message from `from` stored `age` ago, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_message(id: i64, from: &str, age: std::time::Duration) -> NewMessage {
+    NewMessage {
+        message_id: id,
+        timestamp_ms: now_ms() - i64::try_from(age.as_millis()).unwrap_or(i64::MAX),
+        from_uid: from.into(),
+        client_msg_no: format!("c{id}"),
+        header: 0,
+        setting: 0,
+        expire: 0,
+        topic: None,
+        payload: bytes::Bytes::from_static(b"m"),
+    }
+}
+
 /// A core over in-memory storage, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_core() -> Arc<Core> {
@@ -483,21 +499,10 @@ pub(crate) fn test_core_over(kv: Arc<dyn hongyan_store::KvBackend>) -> Arc<Core>
 mod tests {
     use super::*;
     use crate::channel::command_channel;
-    use bytes::Bytes;
     use hongyan_store::{ChannelInfo, Write};
 
     fn old_message(id: i64, age: std::time::Duration) -> NewMessage {
-        NewMessage {
-            message_id: id,
-            timestamp_ms: now_ms() - age.as_millis() as i64,
-            from_uid: "a".into(),
-            client_msg_no: format!("c{id}"),
-            header: 0,
-            setting: 0,
-            expire: 0,
-            topic: None,
-            payload: Bytes::from_static(b"m"),
-        }
+        test_message(id, "a", age)
     }
 
     /// Memory storage whose writes fail while `failing` is set.
