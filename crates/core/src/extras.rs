@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hongyan_proto::HeaderFlags;
-use hongyan_store::{ChannelKey, MessageExtra, Role, StoreError};
+use hongyan_store::{ChannelKey, ExtraChange, MessageExtra, Role, StoreError, StoredMessage};
 
 use crate::channel::{GROUP, PERSON, person_channel_members};
 use crate::{AppSend, Core, now_ms};
@@ -27,8 +27,10 @@ use crate::{AppSend, Core, now_ms};
 pub const SYNC_EXTRA_CMD: &str = "syncMessageExtra";
 /// The largest edited content: what one client frame may carry.
 pub const MAX_EDIT_BYTES: usize = hongyan_proto::DEFAULT_MAX_FRAME_LEN;
-/// The most extras one sync returns.
+/// The most extras one sync returns (and readers one call lists).
 pub const MAX_EXTRA_SYNC: usize = 1_000;
+/// The most messages one call marks read.
+pub const MAX_READ_BATCH: usize = 100;
 
 /// What to do to a stored message.
 #[derive(Clone, Debug)]
@@ -37,6 +39,8 @@ pub enum Change {
     Revoke,
     /// Replace its content with this payload.
     Edit(Bytes),
+    /// The operator read it (counted once per user; the sender's own are not).
+    Read,
 }
 
 /// Who asks for a change.
@@ -68,10 +72,23 @@ pub enum ChangeError {
     Storage(#[from] StoreError),
 }
 
+/// An extra as one user sees it: with whether they read the message, and how many
+/// have not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraView {
+    /// The message's extra.
+    pub extra: MessageExtra,
+    /// When the viewing user marked it read (ms since the epoch), if they did.
+    pub readed_at_ms: Option<i64>,
+    /// Members other than the sender who have not marked it read.
+    pub unread_count: u64,
+}
+
 impl Core {
     /// Applies `change` to message `message_id` of `channel` on behalf of `operator`,
-    /// durably, and tells the channel's online members. Revoking twice is not an
-    /// error (the first revoke stands). Blocking: call off the async runtime.
+    /// durably, and tells who needs to know (a revoke or an edit: the channel's online
+    /// members; a read: the sender's devices). Revoking twice, or reading twice, is not
+    /// an error and changes nothing. Blocking: call off the async runtime.
     pub fn change_message(
         self: &Arc<Self>,
         channel: &ChannelKey,
@@ -84,50 +101,142 @@ impl Core {
         {
             return Err(ChangeError::BadContent);
         }
-        let stored = match self.log().by_message_id(message_id)? {
-            Some((at, m)) if at == *channel => m,
-            _ => return Err(ChangeError::NotFound(message_id)),
-        };
+        let stored = self.stored_in(channel, message_id)?;
         self.check_operator(channel, &stored.message.from_uid, operator, change)?;
-        let before = self.store().extra_version(channel)?;
-        let extra = self.store().change_extra(channel, stored.seq, message_id, |extra| {
-            match change {
-                Change::Revoke if extra.revoked => return Ok(false),
-                Change::Revoke => {
+        self.apply_change(channel, &stored, operator, change)
+    }
+
+    /// Marks the messages `message_ids` of `channel` read by `reader` (at most
+    /// [`MAX_READ_BATCH`]; the reader's own are left as they are). Every id is checked
+    /// before anything is written. Returns the messages' extras, in the order asked.
+    pub fn mark_read(
+        self: &Arc<Self>,
+        channel: &ChannelKey,
+        reader: &str,
+        message_ids: &[i64],
+    ) -> Result<Vec<MessageExtra>, ChangeError> {
+        if message_ids.is_empty() || message_ids.len() > MAX_READ_BATCH {
+            return Err(ChangeError::NotAllowed("mark 1 to 100 messages read at a time"));
+        }
+        let operator = Operator::User(reader.to_owned());
+        let stored = message_ids.iter().map(|id| self.stored_in(channel, *id)).collect::<Result<Vec<_>, _>>()?;
+        for m in &stored {
+            self.check_operator(channel, &m.message.from_uid, &operator, &Change::Read)?;
+        }
+        stored.iter().map(|m| self.apply_change(channel, m, &operator, &Change::Read)).collect()
+    }
+
+    /// The message `message_id`, if it is in `channel`.
+    fn stored_in(&self, channel: &ChannelKey, message_id: i64) -> Result<StoredMessage, ChangeError> {
+        match self.log().by_message_id(message_id)? {
+            Some((at, m)) if at == *channel => Ok(m),
+            _ => Err(ChangeError::NotFound(message_id)),
+        }
+    }
+
+    fn apply_change(
+        self: &Arc<Self>,
+        channel: &ChannelKey,
+        stored: &StoredMessage,
+        operator: &Operator,
+        change: &Change,
+    ) -> Result<MessageExtra, ChangeError> {
+        let message_id = stored.message.message_id;
+        let sender = stored.message.from_uid.as_str();
+        let store = self.store();
+        let before = store.extra_version(channel)?;
+        let extra = store.change_extra(channel, stored.seq, message_id, |extra| {
+            let mut writes = Vec::new();
+            match (change, operator) {
+                (Change::Revoke, _) if extra.revoked => return Ok(ExtraChange::Unchanged),
+                (Change::Revoke, _) => {
                     extra.revoked = true;
                     extra.revoker = match operator {
                         Operator::App => String::new(),
                         Operator::User(uid) => uid.clone(),
                     };
                 }
-                Change::Edit(_) if extra.revoked => return Err(ChangeError::Revoked(message_id)),
-                Change::Edit(payload) => {
+                (Change::Edit(_), _) if extra.revoked => return Err(ChangeError::Revoked(message_id)),
+                (Change::Edit(payload), _) => {
                     extra.edited_payload = Some(payload.to_vec());
                     extra.edited_at_ms = now_ms();
                 }
+                (Change::Read, Operator::User(reader)) if reader != sender => {
+                    if store.read_marks(channel, &[stored.seq], reader)?[0].is_some() {
+                        return Ok(ExtraChange::Unchanged);
+                    }
+                    extra.readed_count += 1;
+                    writes.push(store.read_mark_write(channel, stored.seq, reader, now_ms()));
+                }
+                // One's own messages are read; the app server reads nothing.
+                (Change::Read, _) => return Ok(ExtraChange::Unchanged),
             }
-            Ok(true)
+            Ok(ExtraChange::Changed(writes))
         })?;
         let label = match change {
             Change::Revoke => "revoke",
             Change::Edit(_) => "edit",
+            Change::Read => "read",
         };
-        metrics::counter!("hongyan_core_message_changes_total", "change" => label).increment(1);
         if extra.version > before {
-            self.announce_extras(channel, extra.version);
+            metrics::counter!("hongyan_core_message_changes_total", "change" => label).increment(1);
+            match change {
+                // Only the sender counts reads.
+                Change::Read => self.announce_extras(channel, extra.version, Some(sender)),
+                _ => self.announce_extras(channel, extra.version, None),
+            }
         }
         Ok(extra)
     }
 
     /// Up to `limit` (at most [`MAX_EXTRA_SYNC`]) extras of `channel` changed after
-    /// `version`, oldest change first, each message once in its latest state.
+    /// `version`, oldest change first, each message once in its latest state, as
+    /// `viewer` sees them (`None`: nobody's read marks).
     pub fn message_extras_since(
         &self,
         channel: &ChannelKey,
         version: u64,
         limit: usize,
-    ) -> Result<Vec<MessageExtra>, StoreError> {
-        self.store().extras_since(channel, version, limit.clamp(1, MAX_EXTRA_SYNC))
+        viewer: Option<&str>,
+    ) -> Result<Vec<ExtraView>, StoreError> {
+        let extras = self.store().extras_since(channel, version, limit.clamp(1, MAX_EXTRA_SYNC))?;
+        let reads = match viewer {
+            Some(uid) if !extras.is_empty() => {
+                let seqs: Vec<u64> = extras.iter().map(|e| e.seq).collect();
+                self.store().read_marks(channel, &seqs, uid)?
+            }
+            _ => vec![None; extras.len()],
+        };
+        // Who could read a message: the other side of a person chat, else the members
+        // but the sender.
+        let audience = if channel.channel_type == PERSON {
+            1
+        } else if extras.iter().any(|e| e.readed_count > 0) {
+            u64::try_from(self.channel_state(channel)?.subscribers.len()).unwrap_or(u64::MAX).saturating_sub(1)
+        } else {
+            0
+        };
+        Ok(extras
+            .into_iter()
+            .zip(reads)
+            .map(|(extra, readed_at_ms)| {
+                let unread_count = audience.saturating_sub(extra.readed_count);
+                ExtraView { extra, readed_at_ms, unread_count }
+            })
+            .collect())
+    }
+
+    /// Up to `limit` (at most [`MAX_EXTRA_SYNC`]) users who marked message
+    /// `message_id` read, after `after_uid` in uid order, with when (ms).
+    pub fn message_readers(
+        &self,
+        channel: &ChannelKey,
+        message_id: i64,
+        after_uid: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, ChangeError> {
+        let stored = self.stored_in(channel, message_id)?;
+        Ok(self.store().readers(channel, stored.seq, after_uid, limit.clamp(1, MAX_EXTRA_SYNC))?)
     }
 
     fn check_operator(
@@ -147,6 +256,9 @@ impl Core {
             return Ok(());
         }
         match change {
+            Change::Read if channel.channel_type == PERSON => Ok(()),
+            Change::Read if self.channel_state(channel)?.subscribers.contains(uid) => Ok(()),
+            Change::Read => Err(ChangeError::NotAllowed("only the channel's members may mark its messages read")),
             Change::Edit(_) => Err(ChangeError::NotAllowed("only the sender may edit a message")),
             Change::Revoke if self.is_system_account(uid) => Ok(()),
             Change::Revoke if channel.channel_type == GROUP => match self.role(&channel.channel_id, uid)? {
@@ -159,46 +271,39 @@ impl Core {
         }
     }
 
-    /// Tells the channel's online members (every device, the operator's included) that
-    /// its extras changed, by a command message that is not stored. Best effort: a
-    /// device that misses it learns of the change on its next sync.
-    fn announce_extras(self: &Arc<Self>, channel: &ChannelKey, version: u64) {
+    /// Tells the channel's online members (every device, the operator's included), or
+    /// only `only` (a read's sender), that its extras changed, by a command message
+    /// that is not stored. Best effort: a device that misses it learns of the change
+    /// on its next sync.
+    fn announce_extras(self: &Arc<Self>, channel: &ChannelKey, version: u64, only: Option<&str>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let notice = |channel_id: &str, channel_type: u8| {
-            let cmd = serde_json::json!({
-                "type": 99,
-                "cmd": SYNC_EXTRA_CMD,
-                "param": {"channel_id": channel_id, "channel_type": channel_type, "extra_version": version},
-            });
-            Bytes::from(cmd.to_string())
-        };
         let header = HeaderFlags { no_persist: true, sync_once: true, ..HeaderFlags::default() };
+        let to = |uid: &str, channel_id: &str| AppSend {
+            from_uid: String::new(),
+            channel_id: String::new(),
+            channel_type: channel.channel_type,
+            client_msg_no: String::new(),
+            header,
+            expire: 0,
+            payload: extras_notice(channel_id, channel.channel_type, version),
+            subscribers: vec![uid.to_owned()],
+        };
         let sends: Vec<AppSend> = if channel.channel_type == PERSON {
             let Some((a, b)) = person_channel_members(&channel.channel_id) else { return };
             // Each side names the conversation by the other's uid.
             [(a, b), (b, a)]
                 .into_iter()
-                .map(|(to, peer)| AppSend {
-                    from_uid: String::new(),
-                    channel_id: String::new(),
-                    channel_type: PERSON,
-                    client_msg_no: String::new(),
-                    header,
-                    expire: 0,
-                    payload: notice(peer, PERSON),
-                    subscribers: vec![to.to_owned()],
-                })
+                .filter(|(uid, _)| only.is_none_or(|o| o == *uid))
+                .map(|(uid, peer)| to(uid, peer))
                 .collect()
+        } else if let Some(uid) = only {
+            vec![to(uid, &channel.channel_id)]
         } else {
             vec![AppSend {
-                from_uid: String::new(),
                 channel_id: channel.channel_id.clone(),
-                channel_type: channel.channel_type,
-                client_msg_no: String::new(),
                 header: HeaderFlags { sync_once: false, ..header },
-                expire: 0,
-                payload: notice(&channel.channel_id, channel.channel_type),
                 subscribers: Vec::new(),
+                ..to("", &channel.channel_id)
             }]
         };
         for send in sends {
@@ -210,6 +315,16 @@ impl Core {
             });
         }
     }
+}
+
+/// The command message that tells a device a channel's extras changed.
+fn extras_notice(channel_id: &str, channel_type: u8, version: u64) -> Bytes {
+    let cmd = serde_json::json!({
+        "type": 99,
+        "cmd": SYNC_EXTRA_CMD,
+        "param": {"channel_id": channel_id, "channel_type": channel_type, "extra_version": version},
+    });
+    Bytes::from(cmd.to_string())
 }
 
 #[cfg(test)]
@@ -248,7 +363,38 @@ mod tests {
         ));
         let big = Change::Edit(Bytes::from(vec![b'x'; MAX_EDIT_BYTES + 1]));
         assert!(matches!(core.change_message(&g, 3, &Operator::App, &big), Err(ChangeError::BadContent)));
-        assert_eq!(core.message_extras_since(&g, 0, usize::MAX).unwrap().len(), 2);
+        assert_eq!(core.message_extras_since(&g, 0, usize::MAX, None).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn members_mark_messages_read_once_and_the_sender_sees_how_many_have_not() {
+        let core = test_core();
+        let g = ChannelKey::new("g", GROUP);
+        let members: Vec<String> = ["ann", "ben", "cat", "dan"].map(String::from).to_vec();
+        core.put_channel(&g, ChannelInfo::default(), &members, false).unwrap();
+        for id in 1..=2 {
+            core.log().append(g.clone(), message(id, "ann", 0)).await.unwrap();
+        }
+        let read = core.mark_read(&g, "ben", &[1, 2]).unwrap();
+        assert_eq!(read.iter().map(|e| (e.readed_count, e.version)).collect::<Vec<_>>(), [(1, 1), (1, 2)]);
+        // Again, and one's own: nothing changes.
+        assert_eq!(core.mark_read(&g, "ben", &[1]).unwrap()[0].version, 1);
+        assert_eq!(core.mark_read(&g, "ann", &[1]).unwrap()[0].readed_count, 1);
+        assert_eq!(core.mark_read(&g, "cat", &[1]).unwrap()[0].readed_count, 2);
+        // A stranger, an unknown id (nothing written for the known one), too many.
+        assert!(matches!(core.mark_read(&g, "eve", &[1]), Err(ChangeError::NotAllowed(_))));
+        assert!(matches!(core.mark_read(&g, "dan", &[2, 99]), Err(ChangeError::NotFound(99))));
+        let too_many = vec![1; MAX_READ_BATCH + 1];
+        assert!(matches!(core.mark_read(&g, "dan", &too_many), Err(ChangeError::NotAllowed(_))));
+        let seen = core.message_extras_since(&g, 0, 10, Some("cat")).unwrap();
+        let view: Vec<(i64, u64, bool)> =
+            seen.iter().map(|v| (v.extra.message_id, v.unread_count, v.readed_at_ms.is_some())).collect();
+        assert_eq!(view, [(2, 2, false), (1, 1, true)], "3 others could read each; cat read only 1");
+        let readers = core.message_readers(&g, 1, "", 10).unwrap();
+        assert_eq!(readers.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(), ["ben", "cat"]);
+        // The app server reads nothing.
+        let app = core.change_message(&g, 2, &Operator::App, &Change::Read).unwrap();
+        assert_eq!(app.readed_count, 1);
     }
 
     #[tokio::test]
@@ -258,12 +404,17 @@ mod tests {
         let day = 86_400_000;
         core.log().append(g.clone(), message(1, "ann", 3 * day)).await.unwrap();
         core.log().append(g.clone(), message(2, "ann", 0)).await.unwrap();
+        let members: Vec<String> = ["ann", "ben"].map(String::from).to_vec();
+        core.put_channel(&g, ChannelInfo::default(), &members, false).unwrap();
         for id in [1, 2] {
             core.change_message(&g, id, &Operator::App, &Change::Revoke).unwrap();
+            core.mark_read(&g, "ben", &[id]).unwrap();
         }
         core.sweep_retention(&[(GROUP, std::time::Duration::from_millis(day))]).unwrap();
-        let left = core.message_extras_since(&g, 0, 10).unwrap();
-        assert_eq!(left.iter().map(|e| e.message_id).collect::<Vec<_>>(), [2]);
+        let left = core.message_extras_since(&g, 0, 10, None).unwrap();
+        assert_eq!(left.iter().map(|e| e.extra.message_id).collect::<Vec<_>>(), [2]);
         assert_eq!(core.store().message_extra(&g, 1).unwrap(), None);
+        assert!(core.message_readers(&g, 2, "", 10).unwrap().len() == 1);
+        assert!(core.store().readers(&g, 1, "", 10).unwrap().is_empty(), "the read marks went too");
     }
 }

@@ -188,3 +188,75 @@ async fn in_a_person_chat_each_side_names_the_other_and_only_the_sender_edits() 
     let (s, _) = server.post("/message/extra/sync", json!({"channel_id": "ann", "channel_type": 1})).await;
     assert_eq!(s, 400, "a person chat needs login_uid");
 }
+
+#[tokio::test]
+async fn read_receipts_count_each_reader_once_and_tell_only_the_sender() {
+    let server = TestServer::start().await;
+    for uid in ["ann", "ben", "cat"] {
+        server.register(uid, "t", device_flag::APP, 1).await;
+    }
+    let (s, _) = server
+        .post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]}))
+        .await;
+    assert_eq!(s, 200);
+    let mut ann = online(&server.tcp(), "ann").await;
+    let mut cat = online(&server.ws(), "cat").await;
+    let m1 = sent(&server, "ann", ("g", 2), "read me").await;
+    assert_eq!(receive(&mut ann).await.1, "read me");
+    assert_eq!(receive(&mut cat).await.1, "read me");
+
+    let read = |uid: &str, ids: Vec<i64>| json!({"uid": uid, "channel_id": "g", "channel_type": 2, "message_ids": ids});
+    let (s, a) = server.post("/message/readed", read("ben", vec![m1])).await;
+    assert_eq!((s, a[0]["readed_count"].as_u64(), a[0]["extra_version"].as_u64()), (200, Some(1), Some(1)), "{a}");
+    notice(&mut ann, ("g", 2), 1).await;
+    // Reading again, or one's own message, changes nothing.
+    let (s, a) = server.post("/message/readed", read("ben", vec![m1])).await;
+    assert_eq!((s, a[0]["extra_version"].as_u64()), (200, Some(1)));
+    let (s, _) = server.post("/message/readed", read("ann", vec![m1])).await;
+    assert_eq!(s, 200);
+    // Not a member, an unknown message, none or too many: refused.
+    let (s, _) = server.post("/message/readed", read("eve", vec![m1])).await;
+    assert_eq!(s, 400);
+    let (s, a) = server.post("/message/readed", read("cat", vec![m1, 12345])).await;
+    assert_eq!(s, 400, "{a}");
+    let (s, _) = server.post("/message/readed", read("cat", vec![])).await;
+    assert_eq!(s, 400);
+    let (s, _) = server.post("/message/readed", read("cat", vec![m1; 101])).await;
+    assert_eq!(s, 400);
+
+    // cat's read tells ann only: cat's next RECV is the next message, not a notice.
+    let (s, _) = server.post("/message/readed", read("cat", vec![m1])).await;
+    assert_eq!(s, 200);
+    notice(&mut ann, ("g", 2), 2).await;
+    sent(&server, "ben", ("g", 2), "next").await;
+    assert_eq!(receive(&mut cat).await.1, "next");
+    assert_eq!(receive(&mut ann).await.1, "next");
+
+    let as_of = |uid: &str| json!({"login_uid": uid, "channel_id": "g", "channel_type": 2});
+    let for_ann = sync(&server, as_of("ann")).await;
+    assert_eq!((for_ann[0]["readed_count"].as_u64(), for_ann[0]["unread_count"].as_u64()), (Some(2), Some(0)));
+    let for_ben = sync(&server, as_of("ben")).await;
+    assert_eq!(for_ben[0]["readed"], 1);
+    assert!(for_ben[0]["readed_at"].as_i64().unwrap() > 1_700_000_000);
+    let (s, readers) =
+        server.post("/message/readers", json!({"channel_id": "g", "channel_type": 2, "message_id": m1})).await;
+    assert_eq!(s, 200, "{readers}");
+    let uids: Vec<&str> = readers.as_array().unwrap().iter().map(|r| r["uid"].as_str().unwrap()).collect();
+    assert_eq!(uids, ["ben", "cat"]);
+    let (_, page) = server
+        .post("/message/readers", json!({"channel_id": "g", "channel_type": 2, "message_id": m1, "after_uid": "ben"}))
+        .await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+
+    // In a person chat the reader is the other side, and the sender hears of it under
+    // the reader's uid.
+    let m2 = sent(&server, "ann", ("ben", 1), "psst").await;
+    assert_eq!(receive(&mut ann).await.1, "psst");
+    let (s, a) = server
+        .post("/message/readed", json!({"uid": "ben", "channel_id": "ann", "channel_type": 1, "message_ids": [m2]}))
+        .await;
+    assert_eq!(s, 200, "{a}");
+    notice(&mut ann, ("ben", 1), 1).await;
+    let for_ann = sync(&server, json!({"login_uid": "ann", "channel_id": "ben", "channel_type": 1})).await;
+    assert_eq!((for_ann[0]["readed_count"].as_u64(), for_ann[0]["unread_count"].as_u64()), (Some(1), Some(0)));
+}

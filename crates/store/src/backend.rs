@@ -111,11 +111,13 @@ pub enum Table {
     ChanSeqExtra,
     /// (channel, extra version) → seq: which message each version changed.
     ChanVersionSeq,
+    /// (channel, seq, uid) → when: who marked which message read.
+    ChanSeqUidRead,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 22] = [
+    pub const ALL: [Table; 23] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -138,6 +140,7 @@ impl Table {
         Table::ChanOwner,
         Table::ChanSeqExtra,
         Table::ChanVersionSeq,
+        Table::ChanSeqUidRead,
     ];
 
     /// The table's name on disk.
@@ -165,6 +168,7 @@ impl Table {
             Self::ChanOwner => "chan_owner",
             Self::ChanSeqExtra => "chanseq_extra",
             Self::ChanVersionSeq => "chanversion_seq",
+            Self::ChanSeqUidRead => "chansequid_read",
         }
     }
 }

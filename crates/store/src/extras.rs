@@ -1,5 +1,5 @@
 //! Message extras: what happened to a stored message after it was stored (revoked,
-//! edited), kept beside the log, which is never rewritten.
+//! edited, read by whom), kept beside the log, which is never rewritten.
 //!
 //! Each change gives the message's extra the channel's next *extra version*, so a
 //! client that has seen versions up to `v` asks for what changed after `v` and gets
@@ -34,8 +34,19 @@ pub struct MessageExtra {
     pub revoker: String,
     /// When it was last edited (ms since the epoch), 0 if never.
     pub edited_at_ms: i64,
+    /// How many users other than the sender marked it read.
+    pub readed_count: u64,
     /// The content that replaces the stored payload, if edited.
     pub edited_payload: Option<Vec<u8>>,
+}
+
+/// What a change of an extra does ([`Store::change_extra`]).
+#[derive(Debug)]
+pub enum ExtraChange {
+    /// Nothing: the extra stays as it is and nothing is written.
+    Unchanged,
+    /// The extra changed; these writes go in the same batch (e.g. a user's read mark).
+    Changed(Vec<Write>),
 }
 
 /// Serialises this process's changes of one channel's extras (by a stripe of its key):
@@ -62,6 +73,7 @@ fn encode(e: &MessageExtra) -> Vec<u8> {
     v.push(u8::from(e.revoked));
     push_str16(&mut v, &e.revoker);
     v.extend_from_slice(&e.edited_at_ms.to_be_bytes());
+    v.extend_from_slice(&e.readed_count.to_be_bytes());
     if let Some(payload) = edited {
         v.push(1);
         v.extend_from_slice(payload);
@@ -85,12 +97,13 @@ fn decode(seq: u64, value: &[u8]) -> Result<MessageExtra> {
     };
     let revoker = r.str16().ok_or_else(corrupt)?.to_owned();
     let edited_at_ms = r.i64().ok_or_else(corrupt)?;
+    let readed_count = r.u64().ok_or_else(corrupt)?;
     let edited_payload = match r.u8() {
         Some(0) => None,
         Some(1) => Some(std::mem::take(&mut r.rest).to_vec()),
         _ => return Err(corrupt()),
     };
-    Ok(MessageExtra { message_id, seq, version, revoked, revoker, edited_at_ms, edited_payload })
+    Ok(MessageExtra { message_id, seq, version, revoked, revoker, edited_at_ms, readed_count, edited_payload })
 }
 
 fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
@@ -101,6 +114,20 @@ fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
 
 fn version_key(channel: &ChannelKey, version: u64) -> Vec<u8> {
     seq_key(channel, version)
+}
+
+fn read_key(channel: &ChannelKey, seq: u64, uid: &str) -> Vec<u8> {
+    let mut key = seq_key(channel, seq);
+    key.extend_from_slice(uid.as_bytes());
+    key
+}
+
+fn read_at(value: &[u8]) -> Result<i64> {
+    Ok(i64::from_be_bytes(value.try_into().map_err(|_| corrupt_read())?))
+}
+
+fn corrupt_read() -> StoreError {
+    StoreError::Corrupt { table: Table::ChanSeqUidRead.name(), what: "read mark" }
 }
 
 fn tail_u64(key: &[u8]) -> Result<u64> {
@@ -152,16 +179,16 @@ impl Store {
 
     /// Changes the extra of message `message_id` at `seq` under the channel's next
     /// version, durably. `change` gets the current extra (a default one, with the ids
-    /// filled in, for the message's first change) and returns `Ok(false)` to leave it
-    /// as it is (nothing is written, the current extra is returned) or an error of its
-    /// own to refuse. It is called again if another writer changed the channel's
-    /// extras meanwhile, so it sees the state it changes.
+    /// filled in, for the message's first change) and changes it, leaves it
+    /// ([`ExtraChange::Unchanged`]: nothing is written, the current extra is returned)
+    /// or refuses with an error of its own. It is called again if another writer
+    /// changed the channel's extras meanwhile, so it sees the state it changes.
     pub fn change_extra<E: From<StoreError>>(
         &self,
         channel: &ChannelKey,
         seq: u64,
         message_id: i64,
-        change: impl FnMut(&mut MessageExtra) -> Result<bool, E>,
+        change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
     ) -> Result<MessageExtra, E> {
         let _serial = serial(channel);
         self.change_extra_unserialised(channel, seq, message_id, change)
@@ -176,7 +203,7 @@ impl Store {
         channel: &ChannelKey,
         seq: u64,
         message_id: i64,
-        mut change: impl FnMut(&mut MessageExtra) -> Result<bool, E>,
+        mut change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
     ) -> Result<MessageExtra, E> {
         let key = seq_key(channel, seq);
         for attempt in 0..ATTEMPTS {
@@ -191,13 +218,10 @@ impl Store {
                 Some(v) => decode(seq, v)?,
                 None => MessageExtra { message_id, seq, ..MessageExtra::default() },
             };
-            if !change(&mut extra)? {
-                return Ok(extra);
-            }
+            let ExtraChange::Changed(mut writes) = change(&mut extra)? else { return Ok(extra) };
             let newest = self.extra_version(channel)?;
             extra.version = newest + 1;
             let value = encode(&extra);
-            let mut writes = Vec::with_capacity(4);
             match stored {
                 Some(old) => {
                     let previous = decode(seq, &old)?.version;
@@ -222,10 +246,76 @@ impl Store {
         Err(StoreError::Busy("message extras: too many concurrent changes to this channel").into())
     }
 
+    /// The write that marks the message at `seq` read by `uid` at `at_ms`, for the batch
+    /// of the change that counts it: an insert, so a second mark of the same read (on
+    /// another node) is refused and the count taken once.
+    pub fn read_mark_write(&self, channel: &ChannelKey, seq: u64, uid: &str, at_ms: i64) -> Write {
+        Write::Insert(Table::ChanSeqUidRead, read_key(channel, seq, uid), at_ms.to_be_bytes().to_vec())
+    }
+
+    /// When `uid` marked each message at `seqs` read (ms since the epoch), in their order.
+    pub fn read_marks(&self, channel: &ChannelKey, seqs: &[u64], uid: &str) -> Result<Vec<Option<i64>>> {
+        let keys: Vec<Vec<u8>> = seqs.iter().map(|seq| read_key(channel, *seq, uid)).collect();
+        self.kv()
+            .get_many(Table::ChanSeqUidRead, &keys)?
+            .into_iter()
+            .map(|v| v.as_deref().map(read_at).transpose())
+            .collect()
+    }
+
+    /// Up to `limit` users who marked the message at `seq` read, after `after_uid` in uid
+    /// order, with when (ms since the epoch).
+    pub fn readers(&self, channel: &ChannelKey, seq: u64, after_uid: &str, limit: usize) -> Result<Vec<(String, i64)>> {
+        let mut start = read_key(channel, seq, after_uid);
+        if !after_uid.is_empty() {
+            start.push(0);
+        }
+        let prefix_len = seq_key(channel, seq).len();
+        let rows = self.kv().scan_range(
+            Table::ChanSeqUidRead,
+            &start,
+            &seq_key(channel, seq.saturating_add(1)),
+            limit,
+            Order::Ascending,
+        )?;
+        rows.into_iter()
+            .map(|(key, value)| {
+                let uid = std::str::from_utf8(&key[prefix_len..]).map_err(|_| corrupt_read())?;
+                Ok((uid.to_owned(), read_at(&value)?))
+            })
+            .collect()
+    }
+
     /// The writes that forget the extras of a channel's messages up to `seq` (with the
     /// messages themselves, by retention or clearing).
     pub fn extras_removal_writes(&self, channel: &ChannelKey, through_seq: u64) -> Result<Vec<Write>> {
+        remove_read_marks(self.kv(), channel, 0, through_seq)?;
         removal_writes(self.kv(), channel, 0, through_seq)
+    }
+}
+
+/// Forgets who read `channel`'s messages from `from_seq` through `through_seq`, in
+/// batches of its own (there may be a mark per member per message): before the
+/// messages go, so a failure between leaves messages without their readers, never
+/// readers without messages.
+pub(crate) fn remove_read_marks(
+    kv: &dyn KvBackend,
+    channel: &ChannelKey,
+    from_seq: u64,
+    through_seq: u64,
+) -> Result<()> {
+    const BATCH: usize = 4_096;
+    let end = seq_key(channel, through_seq.saturating_add(1));
+    loop {
+        let rows = kv.scan_range(Table::ChanSeqUidRead, &seq_key(channel, from_seq), &end, BATCH, Order::Ascending)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let last = rows.len() < BATCH;
+        kv.write(rows.into_iter().map(|(key, _)| Write::Delete(Table::ChanSeqUidRead, key)).collect(), true)?;
+        if last {
+            return Ok(());
+        }
     }
 }
 
@@ -266,6 +356,7 @@ mod tests {
             revoked: true,
             revoker: "ann".into(),
             edited_at_ms: 1_700_000_000_000,
+            readed_count: 4,
             edited_payload: Some(b"new".to_vec()),
         };
         let bytes = encode(&e);

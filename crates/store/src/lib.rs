@@ -33,7 +33,7 @@ pub use backend::{
     check_writes,
 };
 pub use directory::{GroupProfile, Role, Thread, UserProfile};
-pub use extras::MessageExtra;
+pub use extras::{ExtraChange, MessageExtra};
 pub use health::{Failure, Health};
 pub use log::{
     Appended, ChannelKey, Durability, Fence, JournalSink, Journaled, MAX_QUEUED, MessageLog, NewMessage, OnCommit,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use hongyan_proto::DeviceLevel;
 
 use crate::{
-    Appended, ChannelInfo, ChannelKey, Conversation, Device, Durability, Fence, KvBackend, MAX_KEY_LEN, MemberList,
-    MessageLog, NewMessage, Order, Store, StoreError, Table, Write,
+    Appended, ChannelInfo, ChannelKey, Conversation, Device, Durability, ExtraChange, Fence, KvBackend, MAX_KEY_LEN,
+    MemberList, MessageLog, NewMessage, Order, Store, StoreError, Table, Write,
 };
 
 fn put(t: Table, k: &[u8], v: &[u8]) -> Write {
@@ -420,13 +420,13 @@ pub fn extras_contract(a: &Store, b: &Store) {
     let other = ChannelKey::new("g-other", 2);
     assert_eq!(a.extra_version(&chan).unwrap(), 0);
     let revoke = |by: &'static str| {
-        move |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+        move |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
             if e.revoked {
-                return Ok(false);
+                return Ok(ExtraChange::Unchanged);
             }
             e.revoked = true;
             e.revoker = by.into();
-            Ok(true)
+            Ok(ExtraChange::Changed(Vec::new()))
         }
     };
     let first = a.change_extra(&chan, 1, 101, revoke("ann")).unwrap();
@@ -434,10 +434,10 @@ pub fn extras_contract(a: &Store, b: &Store) {
     // Nothing to change: nothing written, the stored state returned.
     assert_eq!(b.change_extra(&chan, 1, 101, revoke("bob")).unwrap(), first);
     let edit = |text: &'static str| {
-        move |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+        move |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
             e.edited_payload = Some(text.as_bytes().to_vec());
             e.edited_at_ms = 7;
-            Ok(true)
+            Ok(ExtraChange::Changed(Vec::new()))
         }
     };
     assert_eq!(b.change_extra(&chan, 2, 102, edit("v1")).unwrap().version, 2);
@@ -445,7 +445,7 @@ pub fn extras_contract(a: &Store, b: &Store) {
     let again = a.change_extra(&chan, 1, 101, edit("after")).unwrap();
     assert_eq!((again.version, again.revoked, again.revoker.as_str()), (3, true, "ann"));
     // A refusal writes nothing.
-    let refused = b.change_extra(&chan, 2, 102, |_| Err::<bool, _>(StoreError::Busy("refused")));
+    let refused = b.change_extra(&chan, 2, 102, |_| Err::<ExtraChange, _>(StoreError::Busy("refused")));
     assert!(matches!(refused, Err(StoreError::Busy("refused"))));
     assert_eq!(b.extra_version(&chan).unwrap(), 3);
     let since = |s: &Store, v| s.extras_since(&chan, v, 100).unwrap();
@@ -471,9 +471,9 @@ pub fn extras_contract(a: &Store, b: &Store) {
             scope.spawn(move || {
                 for i in 0..20u64 {
                     let seq = 1 + (t * 7 + i) % 10;
-                    let bump = |e: &mut crate::MessageExtra| -> Result<bool, StoreError> {
+                    let bump = |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
                         e.edited_at_ms += 1;
-                        Ok(true)
+                        Ok(ExtraChange::Changed(Vec::new()))
                     };
                     if enforced {
                         store.change_extra_unserialised(race, seq, seq as i64, bump).unwrap();
@@ -490,9 +490,53 @@ pub fn extras_contract(a: &Store, b: &Store) {
     assert_eq!(latest.iter().map(|e| e.edited_at_ms).sum::<i64>(), 80, "no change lost");
     assert!(latest.windows(2).all(|w| w[0].version < w[1].version));
 
+    // Read marks: counted once per reader, even when two connections race the same one.
+    let read = |store: &Store, uid: &'static str| {
+        store
+            .change_extra(&chan, 2, 102, |e: &mut crate::MessageExtra| {
+                if store.read_marks(&chan, &[2], uid)?[0].is_some() {
+                    return Ok(ExtraChange::Unchanged);
+                }
+                e.readed_count += 1;
+                Ok::<_, StoreError>(ExtraChange::Changed(vec![store.read_mark_write(&chan, 2, uid, 1_000)]))
+            })
+            .unwrap()
+    };
+    assert_eq!(read(a, "zed").readed_count, 1);
+    assert_eq!(read(b, "zed").readed_count, 1, "a second mark of one read counts nothing");
+    assert_eq!(read(b, "amy").readed_count, 2);
+    assert_eq!(a.read_marks(&chan, &[2, 1], "amy").unwrap(), [Some(1_000), None]);
+    assert_eq!(a.readers(&chan, 2, "", 10).unwrap(), [("amy".to_owned(), 1_000), ("zed".to_owned(), 1_000)]);
+    assert_eq!(a.readers(&chan, 2, "amy", 10).unwrap(), [("zed".to_owned(), 1_000)]);
+    assert_eq!(a.readers(&chan, 2, "", 1).unwrap().len(), 1);
+    assert!(a.readers(&chan, 1, "", 10).unwrap().is_empty());
+    if enforced {
+        // Without the process lock, the database refuses the second insert of a mark.
+        std::thread::scope(|scope| {
+            for store in [a, b, a, b] {
+                let chan = &chan;
+                scope.spawn(move || {
+                    store
+                        .change_extra_unserialised(chan, 2, 102, |e: &mut crate::MessageExtra| {
+                            if store.read_marks(chan, &[2], "kim")?[0].is_some() {
+                                return Ok(ExtraChange::Unchanged);
+                            }
+                            e.readed_count += 1;
+                            Ok::<_, StoreError>(ExtraChange::Changed(vec![store.read_mark_write(chan, 2, "kim", 5)]))
+                        })
+                        .unwrap();
+                });
+            }
+        });
+        assert_eq!(a.message_extra(&chan, 2).unwrap().unwrap().readed_count, 3, "kim counted once");
+    }
+
     // Forgetting with the messages.
     let writes = a.extras_removal_writes(&chan, 1).unwrap();
     a.apply(writes).unwrap();
     assert_eq!(since(a, 0).iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    let writes = a.extras_removal_writes(&chan, 2).unwrap();
+    a.apply(writes).unwrap();
+    assert!(a.readers(&chan, 2, "", 10).unwrap().is_empty(), "read marks go with their messages");
     assert_eq!(a.message_extra(&chan, 1).unwrap(), None);
 }

@@ -1,11 +1,11 @@
-//! Message operations after sending: `/message/revoke`, `/message/edit` and
-//! `/message/extra/sync`. Who may do what is the core's rule (`hongyan_core::extras`);
+//! Message operations after sending: `/message/revoke`, `/message/edit`,
+//! `/message/readed`, `/message/readers` and `/message/extra/sync`. Who may do what is the core's rule (`hongyan_core::extras`);
 //! this only reads the request and writes the answer.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use hongyan_core::extras::{Change, ChangeError, MAX_EXTRA_SYNC, Operator};
+use hongyan_core::extras::{Change, ChangeError, ExtraView, MAX_EXTRA_SYNC, MAX_READ_BATCH, Operator};
 use hongyan_store::{ChannelKey, MessageExtra};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -52,6 +52,7 @@ impl ChangeReq {
 fn extra_json(e: &MessageExtra, channel_id: &str, channel_type: u8) -> Value {
     use base64::Engine as _;
     json!({
+        "readed_count": e.readed_count,
         "message_id": e.message_id,
         "message_id_str": e.message_id.to_string(),
         "message_seq": e.seq,
@@ -98,7 +99,8 @@ pub(super) async fn edit(State(state): State<AppState>, body: Bytes) -> Result<J
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ExtraSyncReq {
-    /// For person chats: the user asking (the conversation is theirs with `channel_id`).
+    /// The user asking: for person chats the conversation is theirs with `channel_id`;
+    /// in any channel, `readed` says whether they read each message.
     #[serde(default)]
     login_uid: String,
     channel_id: String,
@@ -111,6 +113,78 @@ pub(super) struct ExtraSyncReq {
     limit: usize,
 }
 
+/// An extra as the user who synced sees it: whether (and when) they read the message,
+/// and how many others have not.
+fn view_json(v: &ExtraView, channel_id: &str, channel_type: u8) -> Value {
+    let mut out = extra_json(&v.extra, channel_id, channel_type);
+    out["readed"] = json!(u8::from(v.readed_at_ms.is_some()));
+    out["readed_at"] = json!(v.readed_at_ms.map_or(0, |ms| ms / 1000));
+    out["unread_count"] = json!(v.unread_count);
+    out
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ReadReq {
+    /// The reader.
+    uid: String,
+    /// For person chats: the peer.
+    channel_id: String,
+    channel_type: u8,
+    /// 1 to 100 messages of the channel.
+    message_ids: Vec<i64>,
+}
+
+/// `POST /message/readed`: `uid` read these messages (read receipts). Each is counted
+/// once per reader; the reader's own are left as they are. The answer is their extras.
+pub(super) async fn readed(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ReadReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    if req.message_ids.is_empty() || req.message_ids.len() > MAX_READ_BATCH {
+        return Err(ApiError::bad(format!("message_ids: 1 to {MAX_READ_BATCH}")));
+    }
+    let channel = stored_channel(&req.uid, &req.channel_id, req.channel_type)?;
+    let core = state.core.clone();
+    let (reader, ids) = (req.uid.clone(), req.message_ids);
+    let extras = tokio::task::spawn_blocking(move || core.mark_read(&channel, &reader, &ids))
+        .await
+        .map_err(|e| ApiError::from(TaskFailed(e.to_string())))?
+        .map_err(refused)?;
+    Ok(Json(Value::Array(extras.iter().map(|e| extra_json(e, &req.channel_id, req.channel_type)).collect())))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ReadersReq {
+    /// For person chats: the user whose conversation with `channel_id` it is.
+    #[serde(default)]
+    login_uid: String,
+    channel_id: String,
+    channel_type: u8,
+    message_id: i64,
+    /// Readers after this uid (paging; empty: from the first).
+    #[serde(default)]
+    after_uid: String,
+    /// At most this many (default 100, at most 1,000).
+    #[serde(default)]
+    limit: usize,
+}
+
+/// `POST /message/readers`: who marked a message read, in uid order, with when.
+pub(super) async fn readers(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ReadersReq = parse(&body)?;
+    let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
+    if !req.after_uid.is_empty() {
+        check_uid("after_uid", &req.after_uid)?;
+    }
+    if req.limit > MAX_EXTRA_SYNC {
+        return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
+    }
+    let limit = if req.limit == 0 { 100 } else { req.limit };
+    let (id, after) = (req.message_id, req.after_uid);
+    let readers = state.on_core(move |c| c.message_readers(&channel, id, &after, limit).map_err(refused)).await?;
+    let rows = readers.iter().map(|(uid, at)| json!({"uid": uid, "readed_at": at / 1000})).collect();
+    Ok(Json(Value::Array(rows)))
+}
+
 /// `POST /message/extra/sync`: what changed in a channel's messages after
 /// `extra_version`, oldest change first, each message once in its latest state.
 pub(super) async fn sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
@@ -121,7 +195,11 @@ pub(super) async fn sync(State(state): State<AppState>, body: Bytes) -> Result<J
     }
     let limit = if req.limit == 0 { 100 } else { req.limit };
     let version = req.extra_version;
-    let extras =
-        state.on_core(move |c| c.message_extras_since(&channel, version, limit).map_err(ApiError::Storage)).await?;
-    Ok(Json(Value::Array(extras.iter().map(|e| extra_json(e, &req.channel_id, req.channel_type)).collect())))
+    let viewer = (!req.login_uid.is_empty()).then(|| req.login_uid.clone());
+    let extras = state
+        .on_core(move |c| {
+            c.message_extras_since(&channel, version, limit, viewer.as_deref()).map_err(ApiError::Storage)
+        })
+        .await?;
+    Ok(Json(Value::Array(extras.iter().map(|v| view_json(v, &req.channel_id, req.channel_type)).collect())))
 }

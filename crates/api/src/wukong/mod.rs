@@ -179,6 +179,10 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<extras::ChangeReq>),
         endpoint("post", "/message/edit", "Replace a message's content (its sender)", post(extras::edit))
             .body(schema_of::<extras::ChangeReq>),
+        endpoint("post", "/message/readed", "Mark messages read by a user (read receipts)", post(extras::readed))
+            .body(schema_of::<extras::ReadReq>),
+        endpoint("post", "/message/readers", "Who read a message", post(extras::readers))
+            .body(schema_of::<extras::ReadersReq>),
         endpoint(
             "post",
             "/message/extra/sync",
