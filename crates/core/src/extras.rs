@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hongyan_proto::HeaderFlags;
-use hongyan_store::{ChannelKey, ExtraChange, MessageExtra, Role, StoreError, StoredMessage};
+use hongyan_store::{ChannelKey, ExtraChange, MessageExtra, Reaction, ReactionWrite, Role, StoreError, StoredMessage};
 
 use crate::channel::{GROUP, PERSON, person_channel_members};
 use crate::{AppSend, Core, now_ms};
@@ -31,6 +31,10 @@ pub const MAX_EDIT_BYTES: usize = hongyan_proto::DEFAULT_MAX_FRAME_LEN;
 pub const MAX_EXTRA_SYNC: usize = 1_000;
 /// The most messages one call marks read.
 pub const MAX_READ_BATCH: usize = 100;
+/// The longest reaction kind.
+pub const MAX_REACTION_BYTES: usize = 64;
+/// The most kinds of reaction one message carries.
+pub const MAX_REACTION_KINDS: usize = 64;
 
 /// What to do to a stored message.
 #[derive(Clone, Debug)]
@@ -41,6 +45,14 @@ pub enum Change {
     Edit(Bytes),
     /// The operator read it (counted once per user; the sender's own are not).
     Read,
+    /// The operator gives (`add`) or takes back a reaction of this kind (an emoji or a
+    /// short name, 1 to [`MAX_REACTION_BYTES`] bytes).
+    React {
+        /// The reaction.
+        kind: String,
+        /// Give it (else take it back).
+        add: bool,
+    },
 }
 
 /// Who asks for a change.
@@ -61,12 +73,15 @@ pub enum ChangeError {
     /// The operator may not make this change.
     #[error("{0}")]
     NotAllowed(&'static str),
-    /// The message was revoked; it can no longer be edited.
-    #[error("message {0} was revoked and cannot be edited")]
+    /// The message was revoked; it can no longer be edited or reacted to.
+    #[error("message {0} was revoked")]
     Revoked(i64),
     /// The edited content is empty or too long.
     #[error("the edited content must be 1 to {MAX_EDIT_BYTES} bytes")]
     BadContent,
+    /// The reaction is empty, too long or holds control characters.
+    #[error("a reaction is 1 to {MAX_REACTION_BYTES} bytes of text")]
+    BadReaction,
     /// Storage failed or is busy; nothing was changed.
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
@@ -82,6 +97,8 @@ pub struct ExtraView {
     pub readed_at_ms: Option<i64>,
     /// Members other than the sender who have not marked it read.
     pub unread_count: u64,
+    /// The reaction kinds the viewing user gave it.
+    pub my_reactions: Vec<String>,
 }
 
 impl Core {
@@ -100,6 +117,14 @@ impl Core {
             && (payload.is_empty() || payload.len() > MAX_EDIT_BYTES)
         {
             return Err(ChangeError::BadContent);
+        }
+        if let Change::React { kind, .. } = change {
+            if kind.is_empty() || kind.len() > MAX_REACTION_BYTES || kind.chars().any(char::is_control) {
+                return Err(ChangeError::BadReaction);
+            }
+            if *operator == Operator::App {
+                return Err(ChangeError::NotAllowed("a reaction is a user's: name the user in from_uid"));
+            }
         }
         let stored = self.stored_in(channel, message_id)?;
         self.check_operator(channel, &stored.message.from_uid, operator, change)?;
@@ -170,6 +195,14 @@ impl Core {
                 }
                 // One's own messages are read; the app server reads nothing.
                 (Change::Read, _) => return Ok(ExtraChange::Unchanged),
+                (Change::React { .. }, _) if extra.revoked => return Err(ChangeError::Revoked(message_id)),
+                (Change::React { kind, add }, Operator::User(uid)) => {
+                    let Some(write) = react(extra, store.reaction(channel, stored.seq, uid, kind)?, kind, *add)? else {
+                        return Ok(ExtraChange::Unchanged);
+                    };
+                    writes = store.reaction_writes(channel, stored.seq, uid, kind, write);
+                }
+                (Change::React { .. }, Operator::App) => return Ok(ExtraChange::Unchanged),
             }
             Ok(ExtraChange::Changed(writes))
         })?;
@@ -177,6 +210,7 @@ impl Core {
             Change::Revoke => "revoke",
             Change::Edit(_) => "edit",
             Change::Read => "read",
+            Change::React { .. } => "reaction",
         };
         if extra.version > before {
             metrics::counter!("hongyan_core_message_changes_total", "change" => label).increment(1);
@@ -200,12 +234,18 @@ impl Core {
         viewer: Option<&str>,
     ) -> Result<Vec<ExtraView>, StoreError> {
         let extras = self.store().extras_since(channel, version, limit.clamp(1, MAX_EXTRA_SYNC))?;
-        let reads = match viewer {
+        let (reads, mine) = match viewer {
             Some(uid) if !extras.is_empty() => {
                 let seqs: Vec<u64> = extras.iter().map(|e| e.seq).collect();
-                self.store().read_marks(channel, &seqs, uid)?
+                let reacted: Vec<u64> = extras.iter().filter(|e| !e.reactions.is_empty()).map(|e| e.seq).collect();
+                let mut given = self.store().reactions_by(channel, &reacted, uid)?.into_iter();
+                let mine = extras
+                    .iter()
+                    .map(|e| if e.reactions.is_empty() { Vec::new() } else { given.next().unwrap_or_default() })
+                    .collect();
+                (self.store().read_marks(channel, &seqs, uid)?, mine)
             }
-            _ => vec![None; extras.len()],
+            _ => (vec![None; extras.len()], vec![Vec::new(); extras.len()]),
         };
         // Who could read a message: the other side of a person chat, else the members
         // but the sender.
@@ -218,12 +258,25 @@ impl Core {
         };
         Ok(extras
             .into_iter()
-            .zip(reads)
-            .map(|(extra, readed_at_ms)| {
+            .zip(reads.into_iter().zip(mine))
+            .map(|(extra, (readed_at_ms, my_reactions))| {
                 let unread_count = audience.saturating_sub(extra.readed_count);
-                ExtraView { extra, readed_at_ms, unread_count }
+                ExtraView { extra, readed_at_ms, unread_count, my_reactions }
             })
             .collect())
+    }
+
+    /// Up to `limit` (at most [`MAX_EXTRA_SYNC`]) reactions to message `message_id`,
+    /// grouped by user in a stable order, after `after` (paging).
+    pub fn message_reactions(
+        &self,
+        channel: &ChannelKey,
+        message_id: i64,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Reaction>, ChangeError> {
+        let stored = self.stored_in(channel, message_id)?;
+        Ok(self.store().reactions_to(channel, stored.seq, after, limit.clamp(1, MAX_EXTRA_SYNC))?)
     }
 
     /// Up to `limit` (at most [`MAX_EXTRA_SYNC`]) users who marked message
@@ -256,9 +309,12 @@ impl Core {
             return Ok(());
         }
         match change {
-            Change::Read if channel.channel_type == PERSON => Ok(()),
-            Change::Read if self.channel_state(channel)?.subscribers.contains(uid) => Ok(()),
+            Change::Read | Change::React { .. } if channel.channel_type == PERSON => Ok(()),
+            Change::Read | Change::React { .. } if self.channel_state(channel)?.subscribers.contains(uid) => Ok(()),
             Change::Read => Err(ChangeError::NotAllowed("only the channel's members may mark its messages read")),
+            Change::React { .. } => {
+                Err(ChangeError::NotAllowed("only the channel's members may react to its messages"))
+            }
             Change::Edit(_) => Err(ChangeError::NotAllowed("only the sender may edit a message")),
             Change::Revoke if self.is_system_account(uid) => Ok(()),
             Change::Revoke if channel.channel_type == GROUP => match self.role(&channel.channel_id, uid)? {
@@ -315,6 +371,42 @@ impl Core {
             });
         }
     }
+}
+
+/// Gives (`add`) or takes back one user's reaction `kind` in `extra`'s counts, given
+/// when they gave it (`None`: they have not). Returns the mark's write, or `None` when
+/// nothing changes.
+fn react(
+    extra: &mut MessageExtra,
+    given: Option<i64>,
+    kind: &str,
+    add: bool,
+) -> Result<Option<ReactionWrite>, ChangeError> {
+    let at = extra.reactions.binary_search_by(|(k, _)| k.as_str().cmp(kind));
+    Ok(Some(match (add, given, at) {
+        (true, None, Ok(i)) => {
+            extra.reactions[i].1 += 1;
+            ReactionWrite::Add { at_ms: now_ms() }
+        }
+        (true, None, Err(_)) if extra.reactions.len() >= MAX_REACTION_KINDS => {
+            return Err(ChangeError::NotAllowed("this message has as many kinds of reaction as it may"));
+        }
+        (true, None, Err(i)) => {
+            extra.reactions.insert(i, (kind.to_owned(), 1));
+            ReactionWrite::Add { at_ms: now_ms() }
+        }
+        (false, Some(stored_at_ms), at) => {
+            if let Ok(i) = at {
+                extra.reactions[i].1 = extra.reactions[i].1.saturating_sub(1);
+                if extra.reactions[i].1 == 0 {
+                    extra.reactions.remove(i);
+                }
+            }
+            ReactionWrite::Remove { stored_at_ms }
+        }
+        // Given already, or not given to take back.
+        _ => return Ok(None),
+    }))
 }
 
 /// The command message that tells a device a channel's extras changed.
@@ -395,6 +487,45 @@ mod tests {
         // The app server reads nothing.
         let app = core.change_message(&g, 2, &Operator::App, &Change::Read).unwrap();
         assert_eq!(app.readed_count, 1);
+    }
+
+    #[tokio::test]
+    async fn members_react_once_per_kind_and_take_reactions_back() {
+        let core = test_core();
+        let g = ChannelKey::new("g", GROUP);
+        let members: Vec<String> = ["ann", "ben", "cat"].map(String::from).to_vec();
+        core.put_channel(&g, ChannelInfo::default(), &members, false).unwrap();
+        core.log().append(g.clone(), message(1, "ann", 0)).await.unwrap();
+        let react = |uid: &str, kind: &str, add: bool| {
+            core.change_message(&g, 1, &Operator::User(uid.into()), &Change::React { kind: kind.into(), add })
+        };
+        react("ben", "👍", true).unwrap();
+        react("ben", "👍", true).unwrap();
+        react("ann", "👍", true).unwrap();
+        let e = react("cat", "🎉", true).unwrap();
+        assert_eq!(e.reactions, [("🎉".to_owned(), 1), ("👍".to_owned(), 2)], "kinds in byte order");
+        let e = react("ben", "👍", false).unwrap();
+        assert_eq!(e.reactions, [("🎉".to_owned(), 1), ("👍".to_owned(), 1)]);
+        assert_eq!(react("ben", "👍", false).unwrap().version, e.version, "taking back twice changes nothing");
+        assert!(matches!(react("eve", "👍", true), Err(ChangeError::NotAllowed(_))));
+        assert!(matches!(react("ben", "", true), Err(ChangeError::BadReaction)));
+        assert!(matches!(react("ben", &"x".repeat(MAX_REACTION_BYTES + 1), true), Err(ChangeError::BadReaction)));
+        assert!(matches!(react("ben", "a\nb", true), Err(ChangeError::BadReaction)));
+        let app = core.change_message(&g, 1, &Operator::App, &Change::React { kind: "x".into(), add: true });
+        assert!(matches!(app, Err(ChangeError::NotAllowed(_))));
+        for n in 0..MAX_REACTION_KINDS - 2 {
+            react("cat", &format!("k{n}"), true).unwrap();
+        }
+        assert!(matches!(react("cat", "one-too-many", true), Err(ChangeError::NotAllowed(_))));
+        let view = core.message_extras_since(&g, 0, 10, Some("cat")).unwrap();
+        assert_eq!(view[0].my_reactions.len(), MAX_REACTION_KINDS - 1);
+        let listed = core.message_reactions(&g, 1, None, 2).unwrap();
+        assert_eq!(
+            listed.iter().map(|r| (r.uid.as_str(), r.kind.as_str())).collect::<Vec<_>>(),
+            [("ann", "👍"), ("cat", "k0")]
+        );
+        core.change_message(&g, 1, &Operator::App, &Change::Revoke).unwrap();
+        assert!(matches!(react("ben", "👍", true), Err(ChangeError::Revoked(1))));
     }
 
     #[tokio::test]

@@ -260,3 +260,61 @@ async fn read_receipts_count_each_reader_once_and_tell_only_the_sender() {
     let for_ann = sync(&server, json!({"login_uid": "ann", "channel_id": "ben", "channel_type": 1})).await;
     assert_eq!((for_ann[0]["readed_count"].as_u64(), for_ann[0]["unread_count"].as_u64()), (Some(1), Some(0)));
 }
+
+#[tokio::test]
+async fn reactions_are_counted_per_kind_shown_to_everyone_and_taken_back() {
+    let server = TestServer::start().await;
+    for uid in ["ann", "ben", "cat"] {
+        server.register(uid, "t", device_flag::APP, 1).await;
+    }
+    let (s, _) = server
+        .post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]}))
+        .await;
+    assert_eq!(s, 200);
+    let m = sent(&server, "ann", ("g", 2), "party?").await;
+    let mut cat = online(&server.tcp(), "cat").await;
+
+    let react = |uid: &str, emoji: &str, action: &str| json!({"uid": uid, "channel_id": "g", "channel_type": 2, "message_id": m, "emoji": emoji, "action": action});
+    let (s, a) = server.post("/message/reaction", react("ben", "👍", "add")).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["reactions"], json!([{"emoji": "👍", "count": 1}]));
+    notice(&mut cat, ("g", 2), 1).await;
+    let (s, _) = server.post("/message/reaction", react("cat", "🎉", "")).await;
+    assert_eq!(s, 200);
+    notice(&mut cat, ("g", 2), 2).await;
+    let (s, a) = server.post("/message/reaction", react("ann", "👍", "add")).await;
+    assert_eq!(a["reactions"], json!([{"emoji": "🎉", "count": 1}, {"emoji": "👍", "count": 2}]), "{s} {a}");
+    notice(&mut cat, ("g", 2), 3).await;
+
+    // Not a member, a bad action, an empty reaction: refused.
+    let (s, _) = server.post("/message/reaction", react("eve", "👍", "add")).await;
+    assert_eq!(s, 400);
+    let (s, _) = server.post("/message/reaction", react("ben", "👍", "toggle")).await;
+    assert_eq!(s, 400);
+    let (s, _) = server.post("/message/reaction", react("ben", "", "add")).await;
+    assert_eq!(s, 400);
+
+    // ben takes his back; doing it again changes nothing (no new version).
+    let (s, a) = server.post("/message/reaction", react("ben", "👍", "remove")).await;
+    assert_eq!((s, a["extra_version"].as_u64()), (200, Some(4)));
+    notice(&mut cat, ("g", 2), 4).await;
+    let (s, a) = server.post("/message/reaction", react("ben", "👍", "remove")).await;
+    assert_eq!((s, a["extra_version"].as_u64()), (200, Some(4)));
+
+    let for_cat = sync(&server, json!({"login_uid": "cat", "channel_id": "g", "channel_type": 2})).await;
+    assert_eq!(for_cat[0]["reactions"], json!([{"emoji": "🎉", "count": 1}, {"emoji": "👍", "count": 1}]));
+    assert_eq!(for_cat[0]["my_reactions"], json!(["🎉"]));
+    let (s, list) =
+        server.post("/message/reactions", json!({"channel_id": "g", "channel_type": 2, "message_id": m})).await;
+    assert_eq!(s, 200, "{list}");
+    let pairs: Vec<(&str, &str)> =
+        list.as_array().unwrap().iter().map(|r| (r["uid"].as_str().unwrap(), r["emoji"].as_str().unwrap())).collect();
+    assert_eq!(pairs, [("ann", "👍"), ("cat", "🎉")]);
+    let (_, page) = server
+        .post(
+            "/message/reactions",
+            json!({"channel_id": "g", "channel_type": 2, "message_id": m, "after_uid": "ann", "after_emoji": "👍"}),
+        )
+        .await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+}

@@ -113,11 +113,15 @@ pub enum Table {
     ChanVersionSeq,
     /// (channel, seq, uid) → when: who marked which message read.
     ChanSeqUidRead,
+    /// (channel, seq, uid, kind) → when: who reacted to which message, how.
+    ChanSeqUidReaction,
+    /// channel → its newest extra version: the counter every extra change moves.
+    ChanExtraVersion,
 }
 
 impl Table {
     /// Every table, for backends that open them up front.
-    pub const ALL: [Table; 23] = [
+    pub const ALL: [Table; 25] = [
         Table::UidDevice,
         Table::ChannelInfo,
         Table::ChanSeqMessage,
@@ -141,6 +145,8 @@ impl Table {
         Table::ChanSeqExtra,
         Table::ChanVersionSeq,
         Table::ChanSeqUidRead,
+        Table::ChanSeqUidReaction,
+        Table::ChanExtraVersion,
     ];
 
     /// The table's name on disk.
@@ -169,6 +175,8 @@ impl Table {
             Self::ChanSeqExtra => "chanseq_extra",
             Self::ChanVersionSeq => "chanversion_seq",
             Self::ChanSeqUidRead => "chansequid_read",
+            Self::ChanSeqUidReaction => "chansequid_reaction",
+            Self::ChanExtraVersion => "chan_extraversion",
         }
     }
 }

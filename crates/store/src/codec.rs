@@ -31,6 +31,10 @@ impl<'a> ValueReader<'a> {
         head.try_into().ok()
     }
 
+    pub(crate) fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_be_bytes)
+    }
+
     pub(crate) fn u32(&mut self) -> Option<u32> {
         self.take().map(u32::from_be_bytes)
     }

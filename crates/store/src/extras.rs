@@ -4,9 +4,12 @@
 //! Each change gives the message's extra the channel's next *extra version*, so a
 //! client that has seen versions up to `v` asks for what changed after `v` and gets
 //! every message whose extra changed since, once, in its latest state. Versions
-//! commit in order: a change inserts its version row (`Write::Insert`) after reading
-//! the highest one, so two writers that read the same highest version cannot both
-//! commit (the database refuses the second; in one process a lock serialises them).
+//! commit in order: the channel's counter (`chan_extraversion`) is expected unchanged
+//! by every change that moves it (`Write::Expect`, or `Write::Insert` for the first),
+//! so two writers that read the same value cannot both commit (the database refuses
+//! the second; in one process a lock serialises them). The counter is kept apart from
+//! the version index, whose rows are deleted as messages change again, and outlives
+//! the messages.
 
 use crate::backend::{KvBackend, Order, Table, Write};
 use crate::codec::{ValueReader, push_str16};
@@ -36,6 +39,9 @@ pub struct MessageExtra {
     pub edited_at_ms: i64,
     /// How many users other than the sender marked it read.
     pub readed_count: u64,
+    /// Reactions: each kind (an emoji or a short name) with how many users gave it, in
+    /// byte order of the kind; kinds nobody gives any more are left out.
+    pub reactions: Vec<(String, u64)>,
     /// The content that replaces the stored payload, if edited.
     pub edited_payload: Option<Vec<u8>>,
 }
@@ -74,6 +80,13 @@ fn encode(e: &MessageExtra) -> Vec<u8> {
     push_str16(&mut v, &e.revoker);
     v.extend_from_slice(&e.edited_at_ms.to_be_bytes());
     v.extend_from_slice(&e.readed_count.to_be_bytes());
+    // Callers cap the kinds (hongyan_core::extras::MAX_REACTION_KINDS) far below this.
+    let kinds = u16::try_from(e.reactions.len()).expect("invariant: reaction kinds are capped");
+    v.extend_from_slice(&kinds.to_be_bytes());
+    for (kind, count) in &e.reactions {
+        push_str16(&mut v, kind);
+        v.extend_from_slice(&count.to_be_bytes());
+    }
     if let Some(payload) = edited {
         v.push(1);
         v.extend_from_slice(payload);
@@ -98,15 +111,31 @@ fn decode(seq: u64, value: &[u8]) -> Result<MessageExtra> {
     let revoker = r.str16().ok_or_else(corrupt)?.to_owned();
     let edited_at_ms = r.i64().ok_or_else(corrupt)?;
     let readed_count = r.u64().ok_or_else(corrupt)?;
+    let kinds = r.u16().ok_or_else(corrupt)?;
+    let mut reactions = Vec::with_capacity(usize::from(kinds).min(r.rest.len() / 10));
+    for _ in 0..kinds {
+        let kind = r.str16().ok_or_else(corrupt)?.to_owned();
+        reactions.push((kind, r.u64().ok_or_else(corrupt)?));
+    }
     let edited_payload = match r.u8() {
         Some(0) => None,
         Some(1) => Some(std::mem::take(&mut r.rest).to_vec()),
         _ => return Err(corrupt()),
     };
-    Ok(MessageExtra { message_id, seq, version, revoked, revoker, edited_at_ms, readed_count, edited_payload })
+    Ok(MessageExtra {
+        message_id,
+        seq,
+        version,
+        revoked,
+        revoker,
+        edited_at_ms,
+        readed_count,
+        reactions,
+        edited_payload,
+    })
 }
 
-fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
+pub(crate) fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
     let mut key = channel.encoded();
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -114,20 +143,6 @@ fn seq_key(channel: &ChannelKey, seq: u64) -> Vec<u8> {
 
 fn version_key(channel: &ChannelKey, version: u64) -> Vec<u8> {
     seq_key(channel, version)
-}
-
-fn read_key(channel: &ChannelKey, seq: u64, uid: &str) -> Vec<u8> {
-    let mut key = seq_key(channel, seq);
-    key.extend_from_slice(uid.as_bytes());
-    key
-}
-
-fn read_at(value: &[u8]) -> Result<i64> {
-    Ok(i64::from_be_bytes(value.try_into().map_err(|_| corrupt_read())?))
-}
-
-fn corrupt_read() -> StoreError {
-    StoreError::Corrupt { table: Table::ChanSeqUidRead.name(), what: "read mark" }
 }
 
 fn tail_u64(key: &[u8]) -> Result<u64> {
@@ -150,11 +165,14 @@ impl Store {
 
     /// The channel's newest extra version, 0 if none.
     pub fn extra_version(&self, channel: &ChannelKey) -> Result<u64> {
-        let range = (version_key(channel, 0), version_key(channel, u64::MAX));
-        match self.kv().last_in_ranges(Table::ChanVersionSeq, &[range])?.pop().flatten() {
-            Some((key, _)) => tail_u64(&key),
-            None => Ok(0),
-        }
+        Ok(self.version_head(channel)?.map_or(0, |(v, _)| v))
+    }
+
+    /// The channel's newest extra version with its stored bytes, if it has one.
+    fn version_head(&self, channel: &ChannelKey) -> Result<Option<(u64, Vec<u8>)>> {
+        let Some(bytes) = self.kv().get(Table::ChanExtraVersion, &channel.encoded())? else { return Ok(None) };
+        let version = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| corrupt())?);
+        Ok(Some((version, bytes)))
     }
 
     /// Up to `limit` extras that changed after `version`, oldest change first: each
@@ -219,8 +237,18 @@ impl Store {
                 None => MessageExtra { message_id, seq, ..MessageExtra::default() },
             };
             let ExtraChange::Changed(mut writes) = change(&mut extra)? else { return Ok(extra) };
-            let newest = self.extra_version(channel)?;
-            extra.version = newest + 1;
+            // The channel's version counter: every change expects it unchanged, so two
+            // writers that read the same one cannot both commit.
+            let head = self.version_head(channel)?;
+            extra.version = head.as_ref().map_or(0, |(v, _)| *v) + 1;
+            let next = extra.version.to_be_bytes().to_vec();
+            match head {
+                Some((_, bytes)) => {
+                    writes.push(Write::Expect(Table::ChanExtraVersion, channel.encoded(), bytes));
+                    writes.push(Write::Put(Table::ChanExtraVersion, channel.encoded(), next));
+                }
+                None => writes.push(Write::Insert(Table::ChanExtraVersion, channel.encoded(), next)),
+            }
             let value = encode(&extra);
             match stored {
                 Some(old) => {
@@ -246,76 +274,11 @@ impl Store {
         Err(StoreError::Busy("message extras: too many concurrent changes to this channel").into())
     }
 
-    /// The write that marks the message at `seq` read by `uid` at `at_ms`, for the batch
-    /// of the change that counts it: an insert, so a second mark of the same read (on
-    /// another node) is refused and the count taken once.
-    pub fn read_mark_write(&self, channel: &ChannelKey, seq: u64, uid: &str, at_ms: i64) -> Write {
-        Write::Insert(Table::ChanSeqUidRead, read_key(channel, seq, uid), at_ms.to_be_bytes().to_vec())
-    }
-
-    /// When `uid` marked each message at `seqs` read (ms since the epoch), in their order.
-    pub fn read_marks(&self, channel: &ChannelKey, seqs: &[u64], uid: &str) -> Result<Vec<Option<i64>>> {
-        let keys: Vec<Vec<u8>> = seqs.iter().map(|seq| read_key(channel, *seq, uid)).collect();
-        self.kv()
-            .get_many(Table::ChanSeqUidRead, &keys)?
-            .into_iter()
-            .map(|v| v.as_deref().map(read_at).transpose())
-            .collect()
-    }
-
-    /// Up to `limit` users who marked the message at `seq` read, after `after_uid` in uid
-    /// order, with when (ms since the epoch).
-    pub fn readers(&self, channel: &ChannelKey, seq: u64, after_uid: &str, limit: usize) -> Result<Vec<(String, i64)>> {
-        let mut start = read_key(channel, seq, after_uid);
-        if !after_uid.is_empty() {
-            start.push(0);
-        }
-        let prefix_len = seq_key(channel, seq).len();
-        let rows = self.kv().scan_range(
-            Table::ChanSeqUidRead,
-            &start,
-            &seq_key(channel, seq.saturating_add(1)),
-            limit,
-            Order::Ascending,
-        )?;
-        rows.into_iter()
-            .map(|(key, value)| {
-                let uid = std::str::from_utf8(&key[prefix_len..]).map_err(|_| corrupt_read())?;
-                Ok((uid.to_owned(), read_at(&value)?))
-            })
-            .collect()
-    }
-
     /// The writes that forget the extras of a channel's messages up to `seq` (with the
     /// messages themselves, by retention or clearing).
     pub fn extras_removal_writes(&self, channel: &ChannelKey, through_seq: u64) -> Result<Vec<Write>> {
-        remove_read_marks(self.kv(), channel, 0, through_seq)?;
+        crate::marks::remove_marks(self.kv(), channel, 0, through_seq)?;
         removal_writes(self.kv(), channel, 0, through_seq)
-    }
-}
-
-/// Forgets who read `channel`'s messages from `from_seq` through `through_seq`, in
-/// batches of its own (there may be a mark per member per message): before the
-/// messages go, so a failure between leaves messages without their readers, never
-/// readers without messages.
-pub(crate) fn remove_read_marks(
-    kv: &dyn KvBackend,
-    channel: &ChannelKey,
-    from_seq: u64,
-    through_seq: u64,
-) -> Result<()> {
-    const BATCH: usize = 4_096;
-    let end = seq_key(channel, through_seq.saturating_add(1));
-    loop {
-        let rows = kv.scan_range(Table::ChanSeqUidRead, &seq_key(channel, from_seq), &end, BATCH, Order::Ascending)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let last = rows.len() < BATCH;
-        kv.write(rows.into_iter().map(|(key, _)| Write::Delete(Table::ChanSeqUidRead, key)).collect(), true)?;
-        if last {
-            return Ok(());
-        }
     }
 }
 
@@ -357,6 +320,7 @@ mod tests {
             revoker: "ann".into(),
             edited_at_ms: 1_700_000_000_000,
             readed_count: 4,
+            reactions: vec![("👍".into(), 2), ("ok".into(), 1)],
             edited_payload: Some(b"new".to_vec()),
         };
         let bytes = encode(&e);

@@ -24,6 +24,7 @@ mod directory;
 mod extras;
 mod health;
 mod log;
+mod marks;
 mod tables;
 #[doc(hidden)]
 pub mod testing;
@@ -39,6 +40,7 @@ pub use log::{
     Appended, ChannelKey, Durability, Fence, JournalSink, Journaled, MAX_QUEUED, MessageLog, NewMessage, OnCommit,
     PendingAppend, Pruned, StoredMessage,
 };
+pub use marks::{Reaction, ReactionWrite};
 pub use tables::{ChannelInfo, Conversation, Device, MemberList, Store};
 
 /// A storage failure. The operation that got it did not happen (or not durably).

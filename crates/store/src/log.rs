@@ -705,7 +705,7 @@ impl MessageLog {
             if count > 0 {
                 // What happened to them (revoked, edited) goes with them.
                 let from = seq_from_key(&page[0].0)?;
-                crate::extras::remove_read_marks(&*self.kv, channel, from, next - 1)?;
+                crate::marks::remove_marks(&*self.kv, channel, from, next - 1)?;
                 writes.extend(crate::extras::removal_writes(&*self.kv, channel, from, next - 1)?);
                 self.kv.write(writes, true)?;
                 removed_here += count;

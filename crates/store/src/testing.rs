@@ -531,6 +531,54 @@ pub fn extras_contract(a: &Store, b: &Store) {
         assert_eq!(a.message_extra(&chan, 2).unwrap().unwrap().readed_count, 3, "kim counted once");
     }
 
+    // Reactions: a mark per (user, kind), the count per kind in the extra; a removal
+    // raced by two connections is counted once.
+    let react = |store: &Store, uid: &'static str, kind: &'static str, add: bool, unserialised: bool| {
+        let change = |e: &mut crate::MessageExtra| {
+            let stored = store.reaction(&chan, 2, uid, kind)?;
+            let write = match (add, stored) {
+                (true, None) => crate::ReactionWrite::Add { at_ms: 9 },
+                (false, Some(stored_at_ms)) => crate::ReactionWrite::Remove { stored_at_ms },
+                _ => return Ok(ExtraChange::Unchanged),
+            };
+            match e.reactions.iter().position(|(k, _)| k == kind) {
+                Some(i) if add => e.reactions[i].1 += 1,
+                Some(i) => {
+                    e.reactions[i].1 -= 1;
+                    if e.reactions[i].1 == 0 {
+                        e.reactions.remove(i);
+                    }
+                }
+                None => e.reactions.push((kind.to_owned(), 1)),
+            }
+            e.reactions.sort();
+            Ok::<_, StoreError>(ExtraChange::Changed(store.reaction_writes(&chan, 2, uid, kind, write)))
+        };
+        if unserialised {
+            store.change_extra_unserialised(&chan, 2, 102, change).unwrap()
+        } else {
+            store.change_extra(&chan, 2, 102, change).unwrap()
+        }
+    };
+    react(a, "amy", "👍", true, false);
+    react(b, "zed", "👍", true, false);
+    react(b, "zed", "👍", true, false);
+    let e = react(a, "amy", "ok", true, false);
+    assert_eq!(e.reactions, [("ok".to_owned(), 1), ("👍".to_owned(), 2)]);
+    assert_eq!(a.reactions_by(&chan, &[2, 1], "amy").unwrap(), [vec!["ok".to_owned(), "👍".to_owned()], vec![]]);
+    let all = a.reactions_to(&chan, 2, None, 10).unwrap();
+    let pairs: Vec<(&str, &str)> = all.iter().map(|r| (r.uid.as_str(), r.kind.as_str())).collect();
+    assert_eq!(pairs, [("amy", "ok"), ("amy", "👍"), ("zed", "👍")]);
+    assert_eq!(a.reactions_to(&chan, 2, Some(("amy", "👍")), 10).unwrap().len(), 1, "paged after a reaction");
+    std::thread::scope(|scope| {
+        for store in [a, b, a, b] {
+            scope.spawn(move || react(store, "zed", "👍", false, enforced));
+        }
+    });
+    let e = a.message_extra(&chan, 2).unwrap().unwrap();
+    assert_eq!(e.reactions, [("ok".to_owned(), 1), ("👍".to_owned(), 1)], "zed's removal counted once");
+    assert_eq!(a.reaction(&chan, 2, "zed", "👍").unwrap(), None);
+
     // Forgetting with the messages.
     let writes = a.extras_removal_writes(&chan, 1).unwrap();
     a.apply(writes).unwrap();
@@ -538,5 +586,6 @@ pub fn extras_contract(a: &Store, b: &Store) {
     let writes = a.extras_removal_writes(&chan, 2).unwrap();
     a.apply(writes).unwrap();
     assert!(a.readers(&chan, 2, "", 10).unwrap().is_empty(), "read marks go with their messages");
+    assert!(a.reactions_to(&chan, 2, None, 10).unwrap().is_empty(), "reactions too");
     assert_eq!(a.message_extra(&chan, 1).unwrap(), None);
 }

@@ -1,5 +1,6 @@
 //! Message operations after sending: `/message/revoke`, `/message/edit`,
-//! `/message/readed`, `/message/readers` and `/message/extra/sync`. Who may do what is the core's rule (`hongyan_core::extras`);
+//! `/message/readed`, `/message/readers`, `/message/reaction`, `/message/reactions` and
+//! `/message/extra/sync`. Who may do what is the core's rule (`hongyan_core::extras`);
 //! this only reads the request and writes the answer.
 
 use axum::Json;
@@ -51,8 +52,11 @@ impl ChangeReq {
 /// as the request named it.
 fn extra_json(e: &MessageExtra, channel_id: &str, channel_type: u8) -> Value {
     use base64::Engine as _;
+    let reactions: Vec<Value> =
+        e.reactions.iter().map(|(kind, count)| json!({"emoji": kind, "count": count})).collect();
     json!({
         "readed_count": e.readed_count,
+        "reactions": reactions,
         "message_id": e.message_id,
         "message_id_str": e.message_id.to_string(),
         "message_seq": e.seq,
@@ -74,7 +78,7 @@ fn refused(e: ChangeError) -> ApiError {
     }
 }
 
-async fn change(state: AppState, req: &ChangeReq, change: Change) -> Result<Json<Value>, ApiError> {
+async fn change_as(state: AppState, req: &ChangeReq, change: Change) -> Result<Json<Value>, ApiError> {
     let (channel, operator) = req.target()?;
     let (core, message_id) = (state.core.clone(), req.message_id);
     let extra = tokio::task::spawn_blocking(move || core.change_message(&channel, message_id, &operator, &change))
@@ -87,14 +91,14 @@ async fn change(state: AppState, req: &ChangeReq, change: Change) -> Result<Json
 /// `POST /message/revoke`: revokes a message; the answer is its extra.
 pub(super) async fn revoke(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ChangeReq = parse(&body)?;
-    change(state, &req, Change::Revoke).await
+    change_as(state, &req, Change::Revoke).await
 }
 
 /// `POST /message/edit`: replaces a message's content; the answer is its extra.
 pub(super) async fn edit(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ChangeReq = parse(&body)?;
     let payload = required_payload(&req.payload)?;
-    change(state, &req, Change::Edit(payload)).await
+    change_as(state, &req, Change::Edit(payload)).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -120,6 +124,7 @@ fn view_json(v: &ExtraView, channel_id: &str, channel_type: u8) -> Value {
     out["readed"] = json!(u8::from(v.readed_at_ms.is_some()));
     out["readed_at"] = json!(v.readed_at_ms.map_or(0, |ms| ms / 1000));
     out["unread_count"] = json!(v.unread_count);
+    out["my_reactions"] = json!(v.my_reactions);
     out
 }
 
@@ -182,6 +187,85 @@ pub(super) async fn readers(State(state): State<AppState>, body: Bytes) -> Resul
     let (id, after) = (req.message_id, req.after_uid);
     let readers = state.on_core(move |c| c.message_readers(&channel, id, &after, limit).map_err(refused)).await?;
     let rows = readers.iter().map(|(uid, at)| json!({"uid": uid, "readed_at": at / 1000})).collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ReactionReq {
+    /// Who reacts.
+    uid: String,
+    /// For person chats: the peer.
+    channel_id: String,
+    channel_type: u8,
+    message_id: i64,
+    /// The reaction: an emoji or a short name (1 to 64 bytes).
+    emoji: String,
+    /// `add` (the default) or `remove`.
+    #[serde(default)]
+    action: String,
+}
+
+/// `POST /message/reaction`: `uid` gives a message a reaction, or takes it back. The
+/// answer is the message's extra, with every kind's count.
+pub(super) async fn reaction(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ReactionReq = parse(&body)?;
+    check_uid("uid", &req.uid)?;
+    let add = match req.action.as_str() {
+        "" | "add" => true,
+        "remove" => false,
+        _ => return Err(ApiError::bad("action: add or remove")),
+    };
+    let change = ChangeReq {
+        login_uid: req.uid.clone(),
+        from_uid: req.uid,
+        channel_id: req.channel_id,
+        channel_type: req.channel_type,
+        message_id: req.message_id,
+        payload: String::new(),
+    };
+    change_as(state, &change, Change::React { kind: req.emoji, add }).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ReactionsReq {
+    /// For person chats: the user whose conversation with `channel_id` it is.
+    #[serde(default)]
+    login_uid: String,
+    channel_id: String,
+    channel_type: u8,
+    message_id: i64,
+    /// Paging: the `uid` and `emoji` of the last reaction of the previous page.
+    #[serde(default)]
+    after_uid: String,
+    #[serde(default)]
+    after_emoji: String,
+    /// At most this many (default 100, at most 1,000).
+    #[serde(default)]
+    limit: usize,
+}
+
+/// `POST /message/reactions`: who gave a message which reaction, and when.
+pub(super) async fn reactions(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ReactionsReq = parse(&body)?;
+    let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
+    if !req.after_uid.is_empty() {
+        check_uid("after_uid", &req.after_uid)?;
+    }
+    if req.after_emoji.len() > hongyan_core::extras::MAX_REACTION_BYTES {
+        return Err(ApiError::bad("after_emoji: at most 64 bytes"));
+    }
+    if req.limit > MAX_EXTRA_SYNC {
+        return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
+    }
+    let limit = if req.limit == 0 { 100 } else { req.limit };
+    let (id, after_uid, after_emoji) = (req.message_id, req.after_uid, req.after_emoji);
+    let found = state
+        .on_core(move |c| {
+            let after = (!after_uid.is_empty()).then_some((after_uid.as_str(), after_emoji.as_str()));
+            c.message_reactions(&channel, id, after, limit).map_err(refused)
+        })
+        .await?;
+    let rows = found.iter().map(|r| json!({"uid": r.uid, "emoji": r.kind, "created_at": r.at_ms / 1000})).collect();
     Ok(Json(Value::Array(rows)))
 }
 
