@@ -33,6 +33,16 @@ sdk.chatManager.addMessageListener((m) =>
     text: m.content?.text ?? null,
   }),
 );
+// Command messages (content type 99) go to their own listeners, not the message ones.
+sdk.chatManager.addCMDListener((m) =>
+  emit({
+    event: "cmd",
+    channel: m.channel.channelID,
+    channelType: m.channel.channelType,
+    cmd: m.content?.cmd ?? null,
+    param: m.content?.param ?? null,
+  }),
+);
 sdk.chatManager.addMessageStatusListener((ack) =>
   emit({ event: "sendack", clientSeq: ack.clientSeq, reasonCode: ack.reasonCode, seq: ack.messageSeq }),
 );

@@ -210,6 +210,50 @@ async fn group_chat_reaches_three_sdk_clients() {
 }
 
 #[tokio::test]
+async fn the_sdk_hears_of_edits_and_reads_as_commands_and_not_as_messages() {
+    let server = TestServer::start().await;
+    let uids = ["sdk-x1", "sdk-x2"];
+    let (s, _) = server.post("/channel", json!({"channel_id": "sdk-x", "channel_type": 2, "subscribers": uids})).await;
+    assert_eq!(s, 200);
+    let mut sender = web_user(&server, "sdk-x1", true).await;
+    let mut member = web_user(&server, "sdk-x2", true).await;
+    let ack = sender.send("sdk-x", 2, "to be fixed").await;
+    assert_eq!(ack["reasonCode"], 1, "{ack}");
+    let got = member.message().await;
+    let id: i64 = got["messageId"].as_str().unwrap().parse().unwrap();
+
+    let change = |payload: Option<&str>| {
+        let mut body = json!({"from_uid": "sdk-x1", "channel_id": "sdk-x", "channel_type": 2, "message_id": id});
+        if let Some(p) = payload {
+            body["payload"] = json!(common::b64(p));
+        }
+        body
+    };
+    let (s, a) = server.post("/message/edit", change(Some(r#"{"type":1,"content":"fixed"}"#))).await;
+    assert_eq!(s, 200, "{a}");
+    for client in [&mut sender, &mut member] {
+        let cmd = client.expect(|e| e["event"] == "cmd").await;
+        assert_eq!((cmd["cmd"].as_str(), cmd["channel"].as_str()), (Some("syncMessageExtra"), Some("sdk-x")), "{cmd}");
+        assert_eq!(cmd["param"], json!({"channel_id": "sdk-x", "channel_type": 2, "extra_version": 1}));
+    }
+    // A read is told to the sender only; the member's next event is the next message.
+    let (s, _) = server
+        .post(
+            "/message/readed",
+            json!({"uid": "sdk-x2", "channel_id": "sdk-x", "channel_type": 2, "message_ids": [id]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let cmd = sender.expect(|e| e["event"] == "cmd").await;
+    assert_eq!(cmd["param"]["extra_version"], 2);
+    let ack = sender.send("sdk-x", 2, "next").await;
+    assert_eq!(ack["reasonCode"], 1);
+    let next = member.expect(|e| e["event"] == "message" || e["event"] == "cmd").await;
+    assert_eq!((next["event"].as_str(), next["text"].as_str()), (Some("message"), Some("next")), "{next}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_master_login_kicks_the_first_sdk() {
     let server = TestServer::start().await;
     let mut first = web_user(&server, "sdk-kick", true).await;
