@@ -3,14 +3,16 @@
 // caller makes (connections, rates, SENDACK latency, CPU), finds a connection by uid,
 // device and address and kicks it, looks the user up (devices, conversations with
 // unread counts) and bans them, finds a channel by id prefix, opens its history with
-// the payloads decoded, sends a test message, edits its subscriber list and blacklist
+// the payloads decoded (an edit and a reaction shown, a message revoked with its
+// button), sends a test message, edits its subscriber list and blacklist
 // and its attributes, retries the webhooks of a receiver that is down, then checks
 // every page at phone width (nothing wider than the screen) and that every control is
 // labelled and the pages are reachable by keyboard. Fails on any error in the page's
 // console.
 //   node console.mjs '{"url", "token", "uid", "channel", "history", "screenshots"}'
 // (`channel`: a group `uid` has unread messages in; `history`: a group holding a JSON
-// message "hello notes" and a binary one, ff 00 fe, whose only subscriber is "ann")
+// message "hello notes", edited to "hello, notes" and given a "+1", and a binary one,
+// ff 00 fe, whose only subscriber is "ann")
 // Prints {"ok": true, "screenshots": [...]} and exits 0, or {error} and exits 1.
 import fs from "node:fs";
 import path from "node:path";
@@ -101,6 +103,14 @@ try {
   await page.locator("#history li pre", { hasText: '"content": "hello notes"' }).waitFor({ timeout: TIMEOUT });
   await page.locator("#history li .meta", { hasText: "binary (hex)" }).waitFor({ timeout: TIMEOUT });
   await page.locator("#history li pre", { hasText: "ff 00 fe" }).waitFor({ timeout: TIMEOUT });
+  // What happened since: the JSON one edited and reacted to; the binary one revoked
+  // with its button.
+  await page.locator('#history li[data-seq="1"] .extra', { hasText: "+1 1" }).waitFor({ timeout: TIMEOUT });
+  await page.locator('#history li[data-seq="1"] pre.edited', { hasText: '"content": "hello, notes"' }).waitFor({ timeout: TIMEOUT });
+  await page.getByRole("button", { name: "Revoke message #2", exact: true }).click();
+  await page.locator('#history li.revoked[data-seq="2"] .extra', { hasText: "revoked by the app server" }).waitFor({ timeout: TIMEOUT });
+  await page.locator("#history").scrollIntoViewIfNeeded();
+  await shoot("console-history");
   await page.getByLabel("Test message (sent as the system uid)").fill("from the console");
   await page.getByRole("button", { name: "Send" }).click();
   await page.locator("#history li pre", { hasText: '"content": "from the console"' }).waitFor({ timeout: TIMEOUT });

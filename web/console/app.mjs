@@ -1,8 +1,9 @@
 // The operators' console: live figures from /metrics and /varz, connections (search by
 // user, device and address; kick), users (devices, conversations, ban and mute),
 // channels (search by id prefix, attributes, subscriber/black/white lists, history with
-// payloads decoded, a test send), the webhook queues (retry now), and the cluster's
-// nodes.
+// payloads decoded and what happened to each message since — revoked, edited, read,
+// reacted to — with Revoke, a test send), the webhook queues (retry now), and the
+// cluster's nodes.
 // Every action is a call to the server's HTTP API, through /web/api on this listener.
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -500,24 +501,73 @@ async function loadHistory() {
   // Newest first.
   const messages = (page.messages || []).sort((a, b) => b.message_seq - a.message_seq);
   const last = max?.message_seq ?? (messages.length ? messages[0].message_seq : 0);
+  // What happened to them since: revoked, edited, read, reacted to.
+  const extras = new Map();
+  if (messages.length) {
+    const found = await api("POST", "/message/extras", {
+      login_uid: as,
+      ...channelOf(),
+      message_seqs: messages.map((m) => m.message_seq),
+    });
+    for (const e of found) extras.set(e.message_seq, e);
+  }
   $("channel-info").textContent = `${id} (type ${type}): last seq ${last}, the newest ${messages.length} below`;
-  $("history").replaceChildren(
-    ...messages.map((m) => {
-      const item = document.createElement("li");
-      item.dataset.seq = String(m.message_seq);
-      const meta = document.createElement("div");
-      meta.className = "meta";
-      const payload = decodePayload(m.payload);
-      const when = new Date(m.timestamp * 1000).toLocaleString();
-      // message_idstr: ids pass 2^53, beyond what a JavaScript number holds exactly.
-      const messageId = m.message_idstr ?? String(m.message_id);
-      meta.textContent = `#${m.message_seq} · ${m.from_uid || "(system)"} · ${when} · id ${messageId} · ${payload.kind}`;
-      const body = document.createElement("pre");
-      body.textContent = payload.text;
-      item.append(meta, body);
-      return item;
-    }),
-  );
+  $("history").replaceChildren(...messages.map((m) => historyItem(m, extras.get(m.message_seq))));
+}
+
+/** One message of the history, with what happened to it since and a Revoke button. */
+function historyItem(m, extra) {
+  const item = document.createElement("li");
+  item.dataset.seq = String(m.message_seq);
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const payload = decodePayload(m.payload);
+  const when = new Date(m.timestamp * 1000).toLocaleString();
+  // message_idstr: ids pass 2^53, beyond what a JavaScript number holds exactly.
+  const messageId = m.message_idstr ?? String(m.message_id);
+  meta.textContent = `#${m.message_seq} · ${m.from_uid || "(system)"} · ${when} · id ${messageId} · ${payload.kind}`;
+  const body = document.createElement("pre");
+  body.textContent = payload.text;
+  item.append(meta, body);
+  if (extra) {
+    item.dataset.version = String(extra.extra_version);
+    const marks = [];
+    if (extra.revoke) marks.push(`revoked by ${extra.revoker || "the app server"}`);
+    if (extra.is_edit) marks.push(`edited ${new Date(extra.edited_at * 1000).toLocaleString()}`);
+    if (extra.readed_count) marks.push(`read by ${extra.readed_count}`);
+    for (const r of extra.reactions) marks.push(`${r.emoji} ${r.count}`);
+    const state = document.createElement("div");
+    state.className = "extra";
+    state.textContent = marks.join(" · ");
+    item.append(state);
+    if (extra.revoke) item.classList.add("revoked");
+    if (extra.is_edit) {
+      const edited = document.createElement("pre");
+      edited.className = "edited";
+      const now = decodePayload(extra.content_edit);
+      edited.textContent = `now: ${now.text}`;
+      item.append(edited);
+    }
+  }
+  if (!extra?.revoke) {
+    const revoke = document.createElement("button");
+    revoke.type = "button";
+    revoke.className = "plain";
+    revoke.textContent = "Revoke";
+    revoke.setAttribute("aria-label", `Revoke message #${m.message_seq}`);
+    revoke.addEventListener("click", async () => {
+      try {
+        // As the app server: no from_uid.
+        await api("POST", "/message/revoke", { ...channelOf(), login_uid: $("channel-as").value.trim(), message_id: messageId });
+        setStatus(`#${m.message_seq} revoked`);
+        await loadHistory();
+      } catch (e) {
+        fail(e);
+      }
+    });
+    item.append(revoke);
+  }
+  return item;
 }
 
 $("channel-open").addEventListener("submit", (event) => {

@@ -234,6 +234,30 @@ impl Core {
         viewer: Option<&str>,
     ) -> Result<Vec<ExtraView>, StoreError> {
         let extras = self.store().extras_since(channel, version, limit.clamp(1, MAX_EXTRA_SYNC))?;
+        self.extra_views(channel, extras, viewer)
+    }
+
+    /// The extras of the messages at `seqs` (at most [`MAX_EXTRA_SYNC`] are read), for
+    /// those that have one, in the order asked, as `viewer` sees them.
+    pub fn message_extras_at(
+        &self,
+        channel: &ChannelKey,
+        seqs: &[u64],
+        viewer: Option<&str>,
+    ) -> Result<Vec<ExtraView>, StoreError> {
+        let seqs = &seqs[..seqs.len().min(MAX_EXTRA_SYNC)];
+        let extras = self.store().message_extras(channel, seqs)?.into_iter().flatten().collect();
+        self.extra_views(channel, extras, viewer)
+    }
+
+    /// `extras` as `viewer` sees them: their read marks and reactions, and how many of
+    /// the audience have not read each.
+    fn extra_views(
+        &self,
+        channel: &ChannelKey,
+        extras: Vec<MessageExtra>,
+        viewer: Option<&str>,
+    ) -> Result<Vec<ExtraView>, StoreError> {
         let (reads, mine) = match viewer {
             Some(uid) if !extras.is_empty() => {
                 let seqs: Vec<u64> = extras.iter().map(|e| e.seq).collect();

@@ -42,10 +42,20 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
     // A quiet group for the history: a JSON payload and a binary one.
     let body = json!({"channel_id": "notes", "channel_type": 2, "subscribers": ["ann"]});
     assert_eq!(server.post("/channel", body).await.0, 200);
+    let mut notes = Vec::new();
     for payload in [br#"{"type":1,"content":"hello notes"}"#.as_slice(), &[0xff, 0x00, 0xfe]] {
         let body = json!({"from_uid": "ann", "channel_id": "notes", "channel_type": 2, "payload": b64(payload)});
-        assert_eq!(server.post("/message/send", body).await.0, 200);
+        let (status, sent) = server.post("/message/send", body).await;
+        assert_eq!(status, 200);
+        notes.push(sent["data"]["message_id"].as_i64().unwrap());
     }
+    // The first edited and reacted to, for the history to show (a named reaction: the
+    // test machine's Chromium may have no emoji font for the screenshot).
+    let edit = json!({"from_uid": "ann", "channel_id": "notes", "channel_type": 2, "message_id": notes[0],
+                      "payload": b64(br#"{"type":1,"content":"hello, notes"}"#)});
+    assert_eq!(server.post("/message/edit", edit).await.0, 200);
+    let react = json!({"uid": "ann", "channel_id": "notes", "channel_type": 2, "message_id": notes[0], "emoji": "+1"});
+    assert_eq!(server.post("/message/reaction", react).await.0, 200);
     let (mut watcher, connack) =
         Client::connect(&server.tcp(), "watcher", "t", device_flag::APP, "d", 5).await.unwrap();
     assert_eq!(connack.reason_code, ReasonCode::Success);
@@ -101,6 +111,7 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
         "console-connections",
         "console-users",
         "console-channels",
+        "console-history",
         "console-webhooks",
         "console-phone-overview",
         "console-phone-channels",
@@ -116,6 +127,10 @@ async fn the_console_signs_in_shows_the_load_kicks_a_connection_and_decodes_hist
             == br#"{"type":1,"content":"from the console"}"#
     });
     assert!(from_console, "{page}");
+    // The binary message the console revoked, as the app server (no revoker).
+    let (_, extras) = server.post("/message/extra/sync", json!({"channel_id": "notes", "channel_type": 2})).await;
+    let revoked = extras.as_array().unwrap().iter().find(|e| e["message_id"] == notes[1]).expect("revoked");
+    assert_eq!((revoked["revoke"].as_u64(), revoked["revoker"].as_str()), (Some(1), Some("")), "{extras}");
     // The lists and attributes the console edited, as the API reads them.
     let uids = |list: Value| -> Vec<String> {
         list.as_array().unwrap().iter().map(|e| e["uid"].as_str().unwrap().to_owned()).collect()

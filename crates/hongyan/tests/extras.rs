@@ -115,10 +115,17 @@ async fn revokes_and_edits_reach_online_members_and_sync_by_version_after_a_rest
     notice(&mut ben, ("g", 2), 4).await;
     let m3 = sent(&server, "cat", ("g", 2), "third").await;
     assert_eq!(receive(&mut ben).await.1, "third");
-    let (s, a) =
-        change(&server, "/message/revoke", json!({"channel_id": "g", "channel_type": 2, "message_id": m3})).await;
+    // (The id as a string, as JavaScript clients send the message_idstr they were given.)
+    let body = json!({"channel_id": "g", "channel_type": 2, "message_id": m3.to_string()});
+    let (s, a) = change(&server, "/message/revoke", body).await;
     assert_eq!((s, a["revoker"].as_str()), (200, Some("")), "{a}");
     notice(&mut ben, ("g", 2), 5).await;
+    // The extras of a page of history by seq: those with one, in seq order.
+    let body = json!({"channel_id": "g", "channel_type": 2, "message_seqs": [3, 99, 1, 3]});
+    let (s, a) = server.post("/message/extras", body).await;
+    assert_eq!(s, 200, "{a}");
+    let seqs: Vec<u64> = a.as_array().unwrap().iter().map(|e| e["message_seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 3]);
 
     // Bad input: a message of another channel, no message, an empty edit, a big limit.
     let (s, _) =

@@ -15,6 +15,27 @@ use super::lookup::stored_channel;
 use super::{check_uid, parse, required_payload};
 use crate::{ApiError, AppState, TaskFailed};
 
+/// A message id as a JSON number or, for JavaScript clients whose numbers cannot hold
+/// every 64-bit id, as a string (the `message_idstr` the API returns).
+#[derive(Clone, Copy, Debug, Default, utoipa::ToSchema)]
+#[schema(value_type = i64)]
+pub(super) struct MessageId(i64);
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Number(i64),
+            Text(String),
+        }
+        match Either::deserialize(de)? {
+            Either::Number(id) => Ok(Self(id)),
+            Either::Text(text) => text.parse().map(Self).map_err(|_| serde::de::Error::custom("not a message id")),
+        }
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ChangeReq {
     /// For person chats: the user whose conversation with `channel_id` holds the
@@ -26,7 +47,7 @@ pub(super) struct ChangeReq {
     from_uid: String,
     channel_id: String,
     channel_type: u8,
-    message_id: i64,
+    message_id: MessageId,
     /// `/message/edit` only: the new content, base64.
     #[serde(default)]
     payload: String,
@@ -41,7 +62,7 @@ impl ChangeReq {
             Operator::User(self.from_uid.clone())
         };
         let login = if self.login_uid.is_empty() { &self.from_uid } else { &self.login_uid };
-        if self.message_id == 0 {
+        if self.message_id.0 == 0 {
             return Err(ApiError::bad("message_id: required"));
         }
         Ok((stored_channel(login, &self.channel_id, self.channel_type)?, operator))
@@ -80,7 +101,7 @@ fn refused(e: ChangeError) -> ApiError {
 
 async fn change_as(state: AppState, req: &ChangeReq, change: Change) -> Result<Json<Value>, ApiError> {
     let (channel, operator) = req.target()?;
-    let (core, message_id) = (state.core.clone(), req.message_id);
+    let (core, message_id) = (state.core.clone(), req.message_id.0);
     let extra = tokio::task::spawn_blocking(move || core.change_message(&channel, message_id, &operator, &change))
         .await
         .map_err(|e| ApiError::from(TaskFailed(e.to_string())))?
@@ -136,7 +157,7 @@ pub(super) struct ReadReq {
     channel_id: String,
     channel_type: u8,
     /// 1 to 100 messages of the channel.
-    message_ids: Vec<i64>,
+    message_ids: Vec<MessageId>,
 }
 
 /// `POST /message/readed`: `uid` read these messages (read receipts). Each is counted
@@ -149,7 +170,7 @@ pub(super) async fn readed(State(state): State<AppState>, body: Bytes) -> Result
     }
     let channel = stored_channel(&req.uid, &req.channel_id, req.channel_type)?;
     let core = state.core.clone();
-    let (reader, ids) = (req.uid.clone(), req.message_ids);
+    let (reader, ids) = (req.uid.clone(), req.message_ids.iter().map(|id| id.0).collect::<Vec<_>>());
     let extras = tokio::task::spawn_blocking(move || core.mark_read(&channel, &reader, &ids))
         .await
         .map_err(|e| ApiError::from(TaskFailed(e.to_string())))?
@@ -164,7 +185,7 @@ pub(super) struct ReadersReq {
     login_uid: String,
     channel_id: String,
     channel_type: u8,
-    message_id: i64,
+    message_id: MessageId,
     /// Readers after this uid (paging; empty: from the first).
     #[serde(default)]
     after_uid: String,
@@ -184,7 +205,7 @@ pub(super) async fn readers(State(state): State<AppState>, body: Bytes) -> Resul
         return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
     }
     let limit = if req.limit == 0 { 100 } else { req.limit };
-    let (id, after) = (req.message_id, req.after_uid);
+    let (id, after) = (req.message_id.0, req.after_uid);
     let readers = state.on_core(move |c| c.message_readers(&channel, id, &after, limit).map_err(refused)).await?;
     let rows = readers.iter().map(|(uid, at)| json!({"uid": uid, "readed_at": at / 1000})).collect();
     Ok(Json(Value::Array(rows)))
@@ -197,7 +218,7 @@ pub(super) struct ReactionReq {
     /// For person chats: the peer.
     channel_id: String,
     channel_type: u8,
-    message_id: i64,
+    message_id: MessageId,
     /// The reaction: an emoji or a short name (1 to 64 bytes).
     emoji: String,
     /// `add` (the default) or `remove`.
@@ -233,7 +254,7 @@ pub(super) struct ReactionsReq {
     login_uid: String,
     channel_id: String,
     channel_type: u8,
-    message_id: i64,
+    message_id: MessageId,
     /// Paging: the `uid` and `emoji` of the last reaction of the previous page.
     #[serde(default)]
     after_uid: String,
@@ -258,7 +279,7 @@ pub(super) async fn reactions(State(state): State<AppState>, body: Bytes) -> Res
         return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
     }
     let limit = if req.limit == 0 { 100 } else { req.limit };
-    let (id, after_uid, after_emoji) = (req.message_id, req.after_uid, req.after_emoji);
+    let (id, after_uid, after_emoji) = (req.message_id.0, req.after_uid, req.after_emoji);
     let found = state
         .on_core(move |c| {
             let after = (!after_uid.is_empty()).then_some((after_uid.as_str(), after_emoji.as_str()));
@@ -267,6 +288,35 @@ pub(super) async fn reactions(State(state): State<AppState>, body: Bytes) -> Res
         .await?;
     let rows = found.iter().map(|r| json!({"uid": r.uid, "emoji": r.kind, "created_at": r.at_ms / 1000})).collect();
     Ok(Json(Value::Array(rows)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ExtrasReq {
+    /// The user asking (for person chats, whose conversation with `channel_id` it is).
+    #[serde(default)]
+    login_uid: String,
+    channel_id: String,
+    channel_type: u8,
+    /// Up to 1,000 seqs of the channel's messages.
+    message_seqs: Vec<u64>,
+}
+
+/// `POST /message/extras`: the extras of these messages, for those that have one (as
+/// `/message/extra/sync` shows them), in seq order: for a page of history at hand.
+pub(super) async fn extras(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ExtrasReq = parse(&body)?;
+    let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
+    if req.message_seqs.len() > MAX_EXTRA_SYNC {
+        return Err(ApiError::bad(format!("message_seqs: at most {MAX_EXTRA_SYNC}")));
+    }
+    let mut seqs = req.message_seqs;
+    seqs.sort_unstable();
+    seqs.dedup();
+    let viewer = (!req.login_uid.is_empty()).then(|| req.login_uid.clone());
+    let views = state
+        .on_core(move |c| c.message_extras_at(&channel, &seqs, viewer.as_deref()).map_err(ApiError::Storage))
+        .await?;
+    Ok(Json(Value::Array(views.iter().map(|v| view_json(v, &req.channel_id, req.channel_type)).collect())))
 }
 
 /// `POST /message/extra/sync`: what changed in a channel's messages after

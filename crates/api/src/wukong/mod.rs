@@ -183,6 +183,8 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
             .body(schema_of::<extras::ReadReq>),
         endpoint("post", "/message/readers", "Who read a message", post(extras::readers))
             .body(schema_of::<extras::ReadersReq>),
+        endpoint("post", "/message/extras", "The extras of a channel's messages by seq", post(extras::extras))
+            .body(schema_of::<extras::ExtrasReq>),
         endpoint("post", "/message/reaction", "Give a message a reaction, or take it back", post(extras::reaction))
             .body(schema_of::<extras::ReactionReq>),
         endpoint("post", "/message/reactions", "Who gave a message which reaction", post(extras::reactions))
