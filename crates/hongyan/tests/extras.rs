@@ -47,16 +47,20 @@ async fn sync(server: &TestServer, body: Value) -> Vec<Value> {
     answer.as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn revokes_and_edits_reach_online_members_and_sync_by_version_after_a_restart() {
+/// A server with users ann, ben and cat, all in group g.
+async fn group_of_three() -> TestServer {
     let server = TestServer::start().await;
     for uid in ["ann", "ben", "cat"] {
         server.register(uid, "t", device_flag::APP, 1).await;
     }
-    let (s, _) = server
-        .post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]}))
-        .await;
-    assert_eq!(s, 200);
+    let members = json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]});
+    assert_eq!(server.post("/channel", members).await.0, 200);
+    server
+}
+
+#[tokio::test]
+async fn revokes_and_edits_reach_online_members_and_sync_by_version_after_a_restart() {
+    let server = group_of_three().await;
     let m1 = sent(&server, "ann", ("g", 2), "first").await;
     let m2 = sent(&server, "ann", ("g", 2), "second").await;
     let mut ben = online(&server.tcp(), "ben").await;
@@ -198,14 +202,7 @@ async fn in_a_person_chat_each_side_names_the_other_and_only_the_sender_edits() 
 
 #[tokio::test]
 async fn read_receipts_count_each_reader_once_and_tell_only_the_sender() {
-    let server = TestServer::start().await;
-    for uid in ["ann", "ben", "cat"] {
-        server.register(uid, "t", device_flag::APP, 1).await;
-    }
-    let (s, _) = server
-        .post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]}))
-        .await;
-    assert_eq!(s, 200);
+    let server = group_of_three().await;
     let mut ann = online(&server.tcp(), "ann").await;
     let mut cat = online(&server.ws(), "cat").await;
     let m1 = sent(&server, "ann", ("g", 2), "read me").await;
@@ -270,14 +267,7 @@ async fn read_receipts_count_each_reader_once_and_tell_only_the_sender() {
 
 #[tokio::test]
 async fn reactions_are_counted_per_kind_shown_to_everyone_and_taken_back() {
-    let server = TestServer::start().await;
-    for uid in ["ann", "ben", "cat"] {
-        server.register(uid, "t", device_flag::APP, 1).await;
-    }
-    let (s, _) = server
-        .post("/channel", json!({"channel_id": "g", "channel_type": 2, "subscribers": ["ann", "ben", "cat"]}))
-        .await;
-    assert_eq!(s, 200);
+    let server = group_of_three().await;
     let m = sent(&server, "ann", ("g", 2), "party?").await;
     let mut cat = online(&server.tcp(), "cat").await;
 

@@ -92,6 +92,20 @@ fn extra_json(e: &MessageExtra, channel_id: &str, channel_type: u8) -> Value {
     })
 }
 
+/// A page size: 100 when not given, at most [`MAX_EXTRA_SYNC`].
+fn page_limit(limit: usize) -> Result<usize, ApiError> {
+    match limit {
+        0 => Ok(100),
+        n if n > MAX_EXTRA_SYNC => Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}"))),
+        n => Ok(n),
+    }
+}
+
+/// A paging cursor's uid: empty (from the first) or a valid uid.
+fn check_after(after_uid: &str) -> Result<(), ApiError> {
+    if after_uid.is_empty() { Ok(()) } else { check_uid("after_uid", after_uid) }
+}
+
 fn refused(e: ChangeError) -> ApiError {
     match e {
         ChangeError::Storage(e) => ApiError::Storage(e),
@@ -198,13 +212,8 @@ pub(super) struct ReadersReq {
 pub(super) async fn readers(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ReadersReq = parse(&body)?;
     let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
-    if !req.after_uid.is_empty() {
-        check_uid("after_uid", &req.after_uid)?;
-    }
-    if req.limit > MAX_EXTRA_SYNC {
-        return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
-    }
-    let limit = if req.limit == 0 { 100 } else { req.limit };
+    check_after(&req.after_uid)?;
+    let limit = page_limit(req.limit)?;
     let (id, after) = (req.message_id.0, req.after_uid);
     let readers = state.on_core(move |c| c.message_readers(&channel, id, &after, limit).map_err(refused)).await?;
     let rows = readers.iter().map(|(uid, at)| json!({"uid": uid, "readed_at": at / 1000})).collect();
@@ -269,16 +278,11 @@ pub(super) struct ReactionsReq {
 pub(super) async fn reactions(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ReactionsReq = parse(&body)?;
     let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
-    if !req.after_uid.is_empty() {
-        check_uid("after_uid", &req.after_uid)?;
-    }
+    check_after(&req.after_uid)?;
     if req.after_emoji.len() > hongyan_core::extras::MAX_REACTION_BYTES {
         return Err(ApiError::bad("after_emoji: at most 64 bytes"));
     }
-    if req.limit > MAX_EXTRA_SYNC {
-        return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
-    }
-    let limit = if req.limit == 0 { 100 } else { req.limit };
+    let limit = page_limit(req.limit)?;
     let (id, after_uid, after_emoji) = (req.message_id.0, req.after_uid, req.after_emoji);
     let found = state
         .on_core(move |c| {
@@ -324,10 +328,7 @@ pub(super) async fn extras(State(state): State<AppState>, body: Bytes) -> Result
 pub(super) async fn sync(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let req: ExtraSyncReq = parse(&body)?;
     let channel = stored_channel(&req.login_uid, &req.channel_id, req.channel_type)?;
-    if req.limit > MAX_EXTRA_SYNC {
-        return Err(ApiError::bad(format!("limit: at most {MAX_EXTRA_SYNC}")));
-    }
-    let limit = if req.limit == 0 { 100 } else { req.limit };
+    let limit = page_limit(req.limit)?;
     let version = req.extra_version;
     let viewer = (!req.login_uid.is_empty()).then(|| req.login_uid.clone());
     let extras = state
