@@ -1,7 +1,8 @@
 // Drives the demo chat (/chatdemo) in headless Chromium as a person would: two pages
 // sign in as two uids, chat both ways one-to-one, see delivery ticks and unread
-// counts, open history, and chat in a group; then the server restarts and both pages
-// reconnect by themselves and chat on. Fails on any error in a page's console.
+// counts, open history, chat in a group, react to a message and revoke one (each page
+// seeing the other's change); then the server restarts and both pages reconnect by
+// themselves and chat on. Fails on any error in a page's console.
 //   node demo.mjs '{"url": "http://127.0.0.1:PORT", "screenshots": "DIR"}'
 // Prints {"restart": true} when the server should restart, then waits for a line on
 // stdin saying it has. Prints {"ok": true, "screenshots": [...]} and exits 0, or prints
@@ -92,6 +93,22 @@ try {
   await alice.locator("#messages li:not(.mine)", { hasText: "yes" }).waitFor({ timeout: TIMEOUT });
   if ((await texts(alice)) !== "tea at four?|yes") throw new Error(`alice's group: ${await texts(alice)}`);
 
+  // bob reacts to alice's question: his page shows it at once; alice's SDK hears of the
+  // change (a command message) and her page reads the extras again. Then alice revokes
+  // the question and bob's page shows it revoked.
+  const question = (page) => page.locator('#messages li[data-seq="1"]');
+  await question(bob).getByRole("button", { name: "React ♥" }).click();
+  await question(bob).locator('.react[aria-pressed="true"][data-count="1"]').waitFor({ timeout: TIMEOUT });
+  await question(alice).locator('.react[aria-pressed="false"][data-count="1"]').waitFor({ timeout: TIMEOUT });
+  await question(alice).getByRole("button", { name: "Revoke" }).click();
+  await question(bob).locator(".text", { hasText: "revoked by its sender" }).waitFor({ timeout: TIMEOUT });
+  if (await question(bob).getByRole("button", { name: "Revoke" }).count()) throw new Error("bob may revoke alice's");
+  // Both pages have read the change the server told them of (version 2: the reaction
+  // was 1) before the server goes away.
+  for (const page of [alice, bob]) {
+    await page.locator('#messages[data-extra-version="2"]').waitFor({ state: "attached", timeout: TIMEOUT });
+  }
+
   // The server restarts: both pages reconnect by themselves (and sign in to the demo
   // again, which forgot them) and the group goes on.
   console.log(JSON.stringify({ restart: true }));
@@ -101,6 +118,8 @@ try {
   }
   await send(alice, "still there?");
   await bob.locator("#messages li", { hasText: "still there?" }).waitFor({ timeout: TIMEOUT });
+  // The reloaded history still shows the revoke.
+  await question(bob).locator(".text", { hasText: "revoked by its sender" }).waitFor({ timeout: TIMEOUT });
   await shoot(alice, "demo-chat");
 
   // Phone width: the same page, stacked.

@@ -1,7 +1,10 @@
-// The demo chat: sign in with any user id, chat one-to-one or in groups. The page gets
-// a token from the demo's own endpoint, connects with the official WuKongIM JS SDK over
-// WebSocket, and reads conversations and history through the demo's window onto the
-// server's HTTP API (the same handlers the app server calls).
+// The demo chat: sign in with any user id, chat one-to-one or in groups, react to
+// messages and revoke one's own. The page gets a token from the demo's own endpoint,
+// connects with the official WuKongIM JS SDK over WebSocket, and reads conversations,
+// history and what happened to messages since (their extras) through the demo's window
+// onto the server's HTTP API (the same handlers the app server calls). The server tells
+// the SDK of a change by a command message (syncMessageExtra); the page then reads the
+// open conversation's extras again.
 import WKSDK from "wukongimjssdk";
 
 const PERSON = 1;
@@ -20,7 +23,7 @@ const conversations = new Map();
 let open = null; // the open conversation's key
 /** clientSeq → the tick element of a message waiting for its SENDACK */
 const waiting = new Map();
-/** SENDACKs that came before `send` resolved: clientSeq → reason code */
+/** SENDACKs that came before `send` resolved: clientSeq → the SENDACK */
 const early = new Map();
 
 const keyOf = (id, type) => `${type}:${id}`;
@@ -107,10 +110,14 @@ function renderConversations() {
   );
 }
 
-function appendMessage({ from, text, seq }, tick) {
+// One reaction, a heart: drawn by the fonts every system has (emoji fonts are not everywhere).
+const REACTION = "♥";
+
+function appendMessage({ from, text, seq, id }, tick) {
   const item = document.createElement("li");
   item.className = from === me.uid ? "mine" : "";
   if (seq) item.dataset.seq = String(seq);
+  if (id) item.dataset.id = id;
   const who = document.createElement("div");
   who.className = "from";
   who.textContent = from;
@@ -119,9 +126,87 @@ function appendMessage({ from, text, seq }, tick) {
   body.textContent = text;
   item.append(who, body);
   if (tick) item.append(tick);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.hidden = !id;
+  const react = document.createElement("button");
+  react.type = "button";
+  react.className = "react";
+  react.textContent = REACTION;
+  react.setAttribute("aria-pressed", "false");
+  react.setAttribute("aria-label", `React ${REACTION}`);
+  react.addEventListener("click", () => toggleReaction(item).catch(showError));
+  actions.append(react);
+  if (from === me.uid) {
+    const revoke = document.createElement("button");
+    revoke.type = "button";
+    revoke.className = "revoke";
+    revoke.textContent = "Revoke";
+    revoke.addEventListener("click", () => revokeMessage(item).catch(showError));
+    actions.append(revoke);
+  }
+  item.append(actions);
   const list = $("messages");
   list.append(item);
   list.scrollTop = list.scrollHeight;
+}
+
+/** The open conversation as the API names it. */
+function openChannel() {
+  const c = conversations.get(open);
+  return { channel_id: c.id, channel_type: c.type };
+}
+
+async function toggleReaction(item) {
+  const mine = item.querySelector(".react").getAttribute("aria-pressed") === "true";
+  const extra = await api("message/reaction", {
+    ...openChannel(),
+    message_id: item.dataset.id,
+    emoji: REACTION,
+    action: mine ? "remove" : "add",
+  });
+  showExtra(item, { ...extra, my_reactions: mine ? [] : [REACTION] });
+}
+
+async function revokeMessage(item) {
+  const extra = await api("message/revoke", { ...openChannel(), message_id: item.dataset.id });
+  showExtra(item, extra);
+}
+
+/** Shows what happened to a message: revoked, reactions (and whether mine is one). */
+function showExtra(item, extra) {
+  if (extra.revoke) {
+    item.classList.add("revoked");
+    item.querySelector(".text").textContent = extra.revoker === item.querySelector(".from").textContent
+      ? "revoked by its sender"
+      : "revoked";
+    item.querySelector(".actions").hidden = true;
+  }
+  const count = extra.reactions?.find((r) => r.emoji === REACTION)?.count ?? 0;
+  const react = item.querySelector(".react");
+  react.textContent = count ? `${REACTION} ${count}` : REACTION;
+  react.dataset.count = String(count);
+  if (extra.my_reactions) react.setAttribute("aria-pressed", String(extra.my_reactions.includes(REACTION)));
+}
+
+/** Reads the extras of the open conversation's messages on the page and shows them. */
+async function refreshExtras() {
+  if (!open) return;
+  const key = open;
+  const items = [...$("messages").querySelectorAll("li[data-seq]")];
+  if (!items.length) return;
+  const extras = await api("message/extras", {
+    ...openChannel(),
+    message_seqs: items.map((li) => Number(li.dataset.seq)),
+  });
+  if (open !== key) return;
+  for (const extra of extras) {
+    const item = $("messages").querySelector(`li[data-seq="${extra.message_seq}"]`);
+    if (item) showExtra(item, extra);
+  }
+  // How far this page has read the conversation's changes.
+  const newest = Math.max(0, ...extras.map((e) => e.extra_version));
+  $("messages").dataset.extraVersion = String(newest);
 }
 
 async function markRead(c, seq) {
@@ -153,9 +238,11 @@ async function openConversation(id, type) {
   $("messages").replaceChildren();
   const messages = (page.messages || []).sort((a, b) => a.message_seq - b.message_seq);
   for (const m of messages) {
-    appendMessage({ from: m.from_uid, text: decodePayload(m.payload), seq: m.message_seq }, null);
+    const id = m.message_idstr ?? String(m.message_id);
+    appendMessage({ from: m.from_uid, text: decodePayload(m.payload), seq: m.message_seq, id }, null);
   }
   const last = messages.length ? messages[messages.length - 1].message_seq : 0;
+  await refreshExtras();
   await markRead(c, last);
   $("text").focus();
 }
@@ -181,7 +268,7 @@ function onMessage(m) {
   c.last = text;
   c.timestamp = m.timestamp || Math.floor(Date.now() / 1000);
   if (keyOf(id, type) === open) {
-    appendMessage({ from: m.fromUID, text, seq: m.messageSeq }, null);
+    appendMessage({ from: m.fromUID, text, seq: m.messageSeq, id: String(m.messageID) }, null);
     markRead(c, m.messageSeq).catch(showError);
   } else {
     c.unread += 1;
@@ -189,8 +276,15 @@ function onMessage(m) {
   }
 }
 
-function settle(tick, reasonCode) {
+function settle(tick, { reasonCode, messageID, messageSeq }) {
   const ok = reasonCode === 1;
+  const item = tick.parentElement;
+  if (ok && item) {
+    // Stored: now it can be reacted to and revoked.
+    item.dataset.seq = String(messageSeq);
+    item.dataset.id = String(messageID);
+    item.querySelector(".actions").hidden = false;
+  }
   tick.dataset.state = ok ? "acked" : "failed";
   tick.textContent = ok ? "✓" : `✗ ${reasonCode}`;
   tick.setAttribute("aria-label", ok ? "delivered to the server" : `refused (${reasonCode})`);
@@ -265,10 +359,16 @@ function start() {
     const tick = waiting.get(ack.clientSeq);
     if (tick) {
       waiting.delete(ack.clientSeq);
-      settle(tick, ack.reasonCode);
+      settle(tick, ack);
     } else {
-      early.set(ack.clientSeq, ack.reasonCode);
+      early.set(ack.clientSeq, ack);
     }
+  });
+  // A message of a conversation changed (revoked, edited, reacted to): read again.
+  sdk.chatManager.addCMDListener((m) => {
+    if (m.content?.cmd !== "syncMessageExtra") return;
+    const { channel_id: id, channel_type: type } = m.content.param ?? {};
+    if (keyOf(id, type) === open) refreshExtras().catch(showError);
   });
   sdk.connect();
 }

@@ -1,6 +1,6 @@
 //! The demo chat (`demo.addr`, `/chatdemo`): a page built from `web/demo/` and embedded
 //! here, which signs a visitor in as any uid, connects with the official WuKongIM JS
-//! SDK and reads conversations and history.
+//! SDK, reads conversations and history, and reacts to and revokes messages.
 //!
 //! The listener has two endpoints of its own, both existing only while the demo is on:
 //! `POST /chatdemo/login` registers a fresh token for the uid through `POST /user/token`
@@ -41,11 +41,14 @@ const WEB: u8 = hongyan_proto::device_flag::WEB;
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API calls a demo page may make, and the body field that names the caller.
-const PASSED_ON: [(&str, &str); 4] = [
+const PASSED_ON: [(&str, &str); 7] = [
     ("conversation/sync", "uid"),
     ("conversations/clearUnread", "uid"),
     ("channel/messagesync", "login_uid"),
     ("channel", ""),
+    ("message/extras", "login_uid"),
+    ("message/reaction", "uid"),
+    ("message/revoke", "from_uid"),
 ];
 
 /// What the demo listener needs.
