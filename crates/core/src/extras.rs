@@ -169,8 +169,10 @@ impl Core {
         let message_id = stored.message.message_id;
         let sender = stored.message.from_uid.as_str();
         let store = self.store();
-        let before = store.extra_version(channel)?;
+        // Whether the call that decided (the last; earlier ones lost a race) changed it.
+        let mut changed = false;
         let extra = store.change_extra(channel, stored.seq, message_id, |extra| {
+            changed = false;
             let mut writes = Vec::new();
             match (change, operator) {
                 (Change::Revoke, _) if extra.revoked => return Ok(ExtraChange::Unchanged),
@@ -204,6 +206,7 @@ impl Core {
                 }
                 (Change::React { .. }, Operator::App) => return Ok(ExtraChange::Unchanged),
             }
+            changed = true;
             Ok(ExtraChange::Changed(writes))
         })?;
         let label = match change {
@@ -212,7 +215,7 @@ impl Core {
             Change::Read => "read",
             Change::React { .. } => "reaction",
         };
-        if extra.version > before {
+        if changed {
             metrics::counter!("hongyan_core_message_changes_total", "change" => label).increment(1);
             match change {
                 // Only the sender counts reads.
