@@ -18,9 +18,19 @@ use crate::tables::Store;
 use crate::{Result, StoreError};
 
 const FORMAT_V1: u8 = 1;
-/// How often a change is tried again after another writer took its version (each
-/// lost race means another change committed).
-const ATTEMPTS: u32 = 32;
+/// How long a change keeps trying after other writers took its version (each lost
+/// race means another change committed, so the channel moves on meanwhile).
+const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest pause between two tries.
+const MAX_BACKOFF_US: u64 = 50_000;
+
+/// The pause before try `attempt` (1 for the first retry): a random share of a
+/// window that doubles from 0.5 ms up to [`MAX_BACKOFF_US`], so writers that keep
+/// colliding spread out instead of retrying in step.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let window = (500u64 << attempt.min(10)).min(MAX_BACKOFF_US);
+    std::time::Duration::from_micros(fastrand::u64(0..=window))
+}
 
 /// What happened to one stored message after it was stored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -224,12 +234,14 @@ impl Store {
         mut change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
     ) -> Result<MessageExtra, E> {
         let key = seq_key(channel, seq);
-        for attempt in 0..ATTEMPTS {
+        let deadline = std::time::Instant::now() + RETRY_BUDGET;
+        for attempt in 0u32.. {
             if attempt > 0 {
-                // Another node (or connection) won: back off a little, unevenly.
-                let jitter =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-                std::thread::sleep(std::time::Duration::from_micros(u64::from(jitter % (200 * attempt))));
+                // Another node (or connection) won: back off, more the more often.
+                if std::time::Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(backoff(attempt));
             }
             let stored = self.kv().get(Table::ChanSeqExtra, &key)?;
             let mut extra = match &stored {
@@ -309,6 +321,16 @@ pub(crate) fn removal_writes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_varies() {
+        let longest = |attempt| (0..200).map(|_| backoff(attempt)).max().unwrap();
+        assert!(longest(1) <= std::time::Duration::from_micros(1_000));
+        assert!(longest(40) <= std::time::Duration::from_micros(MAX_BACKOFF_US));
+        assert!(longest(40) > std::time::Duration::from_micros(MAX_BACKOFF_US / 2), "late tries wait longer");
+        let pauses: std::collections::HashSet<_> = (0..20).map(|_| backoff(6)).collect();
+        assert!(pauses.len() > 10, "writers that collided do not retry in step");
+    }
 
     #[test]
     fn extras_round_trip_and_refuse_damage() {
