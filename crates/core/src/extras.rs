@@ -276,12 +276,10 @@ impl Core {
         };
         // Who could read a message: the other side of a person chat, else the members
         // but the sender.
-        let audience = if channel.channel_type == PERSON {
+        let audience = if channel.channel_type == PERSON || extras.is_empty() {
             1
-        } else if extras.iter().any(|e| e.readed_count > 0) {
-            u64::try_from(self.channel_state(channel)?.subscribers.len()).unwrap_or(u64::MAX).saturating_sub(1)
         } else {
-            0
+            u64::try_from(self.channel_state(channel)?.subscribers.len()).unwrap_or(u64::MAX).saturating_sub(1)
         };
         Ok(extras
             .into_iter()

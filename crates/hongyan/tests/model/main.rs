@@ -1,22 +1,28 @@
 //! A seeded random workload against a simple in-memory oracle, over the real server:
 //! users with several devices, groups whose membership and blacklists change, person
 //! chats with blacklists, sends and resends of the same client_msg_no, disconnects and
-//! reconnects. After every send the oracle's SENDACK code and seq must match, and every
-//! online device of every recipient must get the message; at the end every device must
-//! have received exactly what the oracle expects, in order, and message sync and unread
-//! counts must equal the oracle's.
+//! reconnects, and changes to stored messages (revoke, edit, read, reactions) by their
+//! senders, other users and the app server. After every send the oracle's SENDACK code
+//! and seq must match, and every online device of every recipient must get the message;
+//! after every change the answer and the extra version must match, and every online
+//! device the change concerns must get its notice; at the end every device must have
+//! received exactly what the oracle expects, in order, and message sync, unread counts
+//! and every user's view of every channel's extras must equal the oracle's.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
+#[path = "../common/mod.rs"]
 mod common;
+mod oracle;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, b64};
 use hongyan_proto::{Packet, ReasonCode, Send, device_flag};
 use hongyan_testkit::{Client, ClientError};
-use serde_json::json;
+use oracle::{ChangeKind, Extra, Oracle, named, oracle_fields, person_key};
+use serde_json::{Value, json};
 
 /// xorshift64*: deterministic, and enough for choosing operations.
 struct Rng(u64);
@@ -37,94 +43,6 @@ impl Rng {
 const USERS: [&str; 4] = ["ana", "ben", "cai", "dov"];
 const GROUPS: [&str; 2] = ["g0", "g1"];
 const DEVICES: usize = 2;
-
-/// A stored message as the oracle knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stored {
-    seq: u64,
-    from: String,
-    client_msg_no: String,
-    text: String,
-}
-
-/// What the oracle believes.
-#[derive(Default)]
-struct Oracle {
-    members: BTreeMap<&'static str, BTreeSet<&'static str>>,
-    group_blacklist: BTreeMap<&'static str, BTreeSet<&'static str>>,
-    /// owner → uids it blocks.
-    person_blacklist: BTreeMap<&'static str, BTreeSet<&'static str>>,
-    /// channel key (as the server stores it) → messages.
-    log: BTreeMap<String, Vec<Stored>>,
-    /// (channel, from, client_msg_no) → seq.
-    sent: HashMap<(String, String, String), u64>,
-    /// (uid, channel) → read cursor, for rows that exist.
-    cursors: BTreeMap<(String, String), u64>,
-}
-
-fn person_key(a: &str, b: &str) -> String {
-    hongyan_core::channel::person_channel_id(a, b)
-}
-
-impl Oracle {
-    /// The SENDACK reason and, on success, the seq (the original's for a resend) and
-    /// whether it is new.
-    fn send(
-        &mut self,
-        from: &'static str,
-        to: &'static str,
-        group: bool,
-        cmn: &str,
-        text: &str,
-    ) -> (ReasonCode, u64, bool) {
-        let key = if group { to.to_owned() } else { person_key(from, to) };
-        if group {
-            if self.group_blacklist.get(to).is_some_and(|b| b.contains(from)) {
-                return (ReasonCode::InBlacklist, 0, false);
-            }
-            if !self.members.get(to).is_some_and(|m| m.contains(from)) {
-                return (ReasonCode::SubscriberNotExist, 0, false);
-            }
-        } else if self.person_blacklist.get(to).is_some_and(|b| b.contains(from)) {
-            return (ReasonCode::InBlacklist, 0, false);
-        }
-        if let Some(seq) = self.sent.get(&(key.clone(), from.to_owned(), cmn.to_owned())) {
-            return (ReasonCode::Success, *seq, false);
-        }
-        let log = self.log.entry(key.clone()).or_default();
-        let seq = log.len() as u64 + 1;
-        log.push(Stored { seq, from: from.to_owned(), client_msg_no: cmn.to_owned(), text: text.to_owned() });
-        self.sent.insert((key.clone(), from.to_owned(), cmn.to_owned()), seq);
-        if !group {
-            for uid in [from, to] {
-                self.cursors.entry((uid.to_owned(), key.clone())).or_insert(0);
-            }
-        }
-        (ReasonCode::Success, seq, true)
-    }
-
-    fn recipients(&self, from: &'static str, to: &'static str, group: bool) -> Vec<&'static str> {
-        if group {
-            self.members.get(to).map(|m| m.iter().copied().collect()).unwrap_or_default()
-        } else {
-            vec![from, to]
-        }
-    }
-
-    fn join(&mut self, group: &'static str, uid: &'static str) {
-        self.members.entry(group).or_default().insert(uid);
-        let last = self.log.get(group).map_or(0, |l| l.len() as u64);
-        self.cursors.entry((uid.to_owned(), group.to_owned())).or_insert(last);
-    }
-
-    /// Unread per the cursor model: others' messages after the cursor and after the
-    /// user's own latest message.
-    fn unread(&self, uid: &str, key: &str) -> u64 {
-        let cursor = self.cursors.get(&(uid.to_owned(), key.to_owned())).copied().unwrap_or(0);
-        let log = self.log.get(key).map(Vec::as_slice).unwrap_or_default();
-        log.iter().rev().take_while(|m| m.seq > cursor && m.from != uid).count() as u64
-    }
-}
 
 struct Device {
     uid: &'static str,
@@ -157,11 +75,22 @@ async fn take_recv(device: &mut Device, limit: Duration) -> Result<(), ClientErr
                 message_seq: recv.message_seq,
             };
             client.send(&Packet::Recvack(ack)).await?;
-            device.received.push((recv.channel_id, recv.message_seq, text));
+            let (channel_id, text) = notice(&recv, &text).unwrap_or((recv.channel_id, text));
+            device.received.push((channel_id, recv.message_seq, text));
             Ok(())
         }
         other => panic!("{} got {other:?}", device.uid),
     }
+}
+
+/// A message change's notice as the devices' lists hold it: the channel it names and
+/// `extras <version>`, after checking that it is the command the SDKs expect and is
+/// not stored (one addressed to some users only comes through a temporary channel).
+fn notice(recv: &hongyan_proto::Recv, text: &str) -> Option<(String, String)> {
+    let cmd = serde_json::from_str::<serde_json::Value>(text).ok()?;
+    assert!(recv.flags.no_persist, "a notice is not stored: {text}");
+    assert_eq!((cmd["type"].as_u64(), cmd["cmd"].as_str()), (Some(99), Some("syncMessageExtra")), "{text}");
+    Some((cmd["param"]["channel_id"].as_str()?.to_owned(), format!("extras {}", cmd["param"]["extra_version"])))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +122,7 @@ async fn run(seed: u64, operations: usize) {
     let mut client_seq = 0u32;
     let mut sends = 0;
     for op in 0..operations {
-        match rng.below(10) {
+        match rng.below(12) {
             // Membership change.
             0 => {
                 let (group, uid) = (GROUPS[rng.below(2)], USERS[rng.below(4)]);
@@ -245,6 +174,79 @@ async fn run(seed: u64, operations: usize) {
                     while server.server.registry.connections(uid).len() != online {
                         assert!(tokio::time::Instant::now() < deadline, "close of {uid} not noticed");
                         tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            // A change to a stored message, by its sender, another user or the app server.
+            10 | 11 => {
+                let keys: Vec<String> = oracle.log.keys().cloned().collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let key = keys[rng.below(keys.len())].clone();
+                let message = oracle.log[&key][rng.below(oracle.log[&key].len())].clone();
+                let change = match rng.below(5) {
+                    0 => ChangeKind::Revoke,
+                    1 => ChangeKind::Edit,
+                    2 => ChangeKind::Read,
+                    n => ChangeKind::React { kind: ["+1", "ok"][rng.below(2)], add: n == 3 },
+                };
+                let operator = match rng.below(6) {
+                    0 if matches!(change, ChangeKind::Revoke | ChangeKind::Edit) => None,
+                    1 | 2 => Some(message.from.clone()),
+                    _ => Some(USERS[rng.below(4)].to_owned()),
+                };
+                let viewer = operator.clone().unwrap_or_else(|| message.from.clone());
+                let (channel_id, channel_type) = named(&key, &viewer);
+                let text = format!("edit {op}");
+                let id = message.message_id;
+                let (path, body) = match change {
+                    ChangeKind::Revoke | ChangeKind::Edit => (
+                        if matches!(change, ChangeKind::Revoke) { "/message/revoke" } else { "/message/edit" },
+                        json!({"login_uid": viewer, "from_uid": operator.clone().unwrap_or_default(),
+                               "channel_id": channel_id, "channel_type": channel_type, "message_id": id,
+                               "payload": b64(&text)}),
+                    ),
+                    ChangeKind::Read => (
+                        "/message/readed",
+                        json!({"uid": viewer, "channel_id": channel_id, "channel_type": channel_type,
+                               "message_ids": [id]}),
+                    ),
+                    ChangeKind::React { kind, add } => (
+                        "/message/reaction",
+                        json!({"uid": viewer, "channel_id": channel_id, "channel_type": channel_type,
+                               "message_id": id, "emoji": kind, "action": if add { "add" } else { "remove" }}),
+                    ),
+                };
+                let (status, answer) = server.post(path, body).await;
+                let what = format!("seed {seed} op {op}: {change:?} of {key}#{} by {operator:?}", message.seq);
+                let Ok((extra, changed)) = oracle.change(&key, message.seq, operator.as_deref(), change, &text) else {
+                    assert_eq!(status, 400, "{what}: {answer}");
+                    continue;
+                };
+                assert_eq!(status, 200, "{what}: {answer}");
+                let answer = if answer.is_array() { answer[0].clone() } else { answer };
+                assert_eq!(extra_fields(&answer), oracle_fields(&extra), "{what}");
+                if !changed {
+                    continue;
+                }
+                // Who is told: for a read its sender, else every member (both sides of
+                // a person chat), on every online device.
+                let person = hongyan_core::channel::person_channel_members(&key);
+                for device in devices.iter_mut().filter(|d| d.client.is_some()) {
+                    let told = match (change, person) {
+                        (ChangeKind::Read, _) => device.uid == message.from,
+                        (_, Some((a, b))) => device.uid == a || device.uid == b,
+                        (_, None) => oracle.members.get(key.as_str()).is_some_and(|m| m.contains(device.uid)),
+                    };
+                    if !told {
+                        continue;
+                    }
+                    device.expected.push((named(&key, device.uid).0, 0, format!("extras {}", extra.version)));
+                    while device.received.len() < device.expected.len() {
+                        take_recv(device, Duration::from_secs(5))
+                            .await
+                            .unwrap_or_else(|e| panic!("{what}: {} waited for the notice: {e}", device.uid));
                     }
                 }
             }
@@ -312,6 +314,8 @@ async fn run(seed: u64, operations: usize) {
                 if !new {
                     continue;
                 }
+                let key = if group { to.to_owned() } else { person_key(from, to) };
+                oracle.log.get_mut(&key).unwrap()[seq as usize - 1].message_id = ack.message_id;
                 // Every online device of every recipient gets it once, except the sender's.
                 let recipients = oracle.recipients(from, to, group);
                 for (j, device) in devices.iter_mut().enumerate() {
@@ -389,5 +393,59 @@ async fn run(seed: u64, operations: usize) {
             .collect();
         assert_eq!(got, want, "seed {seed}: unread counts of {uid}");
     }
+    // Every user's view of every channel's extras equals the oracle's: each changed
+    // message once, oldest change first, with what the viewer read and gave.
+    for (key, extras) in &oracle.extras {
+        let person = hongyan_core::channel::person_channel_members(key);
+        let mut want: Vec<(u64, &Extra)> = extras.iter().map(|(seq, e)| (*seq, e)).collect();
+        want.sort_by_key(|(_, e)| e.version);
+        for viewer in USERS.into_iter().filter(|u| person.is_none_or(|(a, b)| a == *u || b == *u)) {
+            let (channel_id, channel_type) = named(key, viewer);
+            let after = want.len() as u64 / 2;
+            let body = json!({"login_uid": viewer, "channel_id": channel_id, "channel_type": channel_type,
+                              "extra_version": want.get(after as usize).map_or(0, |(_, e)| e.version - 1),
+                              "limit": 1000});
+            let (status, answer) = server.post("/message/extra/sync", body.clone()).await;
+            assert_eq!(status, 200, "{answer}");
+            let got: Vec<Value> = answer.as_array().unwrap().iter().map(view_fields).collect();
+            let audience = match person {
+                Some(_) => 1,
+                None => oracle.members.get(key.as_str()).map_or(0, |m| m.len() as u64).saturating_sub(1),
+            };
+            let expected: Vec<Value> = want[after as usize..]
+                .iter()
+                .map(|(seq, e)| {
+                    let message = &oracle.log[key][*seq as usize - 1];
+                    let mut v = oracle_fields(e);
+                    v["message_id"] = json!(message.message_id);
+                    v["message_seq"] = json!(seq);
+                    v["readed"] = json!(u8::from(e.readers.contains(viewer)));
+                    v["unread_count"] = json!(audience.saturating_sub(e.readers.len() as u64));
+                    v["my_reactions"] = json!(
+                        e.reactions.iter().filter(|(_, g)| g.contains(viewer)).map(|(k, _)| k).collect::<Vec<_>>()
+                    );
+                    v
+                })
+                .collect();
+            assert_eq!(got, expected, "seed {seed}: extras of {key} as {viewer} sees them ({body})");
+        }
+    }
     server.stop().await;
+}
+
+/// What an answer says of a message's extra that the oracle knows.
+fn extra_fields(e: &Value) -> Value {
+    json!({
+        "extra_version": e["extra_version"], "revoke": e["revoke"], "revoker": e["revoker"],
+        "content_edit": e["content_edit"], "readed_count": e["readed_count"], "reactions": e["reactions"],
+    })
+}
+
+/// [`extra_fields`] with what a sync adds: which message, and the viewer's part.
+fn view_fields(e: &Value) -> Value {
+    let mut v = extra_fields(e);
+    for field in ["message_id", "message_seq", "readed", "unread_count", "my_reactions"] {
+        v[field] = e[field].clone();
+    }
+    v
 }
