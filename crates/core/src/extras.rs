@@ -209,6 +209,8 @@ impl Core {
             changed = true;
             Ok(ExtraChange::Changed(writes))
         })?;
+        // Retention removed it since it was looked up.
+        let Some(extra) = extra else { return Err(ChangeError::NotFound(message_id)) };
         let label = match change {
             Change::Revoke => "revoke",
             Change::Edit(_) => "edit",

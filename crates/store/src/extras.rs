@@ -211,13 +211,16 @@ impl Store {
     /// ([`ExtraChange::Unchanged`]: nothing is written, the current extra is returned)
     /// or refuses with an error of its own. It is called again if another writer
     /// changed the channel's extras meanwhile, so it sees the state it changes.
+    /// `None`: the message is not stored (or retention removed it meanwhile). A change
+    /// commits only while its message is stored, so retention, which removes the
+    /// extras after their messages, never leaves one behind.
     pub fn change_extra<E: From<StoreError>>(
         &self,
         channel: &ChannelKey,
         seq: u64,
         message_id: i64,
         change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
-    ) -> Result<MessageExtra, E> {
+    ) -> Result<Option<MessageExtra>, E> {
         let _serial = serial(channel);
         self.change_extra_unserialised(channel, seq, message_id, change)
     }
@@ -232,8 +235,9 @@ impl Store {
         seq: u64,
         message_id: i64,
         mut change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
-    ) -> Result<MessageExtra, E> {
+    ) -> Result<Option<MessageExtra>, E> {
         let key = seq_key(channel, seq);
+        let message_key = channel.message_key(seq);
         let deadline = std::time::Instant::now() + RETRY_BUDGET;
         for attempt in 0u32.. {
             if attempt > 0 {
@@ -243,12 +247,16 @@ impl Store {
                 }
                 std::thread::sleep(backoff(attempt));
             }
+            let Some(message) = self.kv().get(Table::ChanSeqMessage, &message_key)? else { return Ok(None) };
             let stored = self.kv().get(Table::ChanSeqExtra, &key)?;
             let mut extra = match &stored {
                 Some(v) => decode(seq, v)?,
                 None => MessageExtra { message_id, seq, ..MessageExtra::default() },
             };
-            let ExtraChange::Changed(mut writes) = change(&mut extra)? else { return Ok(extra) };
+            let ExtraChange::Changed(mut writes) = change(&mut extra)? else { return Ok(Some(extra)) };
+            // The message is still stored when this commits (retention deletes it first,
+            // expecting it too, and then its extras).
+            writes.push(Write::Expect(Table::ChanSeqMessage, message_key.clone(), message));
             // The channel's version counter: every change expects it unchanged, so two
             // writers that read the same one cannot both commit.
             let head = self.version_head(channel)?;
@@ -278,7 +286,7 @@ impl Store {
                 seq.to_be_bytes().to_vec(),
             ));
             match self.kv().write(writes, true) {
-                Ok(()) => return Ok(extra),
+                Ok(()) => return Ok(Some(extra)),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -65,7 +65,7 @@ impl ChannelKey {
         key
     }
 
-    fn message_key(&self, seq: u64) -> Vec<u8> {
+    pub(crate) fn message_key(&self, seq: u64) -> Vec<u8> {
         let mut key = self.prefix();
         key.extend_from_slice(&seq.to_be_bytes());
         key
@@ -680,7 +680,7 @@ impl MessageLog {
             if page.is_empty() {
                 break;
             }
-            let mut writes = Vec::with_capacity(3 * page.len() + 1);
+            let mut writes = Vec::with_capacity(4 * page.len() + 1);
             let mut stop = false;
             for (key, value) in &page {
                 let message = decode(value)?;
@@ -689,6 +689,10 @@ impl MessageLog {
                     break;
                 }
                 let seq = seq_from_key(key)?;
+                // Expected as well as deleted: a message change racing this batch
+                // (`Store::change_extra`, which expects the message) commits before it or
+                // not at all.
+                writes.push(Write::Expect(Table::ChanSeqMessage, key.clone(), value.clone()));
                 writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
                 writes.push(Write::Delete(Table::MsgIdChanSeq, message.message_id.to_be_bytes().to_vec()));
                 if !message.client_msg_no.is_empty() {
@@ -703,11 +707,17 @@ impl MessageLog {
             }
             let count = writes.iter().filter(|w| matches!(w, Write::Delete(Table::ChanSeqMessage, _))).count();
             if count > 0 {
-                // What happened to them (revoked, edited) goes with them.
-                let from = seq_from_key(&page[0].0)?;
-                crate::marks::remove_marks(&*self.kv, channel, from, next - 1)?;
-                writes.extend(crate::extras::removal_writes(&*self.kv, channel, from, next - 1)?);
                 self.kv.write(writes, true)?;
+                // Then what happened to them (revoked, edited, read, reactions): every
+                // change that could still commit has, since a change commits only while
+                // its message is stored. The first page sweeps from seq 0, for what a
+                // crash between the two steps may have left of earlier messages.
+                let from = if removed_here == 0 { 0 } else { seq_from_key(&page[0].0)? };
+                crate::marks::remove_marks(&*self.kv, channel, from, next - 1)?;
+                let extras = crate::extras::removal_writes(&*self.kv, channel, from, next - 1)?;
+                if !extras.is_empty() {
+                    self.kv.write(extras, true)?;
+                }
                 removed_here += count;
             }
             if stop || page.len() < PAGE {
@@ -1234,6 +1244,32 @@ mod tests {
         assert!(log.read(&g, 1, 0, 10, Order::Ascending).unwrap().is_empty());
         assert!(log.by_message_id(5).unwrap().is_none());
         assert_eq!(log.append(g.clone(), msg(10, "s", "c1", "m")).await.unwrap().ids(), (10, 6), "c1 is free again");
+    }
+
+    #[tokio::test]
+    async fn retention_removes_extras_after_their_messages_and_what_a_crash_left_between() {
+        let kv: Arc<dyn KvBackend> = Arc::new(MemoryBackend::new());
+        let log = MessageLog::open(kv.clone(), Durability::Fsync).unwrap();
+        let store = crate::Store::new(kv.clone());
+        let g = ChannelKey::new("g", 2);
+        for id in 1..=4 {
+            log.append(g.clone(), msg(id, "s", "", "m")).await.unwrap();
+        }
+        let revoke = |e: &mut crate::MessageExtra| {
+            e.revoked = true;
+            Ok::<_, StoreError>(crate::ExtraChange::Changed(vec![store.read_mark_write(&g, e.seq, "r", 1)]))
+        };
+        for seq in 1..=4 {
+            assert!(store.change_extra(&g, seq, seq as i64, revoke).unwrap().is_some());
+        }
+        // A crash between retention's two steps: message 1 gone, its extra and mark left.
+        kv.write(vec![Write::Delete(Table::ChanSeqMessage, g.message_key(1))], true).unwrap();
+        let cutoff = 1_700_000_000_000 + 3; // message 2 is older (1 is gone already)
+        assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned { channels: 1, messages: 1 });
+        let left: Vec<u64> = store.extras_since(&g, 0, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(left, [3, 4], "message 1's extra went with the next retention, 2's with its message");
+        assert!(store.read_marks(&g, &[1, 2], "r").unwrap().iter().all(Option::is_none));
+        assert_eq!(store.change_extra(&g, 2, 2, revoke).unwrap(), None, "no change after its message");
     }
 
     #[tokio::test]

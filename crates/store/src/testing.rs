@@ -418,6 +418,11 @@ pub async fn fenced_owners(a: Arc<dyn KvBackend>, b: Arc<dyn KvBackend>) {
 pub fn extras_contract(a: &Store, b: &Store) {
     let chan = ChannelKey::new("g-extras", 2);
     let other = ChannelKey::new("g-other", 2);
+    let race = ChannelKey::new("g-race", 2);
+    // Stand-ins for the stored messages: a change commits only while its message is.
+    let message_row = |c: &ChannelKey, seq: u64| Write::Put(Table::ChanSeqMessage, c.message_key(seq), b"m".to_vec());
+    let rows = [(&chan, 1), (&chan, 2), (&other, 5)].into_iter().chain((1..=10).map(|s| (&race, s)));
+    a.apply(rows.map(|(c, s)| message_row(c, s)).collect()).unwrap();
     assert_eq!(a.extra_version(&chan).unwrap(), 0);
     let revoke = |by: &'static str| {
         move |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
@@ -429,10 +434,23 @@ pub fn extras_contract(a: &Store, b: &Store) {
             Ok(ExtraChange::Changed(Vec::new()))
         }
     };
-    let first = a.change_extra(&chan, 1, 101, revoke("ann")).unwrap();
+    // No message, no change; nor when the message goes (retention) while it is decided.
+    assert_eq!(a.change_extra(&chan, 3, 103, revoke("ann")).unwrap(), None);
+    let mut removed = false;
+    let gone = a.change_extra(&chan, 2, 102, |e: &mut crate::MessageExtra| {
+        if !removed {
+            removed = true;
+            b.apply(vec![Write::Delete(Table::ChanSeqMessage, chan.message_key(2))])?;
+        }
+        revoke("ann")(e)
+    });
+    assert_eq!(gone.unwrap(), None, "a change does not outlive its message");
+    assert_eq!((a.extra_version(&chan).unwrap(), a.message_extra(&chan, 2).unwrap()), (0, None));
+    a.apply(vec![message_row(&chan, 2)]).unwrap();
+    let first = a.change_extra(&chan, 1, 101, revoke("ann")).unwrap().unwrap();
     assert_eq!((first.version, first.message_id, first.seq, first.revoked), (1, 101, 1, true));
     // Nothing to change: nothing written, the stored state returned.
-    assert_eq!(b.change_extra(&chan, 1, 101, revoke("bob")).unwrap(), first);
+    assert_eq!(b.change_extra(&chan, 1, 101, revoke("bob")).unwrap(), Some(first));
     let edit = |text: &'static str| {
         move |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
             e.edited_payload = Some(text.as_bytes().to_vec());
@@ -440,9 +458,9 @@ pub fn extras_contract(a: &Store, b: &Store) {
             Ok(ExtraChange::Changed(Vec::new()))
         }
     };
-    assert_eq!(b.change_extra(&chan, 2, 102, edit("v1")).unwrap().version, 2);
-    assert_eq!(a.change_extra(&other, 5, 105, edit("x")).unwrap().version, 1, "versions are per channel");
-    let again = a.change_extra(&chan, 1, 101, edit("after")).unwrap();
+    assert_eq!(b.change_extra(&chan, 2, 102, edit("v1")).unwrap().unwrap().version, 2);
+    assert_eq!(a.change_extra(&other, 5, 105, edit("x")).unwrap().unwrap().version, 1, "versions are per channel");
+    let again = a.change_extra(&chan, 1, 101, edit("after")).unwrap().unwrap();
     assert_eq!((again.version, again.revoked, again.revoker.as_str()), (3, true, "ann"));
     // A refusal writes nothing.
     let refused = b.change_extra(&chan, 2, 102, |_| Err::<ExtraChange, _>(StoreError::Busy("refused")));
@@ -462,7 +480,6 @@ pub fn extras_contract(a: &Store, b: &Store) {
     );
 
     // Racing writers: 4 threads, 2 stores, 10 messages, 80 changes.
-    let race = ChannelKey::new("g-race", 2);
     let enforced = a.backend().enforces_inserts();
     std::thread::scope(|scope| {
         for t in 0..4u64 {
@@ -500,6 +517,7 @@ pub fn extras_contract(a: &Store, b: &Store) {
                 e.readed_count += 1;
                 Ok::<_, StoreError>(ExtraChange::Changed(vec![store.read_mark_write(&chan, 2, uid, 1_000)]))
             })
+            .unwrap()
             .unwrap()
     };
     assert_eq!(read(a, "zed").readed_count, 1);
@@ -555,9 +573,9 @@ pub fn extras_contract(a: &Store, b: &Store) {
             Ok::<_, StoreError>(ExtraChange::Changed(store.reaction_writes(&chan, 2, uid, kind, write)))
         };
         if unserialised {
-            store.change_extra_unserialised(&chan, 2, 102, change).unwrap()
+            store.change_extra_unserialised(&chan, 2, 102, change).unwrap().unwrap()
         } else {
-            store.change_extra(&chan, 2, 102, change).unwrap()
+            store.change_extra(&chan, 2, 102, change).unwrap().unwrap()
         }
     };
     react(a, "amy", "👍", true, false);
