@@ -1,6 +1,7 @@
 //! The message log's tests: appends, resends, fences, retention, the journal, failures.
 
 use super::*;
+use crate::backend::Order;
 use crate::{FjallBackend, MemoryBackend};
 use std::collections::BTreeMap;
 
