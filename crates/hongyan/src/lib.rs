@@ -7,6 +7,7 @@ pub mod config;
 mod console;
 mod demo;
 mod http;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use config::Config;
+use tasks::{spawn_retention, spawn_system_account_refresh, spawn_temp_channel_expiry};
 
 /// The process-wide Prometheus recorder. Installed once; later servers in the same
 /// process (tests) share it.
@@ -475,72 +477,6 @@ fn webhook_settings(config: &Config) -> hongyan_api::webhook::WebhookSettings {
         node_id: config.node_id,
         system_uid: config.system_uid.clone(),
     }
-}
-
-/// Loads the datasource's system accounts now and again every `every`.
-fn spawn_system_account_refresh(core: &Arc<Core>, every: Duration, shutdown: &CancellationToken) {
-    spawn_periodic(core, every, shutdown, "system account refresh", |core| {
-        if let Err(e) = core.refresh_system_accounts() {
-            warn!(error = %e, "system accounts from the datasource not refreshed");
-        }
-    });
-}
-
-/// Runs the retention sweep at start-up and then every interval, if any is configured.
-fn spawn_retention(core: &Arc<Core>, config: &Config, shutdown: &CancellationToken) {
-    let rules = config.storage.retention();
-    if rules.is_empty() {
-        return;
-    }
-    let every = Duration::from_secs(config.storage.retention_sweep_interval_secs);
-    spawn_periodic(core, every, shutdown, "retention sweep", move |core| match core.sweep_retention(&rules) {
-        Ok(pruned) if pruned.messages > 0 => {
-            info!(messages = pruned.messages, channels = pruned.channels, "retention sweep removed old messages");
-        }
-        Ok(_) => {}
-        Err(e) => warn!(error = %e, "retention sweep failed; retrying at the next interval"),
-    });
-}
-
-/// Removes expired temporary channels (sends to a list of uids) at start-up and then
-/// every retention sweep interval.
-fn spawn_temp_channel_expiry(core: &Arc<Core>, config: &Config, shutdown: &CancellationToken) {
-    let every = Duration::from_secs(config.storage.retention_sweep_interval_secs);
-    let ttl = Duration::from_secs(config.delivery.temp_channel_ttl_secs);
-    spawn_periodic(core, every, shutdown, "temporary channel expiry", move |core| {
-        match core.expire_temp_channels(ttl) {
-            Ok(0) => {}
-            Ok(removed) => info!(removed, "temporary channels expired"),
-            Err(e) => warn!(error = %e, "temporary channel expiry failed; retrying at the next interval"),
-        }
-    });
-}
-
-/// Runs `job` on the blocking pool now and then every `every`, until shutdown or until
-/// the core is gone; a run that is late is not made up.
-fn spawn_periodic(
-    core: &Arc<Core>,
-    every: Duration,
-    shutdown: &CancellationToken,
-    what: &'static str,
-    job: impl Fn(&Core) + Send + Sync + 'static,
-) {
-    let (core, stop, job) = (Arc::downgrade(core), shutdown.clone(), Arc::new(job));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let Some(core) = core.upgrade() else { break };
-            let job = job.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || job(&core)).await {
-                warn!(error = %e, "{what} task failed");
-            }
-        }
-    });
 }
 
 /// `addr` as a person would type it: a wildcard address shown as localhost.
