@@ -287,10 +287,14 @@ impl Store {
             ));
             match self.kv().write(writes, true) {
                 Ok(()) => return Ok(Some(extra)),
-                Err(StoreError::Conflict(_)) => continue,
+                Err(StoreError::Conflict(_)) => {
+                    metrics::counter!("hongyan_storage_extra_conflicts_total").increment(1);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
+        metrics::counter!("hongyan_storage_extra_busy_total").increment(1);
         Err(StoreError::Busy("message extras: too many concurrent changes to this channel").into())
     }
 
