@@ -153,6 +153,25 @@ async fn revokes_and_edits_reach_online_members_and_sync_by_version_after_a_rest
     let m4 = sent(&server, "cat", ("g", 2), "fourth").await;
     let (s, a) = change(&server, "/message/edit", edit("cat", m4, "fourth!")).await;
     assert_eq!((s, a["extra_version"].as_u64()), (200, Some(6)));
+
+    // A page of history carries each message's extra where it has one.
+    sent(&server, "cat", ("g", 2), "fifth, untouched").await;
+    let body = json!({"login_uid": "ann", "channel_id": "g", "channel_type": 2, "start_message_seq": 2, "pull_mode": 1, "limit": 10});
+    let (s, page) = server.post("/channel/messagesync", body).await;
+    assert_eq!(s, 200, "{page}");
+    let extras: Vec<(u64, Option<u64>, Option<u64>)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let e = &m["message_extra"];
+            (m["message_seq"].as_u64().unwrap(), e["extra_version"].as_u64(), e["revoke"].as_u64())
+        })
+        .collect();
+    assert_eq!(extras, [(2, Some(4), Some(1)), (3, Some(5), Some(1)), (4, Some(6), Some(0)), (5, None, None)]);
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages[2]["message_extra"]["content_edit"], b64("fourth!"));
+    assert!(messages[3].get("message_extra").is_none(), "no extra, no field: {}", messages[3]);
     server.stop().await;
 }
 

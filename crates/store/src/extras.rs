@@ -173,6 +173,25 @@ impl Store {
         seqs.iter().zip(values).map(|(seq, v)| v.map(|v| decode(*seq, &v)).transpose()).collect()
     }
 
+    /// The extras of the channel's messages with `first <= seq <= last`, by seq: one
+    /// range read (a page of history asks for its messages' extras so). At most
+    /// 10,000 seqs are looked at, from `first`.
+    pub fn extras_between(&self, channel: &ChannelKey, first: u64, last: u64) -> Result<Vec<MessageExtra>> {
+        const MOST: u64 = 10_000;
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let end = last.min(first.saturating_add(MOST - 1)).saturating_add(1);
+        let rows = self.kv().scan_range(
+            Table::ChanSeqExtra,
+            &seq_key(channel, first),
+            &seq_key(channel, end),
+            usize::try_from(end - first).unwrap_or(usize::MAX),
+            crate::Order::Ascending,
+        )?;
+        rows.iter().map(|(key, value)| decode(tail_u64(key)?, value)).collect()
+    }
+
     /// The channel's newest extra version, 0 if none.
     pub fn extra_version(&self, channel: &ChannelKey) -> Result<u64> {
         Ok(self.version_head(channel)?.map_or(0, |(v, _)| v))

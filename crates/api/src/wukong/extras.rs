@@ -71,7 +71,7 @@ impl ChangeReq {
 
 /// A stored extra as the WuKongIM SDKs' message extras read it, with the channel named
 /// as the request named it.
-fn extra_json(e: &MessageExtra, channel_id: &str, channel_type: u8) -> Value {
+pub(super) fn extra_json(e: &MessageExtra, channel_id: &str, channel_type: u8) -> Value {
     use base64::Engine as _;
     let reactions: Vec<Value> =
         e.reactions.iter().map(|(kind, count)| json!({"emoji": kind, "count": count})).collect();

@@ -1,6 +1,8 @@
 //! Sending (`/message/send`, `/message/sendbatch`), a channel's history
 //! (`/channel/messagesync`) and a user's command messages (`/message/sync`, `/message/syncack`).
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -276,7 +278,7 @@ pub(super) async fn message_sync(State(state): State<AppState>, body: Bytes) -> 
         }
     };
     let key = channel.clone();
-    let (mut messages, more) = state
+    let (mut messages, more, extras) = state
         .on_core::<_, ApiError>(move |core| {
             let log = core.log();
             let order = if newest { Order::Descending } else { Order::Ascending };
@@ -287,14 +289,25 @@ pub(super) async fn message_sync(State(state): State<AppState>, body: Bytes) -> 
             // Expired messages are gone for readers; the page may come out shorter.
             let now = hongyan_core::now_ms();
             page.retain(|m| !hongyan_core::commands::is_expired(&m.message, now));
-            Ok((page, more))
+            // What happened to them since (revoked, edited…), in one range read.
+            let seqs = page.iter().map(|m| m.seq);
+            let extras = match (seqs.clone().min(), seqs.max()) {
+                (Some(first), Some(last)) => core.store().extras_between(&key, first, last)?,
+                _ => Vec::new(),
+            };
+            Ok((page, more, extras))
         })
         .await?;
     if newest {
         messages.reverse();
     }
     let system = &state.settings.system_uid;
-    let messages = messages.iter().map(|m| MessageOut::new(m, &channel, system, &m.message.from_uid)).collect();
+    let mut extras: HashMap<u64, Value> =
+        extras.iter().map(|e| (e.seq, super::extras::extra_json(e, &req.channel_id, req.channel_type))).collect();
+    let messages = messages
+        .iter()
+        .map(|m| MessageOut::new(m, &channel, system, &m.message.from_uid).with_extra(extras.remove(&m.seq)))
+        .collect();
     let bounds = if limao {
         [("min_message_seq", req.min_message_seq.unwrap_or(0)), ("max_message_seq", req.max_message_seq.unwrap_or(0))]
     } else {

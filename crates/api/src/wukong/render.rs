@@ -31,6 +31,10 @@ pub(crate) struct MessageOut<'a> {
     payload: &'a [u8],
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<&'a str>,
+    /// What happened to it after it was stored (revoked, edited, read, reactions), in
+    /// `/message/extras`' shape; only where something did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_extra: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -79,7 +83,13 @@ impl<'a> MessageOut<'a> {
             timestamp: m.message.timestamp_ms / 1000,
             payload: &m.message.payload,
             topic: m.message.topic.as_deref(),
+            message_extra: None,
         }
+    }
+
+    /// With what happened to it after it was stored.
+    pub(crate) fn with_extra(self, message_extra: Option<Value>) -> Self {
+        Self { message_extra, ..self }
     }
 
     /// As a JSON value, for answers that embed it in one.

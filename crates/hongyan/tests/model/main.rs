@@ -6,8 +6,9 @@
 //! and seq must match, and every online device of every recipient must get the message;
 //! after every change the answer and the extra version must match, and every online
 //! device the change concerns must get its notice; at the end every device must have
-//! received exactly what the oracle expects, in order, and message sync, unread counts
-//! and every user's view of every channel's extras must equal the oracle's.
+//! received exactly what the oracle expects, in order, and message sync (with each
+//! message's extra), unread counts and every user's view of every channel's extras
+//! must equal the oracle's.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -355,7 +356,8 @@ async fn run(seed: u64, operations: usize) {
         let body = json!({"login_uid": login, "channel_id": channel_id, "channel_type": channel_type, "pull_mode": 1, "start_message_seq": 1, "limit": 10_000});
         let (status, answer) = server.post("/channel/messagesync", body).await;
         assert_eq!(status, 200);
-        let got: Vec<(u64, String, String)> = answer["messages"]
+        // Each message with what happened to it, where something did.
+        let got: Vec<(u64, String, String, Value)> = answer["messages"]
             .as_array()
             .unwrap()
             .iter()
@@ -364,11 +366,18 @@ async fn run(seed: u64, operations: usize) {
                     m["message_seq"].as_u64().unwrap(),
                     m["from_uid"].as_str().unwrap().to_owned(),
                     m["client_msg_no"].as_str().unwrap().to_owned(),
+                    m.get("message_extra").map_or(Value::Null, extra_fields),
                 )
             })
             .collect();
-        let want: Vec<(u64, String, String)> =
-            log.iter().map(|m| (m.seq, m.from.clone(), m.client_msg_no.clone())).collect();
+        let extras = oracle.extras.get(key);
+        let want: Vec<(u64, String, String, Value)> = log
+            .iter()
+            .map(|m| {
+                let extra = extras.and_then(|e| e.get(&m.seq)).map_or(Value::Null, oracle_fields);
+                (m.seq, m.from.clone(), m.client_msg_no.clone(), extra)
+            })
+            .collect();
         assert_eq!(got, want, "seed {seed}: history of {key}");
     }
 

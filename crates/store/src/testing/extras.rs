@@ -66,6 +66,9 @@ pub fn extras_contract(a: &Store, b: &Store) {
     assert!(since(a, 3).is_empty());
     assert!(a.extras_since(&chan, u64::MAX, 10).unwrap().is_empty());
     assert_eq!(a.extras_since(&chan, 0, 1).unwrap().len(), 1, "the limit holds");
+    let between = |first, last| a.extras_between(&chan, first, last).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!((between(1, 2), between(2, 9), between(3, 9), between(2, 1)), (vec![1, 2], vec![2], vec![], vec![]));
+    assert_eq!(a.extras_between(&other, 1, u64::MAX).unwrap().len(), 1, "one channel's only");
     assert_eq!(
         a.message_extras(&chan, &[2, 9, 1]).unwrap().iter().map(|e| e.as_ref().map(|e| e.version)).collect::<Vec<_>>(),
         [Some(2), None, Some(3)]
