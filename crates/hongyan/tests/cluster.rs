@@ -683,7 +683,7 @@ async fn a_postgres_outage_longer_than_a_lease_loses_nothing_and_every_node_come
     };
     assert_eq!(receive_n(&mut bob, 5).await, expected(1..=5));
 
-    proxy.cut();
+    proxy.cut().await;
     let outage = WITHIN_A_LEASE;
     let back = {
         let proxy = proxy.clone();

@@ -54,7 +54,7 @@ async fn sends_are_refused_while_postgres_is_away_and_served_again_when_it_is_ba
         acked.insert(cmn, ack.message_seq);
     }
 
-    proxy.cut();
+    proxy.cut().await;
     // Refused, not lost: SENDACK 15 and the same client_msg_no may be sent again.
     seq += 1;
     let refused = send_text(&mut alice, ("bob", 1), seq, "during", "during", Default::default()).await;

@@ -67,10 +67,14 @@ impl Proxy {
         Self { addr, open, cut_on_commit, links }
     }
 
-    /// Drops every open connection and refuses new ones.
-    pub(crate) fn cut(&self) {
+    /// Drops every open connection and refuses new ones. Returns once every link is
+    /// gone: an aborted task only stops at its next poll, and a link that still forwarded
+    /// a statement or two after this returned would let a write reach its COMMIT.
+    pub(crate) async fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
-        self.links.lock().unwrap().abort_all();
+        let mut links = std::mem::take(&mut *self.links.lock().unwrap());
+        links.abort_all();
+        while links.join_next().await.is_some() {}
     }
 
     pub(crate) fn restore(&self) {
