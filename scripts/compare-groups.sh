@@ -10,6 +10,8 @@
 #        BENCH (target/release/hongyan-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/ab-server.sh
+. scripts/ab-server.sh
 reference=${1:?usage: compare-groups.sh <reference-server> [candidate-server] [rates...]}
 candidate=${2:-target/release/hongyan}
 shift $(( $# >= 2 ? 2 : 1 ))
@@ -22,22 +24,12 @@ secs=${SECONDS_PER_RUN:-8}
 rounds=${ROUNDS:-2}
 
 run() { # <server binary> <rate> <label>
-    local dir pid out
-    dir=$(mktemp -d)
-    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn "$1" serve --data-dir "$dir" \
-        --http-addr 127.0.0.1:16001 --manager-addr 127.0.0.1:16300 --tcp-addr 127.0.0.1:16100 \
-        --ws-addr 127.0.0.1:16200 --demo-addr "" &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf http://127.0.0.1:16001/health >/dev/null && break
-        sleep 0.1
-    done
+    local out
+    ab_start "$1"
     out=$("$bench" groups --tcp 127.0.0.1:16100 --api http://127.0.0.1:16001 --groups "$groups" \
-        --members "$members" --rates "$2" --seconds "$secs" --server-pid "$pid" \
+        --members "$members" --rates "$2" --seconds "$secs" --server-pid "$AB_PID" \
         2>&1 || true)
-    kill -TERM "$pid"
-    wait "$pid" || true
-    rm -rf "$dir"
+    ab_stop
     # The JSON record: deliveries/s, latency and CPU per delivery.
     python3 -c '
 import json, sys

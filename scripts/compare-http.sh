@@ -10,6 +10,8 @@
 #        BENCH (target/release/hongyan-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/ab-server.sh
+. scripts/ab-server.sh
 reference=${1:?usage: compare-http.sh <reference-server> [candidate-server]}
 candidate=${2:-target/release/hongyan}
 bench=${BENCH:-target/release/hongyan-bench}
@@ -19,22 +21,14 @@ rate=${RATE:-5000}
 results=$(mktemp)
 
 run() { # <server binary> <label>
-    local dir pid
-    dir=$(mktemp -d)
-    HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn "$1" serve --data-dir "$dir" \
-        --http-addr 127.0.0.1:16001 --manager-addr 127.0.0.1:16300 --tcp-addr 127.0.0.1:16100 \
-        --ws-addr 127.0.0.1:16200 &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf http://127.0.0.1:16001/health >/dev/null && break
-        sleep 0.1
-    done
-    "$bench" http --api http://127.0.0.1:16001 --rate "$rate" --seconds "$secs" --server-pid "$pid" \
-        --json "$dir/parts.jsonl" >/dev/null 2>&1 || true
-    sed "s/^{/{\"label\":\"$2\",/" "$dir/parts.jsonl" >>"$results"
-    kill -TERM "$pid"
-    wait "$pid" || true
-    rm -rf "$dir"
+    local parts
+    parts=$(mktemp)
+    ab_start "$1"
+    "$bench" http --api http://127.0.0.1:16001 --rate "$rate" --seconds "$secs" --server-pid "$AB_PID" \
+        --json "$parts" >/dev/null 2>&1 || true
+    sed "s/^{/{\"label\":\"$2\",/" "$parts" >>"$results"
+    rm -f "$parts"
+    ab_stop
 }
 
 for _ in $(seq "$rounds"); do

@@ -10,6 +10,8 @@
 #        binary with CANDIDATE_ENV="HONGYAN_WEBHOOK__URL=http://127.0.0.1:9000/hook"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/ab-server.sh
+. scripts/ab-server.sh
 reference=${1:?usage: compare-pairs.sh <reference-server> [candidate-server] [rates...]}
 candidate=${2:-target/release/hongyan}
 shift $(( $# >= 2 ? 2 : 1 ))
@@ -24,23 +26,13 @@ ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run() { # <server binary> <rate> <label> [VAR=value ...]
-    local dir pid before after
-    dir=$(mktemp -d)
+    local before after
     # shellcheck disable=SC2086 # the extra settings are words on purpose
-    env HONGYAN_AUTH__TOKEN_AUTH=false HONGYAN_LOG__FILTER=warn ${4:-} "$1" serve --data-dir "$dir" \
-        --http-addr 127.0.0.1:16001 --manager-addr 127.0.0.1:16300 --tcp-addr 127.0.0.1:16100 \
-        --ws-addr 127.0.0.1:16200 &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -sf http://127.0.0.1:16001/health >/dev/null && break
-        sleep 0.1
-    done
-    before=$(cpu_ticks "$pid")
+    ab_start "$1" ${4:-}
+    before=$(cpu_ticks "$AB_PID")
     out=$("$bench" pairs --tcp 127.0.0.1:16100 --pairs "$pairs" --rate "$2" --seconds "$secs" 2>&1 || true)
-    after=$(cpu_ticks "$pid")
-    kill -TERM "$pid"
-    wait "$pid" || true
-    rm -rf "$dir"
+    after=$(cpu_ticks "$AB_PID")
+    ab_stop
     local acked ack delivery loss
     acked=$(grep -o 'acked [0-9]* in [0-9.]* s ([0-9]*/s)' <<<"$out" | grep -o '([0-9]*' | tr -d '(' || true)
     ack=$(grep 'SENDACK latency' <<<"$out" | cut -d: -f2-)
