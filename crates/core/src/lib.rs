@@ -608,5 +608,8 @@ mod tests {
         assert_eq!(seqs(&g_cmd), Vec::<u64>::new(), "old commands go, the newest too");
         assert_eq!(core.log().last_seq(&g_cmd).unwrap(), 2, "while the command seqs carry on");
         assert_eq!(seqs(&p), [1, 2, 3], "person chats have no retention here");
+        // (The two channels' messages share ids here; the id index names p's, and keeps them.)
+        let by_id = core.log().by_message_id(1).unwrap().map(|(c, m)| (c, m.seq));
+        assert_eq!(by_id, Some((p.clone(), 1)), "an id row naming another message stays");
     }
 }

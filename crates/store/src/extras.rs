@@ -231,8 +231,9 @@ impl Store {
     /// or refuses with an error of its own. It is called again if another writer
     /// changed the channel's extras meanwhile, so it sees the state it changes.
     /// `None`: the message is not stored (or retention removed it meanwhile). A change
-    /// commits only while its message is stored, so retention, which removes the
-    /// extras after their messages, never leaves one behind.
+    /// commits only while the message's id index row names it (expected in the batch;
+    /// retention expects and deletes that row with the message), so retention, which
+    /// removes the extras after their messages, never leaves one behind.
     pub fn change_extra<E: From<StoreError>>(
         &self,
         channel: &ChannelKey,
@@ -256,7 +257,8 @@ impl Store {
         mut change: impl FnMut(&mut MessageExtra) -> Result<ExtraChange, E>,
     ) -> Result<Option<MessageExtra>, E> {
         let key = seq_key(channel, seq);
-        let message_key = channel.message_key(seq);
+        // The message's id index row: small, written with the message and deleted with it.
+        let (index_key, message_key) = (message_id.to_be_bytes().to_vec(), channel.message_key(seq));
         let deadline = std::time::Instant::now() + RETRY_BUDGET;
         for attempt in 0u32.. {
             if attempt > 0 {
@@ -266,7 +268,9 @@ impl Store {
                 }
                 std::thread::sleep(backoff(attempt));
             }
-            let Some(message) = self.kv().get(Table::ChanSeqMessage, &message_key)? else { return Ok(None) };
+            if self.kv().get(Table::MsgIdChanSeq, &index_key)?.as_ref() != Some(&message_key) {
+                return Ok(None);
+            }
             let stored = self.kv().get(Table::ChanSeqExtra, &key)?;
             let mut extra = match &stored {
                 Some(v) => decode(seq, v)?,
@@ -275,7 +279,7 @@ impl Store {
             let ExtraChange::Changed(mut writes) = change(&mut extra)? else { return Ok(Some(extra)) };
             // The message is still stored when this commits (retention deletes it first,
             // expecting it too, and then its extras).
-            writes.push(Write::Expect(Table::ChanSeqMessage, message_key.clone(), message));
+            writes.push(Write::Expect(Table::MsgIdChanSeq, index_key.clone(), message_key.clone()));
             // The channel's version counter: every change expects it unchanged, so two
             // writers that read the same one cannot both commit.
             let head = self.version_head(channel)?;

@@ -58,7 +58,8 @@ impl MessageLog {
             if page.is_empty() {
                 break;
             }
-            let mut writes = Vec::with_capacity(4 * page.len() + 1);
+            // The page's messages that are old enough, oldest first.
+            let mut old = Vec::with_capacity(page.len());
             let mut stop = false;
             for (key, value) in &page {
                 let message = decode(value)?;
@@ -66,13 +67,22 @@ impl MessageLog {
                     stop = true;
                     break;
                 }
+                old.push((key, message));
+            }
+            // Their id index rows, each deleted only where it names this message.
+            let ids: Vec<Vec<u8>> = old.iter().map(|(_, m)| m.message_id.to_be_bytes().to_vec()).collect();
+            let indexed = self.kv.get_many(Table::MsgIdChanSeq, &ids)?;
+            let mut writes = Vec::with_capacity(4 * old.len() + 1);
+            for (((key, message), id), index) in old.iter().zip(ids).zip(indexed) {
                 let seq = seq_from_key(key)?;
-                // Expected as well as deleted: a message change racing this batch
-                // (`Store::change_extra`, which expects the message) commits before it or
-                // not at all.
-                writes.push(Write::Expect(Table::ChanSeqMessage, key.clone(), value.clone()));
-                writes.push(Write::Delete(Table::ChanSeqMessage, key.clone()));
-                writes.push(Write::Delete(Table::MsgIdChanSeq, message.message_id.to_be_bytes().to_vec()));
+                writes.push(Write::Delete(Table::ChanSeqMessage, (*key).clone()));
+                if index.as_ref() == Some(*key) {
+                    // Expected as well as deleted: a message change racing this batch
+                    // (`Store::change_extra`, which expects the same row) commits before
+                    // it or not at all.
+                    writes.push(Write::Expect(Table::MsgIdChanSeq, id.clone(), (*key).clone()));
+                    writes.push(Write::Delete(Table::MsgIdChanSeq, id));
+                }
                 if !message.client_msg_no.is_empty() {
                     let index = channel.client_msg_no_key(&message.from_uid, &message.client_msg_no);
                     writes.push(Write::Delete(Table::ChanClientMsgNo, index));

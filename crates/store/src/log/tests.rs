@@ -203,7 +203,11 @@ async fn retention_removes_extras_after_their_messages_and_what_a_crash_left_bet
         assert!(store.change_extra(&g, seq, seq as i64, revoke).unwrap().is_some());
     }
     // A crash between retention's two steps: message 1 gone, its extra and mark left.
-    kv.write(vec![Write::Delete(Table::ChanSeqMessage, g.message_key(1))], true).unwrap();
+    let gone = vec![
+        Write::Delete(Table::ChanSeqMessage, g.message_key(1)),
+        Write::Delete(Table::MsgIdChanSeq, 1i64.to_be_bytes().to_vec()),
+    ];
+    kv.write(gone, true).unwrap();
     let cutoff = 1_700_000_000_000 + 3; // message 2 is older (1 is gone already)
     assert_eq!(log.prune_older_than(2, cutoff).unwrap(), Pruned { channels: 1, messages: 1 });
     let left: Vec<u64> = store.extras_since(&g, 0, 10).unwrap().iter().map(|e| e.seq).collect();

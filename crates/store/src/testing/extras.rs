@@ -11,10 +11,14 @@ pub fn extras_contract(a: &Store, b: &Store) {
     let chan = ChannelKey::new("g-extras", 2);
     let other = ChannelKey::new("g-other", 2);
     let race = ChannelKey::new("g-race", 2);
-    // Stand-ins for the stored messages: a change commits only while its message is.
-    let message_row = |c: &ChannelKey, seq: u64| Write::Put(Table::ChanSeqMessage, c.message_key(seq), b"m".to_vec());
-    let rows = [(&chan, 1), (&chan, 2), (&other, 5)].into_iter().chain((1..=10).map(|s| (&race, s)));
-    a.apply(rows.map(|(c, s)| message_row(c, s)).collect()).unwrap();
+    // Stand-ins for the stored messages, their id index rows (message id → message
+    // key): a change commits only while its message is stored.
+    let message_row = |c: &ChannelKey, seq: u64, id: i64| {
+        Write::Put(Table::MsgIdChanSeq, id.to_be_bytes().to_vec(), c.message_key(seq))
+    };
+    let rows =
+        [(&chan, 1, 101), (&chan, 2, 102), (&other, 5, 105)].into_iter().chain((1..=10).map(|s| (&race, s, s as i64)));
+    a.apply(rows.map(|(c, s, id)| message_row(c, s, id)).collect()).unwrap();
     assert_eq!(a.extra_version(&chan).unwrap(), 0);
     let revoke = |by: &'static str| {
         move |e: &mut crate::MessageExtra| -> Result<ExtraChange, StoreError> {
@@ -28,17 +32,18 @@ pub fn extras_contract(a: &Store, b: &Store) {
     };
     // No message, no change; nor when the message goes (retention) while it is decided.
     assert_eq!(a.change_extra(&chan, 3, 103, revoke("ann")).unwrap(), None);
+    assert_eq!(a.change_extra(&chan, 1, 102, revoke("ann")).unwrap(), None, "an id is its own message's only");
     let mut removed = false;
     let gone = a.change_extra(&chan, 2, 102, |e: &mut crate::MessageExtra| {
         if !removed {
             removed = true;
-            b.apply(vec![Write::Delete(Table::ChanSeqMessage, chan.message_key(2))])?;
+            b.apply(vec![Write::Delete(Table::MsgIdChanSeq, 102i64.to_be_bytes().to_vec())])?;
         }
         revoke("ann")(e)
     });
     assert_eq!(gone.unwrap(), None, "a change does not outlive its message");
     assert_eq!((a.extra_version(&chan).unwrap(), a.message_extra(&chan, 2).unwrap()), (0, None));
-    a.apply(vec![message_row(&chan, 2)]).unwrap();
+    a.apply(vec![message_row(&chan, 2, 102)]).unwrap();
     let first = a.change_extra(&chan, 1, 101, revoke("ann")).unwrap().unwrap();
     assert_eq!((first.version, first.message_id, first.seq, first.revoked), (1, 101, 1, true));
     // Nothing to change: nothing written, the stored state returned.
